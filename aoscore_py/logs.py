@@ -35,7 +35,8 @@ class _Formatter(logging.Formatter):
             "component": record.name.removeprefix("aoscore."),
             "event": record.getMessage(),
         }
-        fields.update(getattr(record, "fields", {}))
+        for key, value in getattr(record, "fields", {}).items():
+            fields[f"{key}_" if key in fields else key] = value
         if record.exc_info and record.exc_info[1] is not None:
             fields["error"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
         if _FORMAT == "json":
@@ -49,20 +50,20 @@ class StructLogger:
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
 
-    def _log(self, level: int, event: str, exc_info: bool, fields: dict[str, Any]) -> None:
+    def _log(self, level: int, event: str, exc_info: bool, fields: dict[str, Any], /) -> None:
         if self._logger.isEnabledFor(level):
             self._logger.log(level, event, extra={"fields": fields}, exc_info=exc_info)
 
-    def debug(self, event: str, **fields: Any) -> None:
+    def debug(self, event: str, /, **fields: Any) -> None:
         self._log(logging.DEBUG, event, False, fields)
 
-    def info(self, event: str, **fields: Any) -> None:
+    def info(self, event: str, /, **fields: Any) -> None:
         self._log(logging.INFO, event, False, fields)
 
-    def warning(self, event: str, **fields: Any) -> None:
+    def warning(self, event: str, /, **fields: Any) -> None:
         self._log(logging.WARNING, event, False, fields)
 
-    def error(self, event: str, *, exc_info: bool = False, **fields: Any) -> None:
+    def error(self, event: str, /, *, exc_info: bool = False, **fields: Any) -> None:
         self._log(logging.ERROR, event, exc_info, fields)
 
 

@@ -1,0 +1,133 @@
+"""The agent process (CM with its in-process SM): wiring, start, and clean shutdown.
+
+Shutdown on SIGINT or SIGTERM: stop taking messages, cancel the running phase at its next
+await (it stays committed, the journal notes the interruption), close the cloud link, exit 0.
+Containers keep running; the next start resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from .cm.communication.link import CloudLink
+from .cm.imagemanager.blobstore import BlobStore
+from .cm.imagemanager.manager import ImageManager
+from .cm.launcher.launcher import Launcher
+from .cm.updatemanager.handler import DesiredStatusHandler
+from .cm.updatemanager.unitstatus import UnitStatusHandler
+from .errors import AosCode, AosError
+from .logs import get_logger
+from .protocol import DesiredStatus, Message
+from .sm.docker_runtime import DockerRuntime
+from .sm.manager import DockerServiceManager
+from .storage import Storage
+
+log = get_logger("agent")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """What an agent needs to run."""
+
+    cloud_url: str
+    system_id: str
+    data_dir: Path
+    node_id: str = "node-1"
+    docker_url: str | None = None
+    active_timeout_s: float = 600.0
+
+
+class Agent:
+    """The CM and its local SM, wired together."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.storage = Storage(config.data_dir)
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=True
+        )
+        self.link = CloudLink(
+            config.cloud_url,
+            config.system_id,
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+        )
+        self.blobs = BlobStore(config.data_dir)
+        self.images = ImageManager(self.storage, self.blobs, self.link, self.http)
+        self.runtime = DockerRuntime(config.docker_url)
+        self.sm = DockerServiceManager(
+            config.node_id, config.system_id, self.runtime, self.blobs.path
+        )
+        nodes = {config.node_id: self.sm}
+        self.launcher = Launcher(self.storage, nodes, self.images.layout)
+        self.status = UnitStatusHandler(
+            self.storage,
+            self.storage,
+            self.images.records,
+            self.launcher.refresh,
+            nodes,
+            self.link.send,
+            lambda: self.handler.desired,
+        )
+        self.handler = DesiredStatusHandler(
+            self.storage,
+            self.storage.db,
+            self.images,
+            self.launcher,
+            self.status,
+            frozenset(nodes),
+            active_timeout_s=config.active_timeout_s,
+        )
+
+    async def _on_message(self, message: Message, arrived: float) -> None:
+        if isinstance(message, DesiredStatus):
+            await self.handler.accept(message, arrived)
+            return
+        raise AosError(
+            f"message type {message.MESSAGE_TYPE} is not handled by this unit",
+            code=AosCode.NOT_SUPPORTED,
+        )
+
+    async def _on_connect(self) -> None:
+        await self.status.send_full("link up")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then shut down cleanly."""
+        log.info("agent.start", system_id=self.config.system_id, node=self.config.node_id,
+                 data_dir=str(self.config.data_dir), cloud=self.config.cloud_url,
+                 phase=self.handler.machine.phase, boot_id=self.status.boot_id)
+        await self.handler.start()
+        link_task = asyncio.create_task(self.link.run(), name="link")
+        stop_task = asyncio.create_task(stop.wait(), name="stop")
+        done, _ = await asyncio.wait({link_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if link_task in done and link_task.exception() is not None:
+            log.error("agent.link_failed", error=str(link_task.exception()))
+        started = time.monotonic()
+        self.link.stop_accepting()
+        await self.handler.stop()
+        await self.link.close()
+        link_task.cancel()
+        stop_task.cancel()
+        await asyncio.gather(link_task, stop_task, return_exceptions=True)
+        await self.http.aclose()
+        self.sm.close()
+        self.runtime.close()
+        phase = self.handler.machine.phase
+        self.storage.close()
+        log.info("agent.stopped", phase=phase, seconds=round(time.monotonic() - started, 3))
+
+
+async def run_agent(config: AgentConfig) -> None:
+    """Run an agent until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    agent = Agent(config)
+    await agent.run(stop)

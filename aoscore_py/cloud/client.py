@@ -1,0 +1,45 @@
+"""The operator's client of a running reference cloud (used by the CLI, demo and tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import connect
+
+from ..errors import ConfigError
+from ..protocol import DesiredStatus, dump_message
+from .state import CloudState
+
+
+def operator_url(cloud_dir: Path) -> str:
+    """The operator endpoint of the cloud running with `cloud_dir`.
+
+    Raises:
+        ConfigError: no cloud is running there.
+    """
+    endpoints = CloudState(cloud_dir).endpoints()
+    if not endpoints:
+        raise ConfigError(
+            f"no reference cloud is running with {cloud_dir} (start `aoscore cloud serve`)"
+        )
+    return str(endpoints["operator"])
+
+
+async def operate(url: str, request: dict[str, Any], timeout_s: float = 60.0) -> dict[str, Any]:
+    """Send one operator request and return the cloud's answer."""
+    async with connect(url, proxy=None, open_timeout=10, close_timeout=2) as ws:
+        await ws.send(orjson.dumps(request))
+        return orjson.loads(await ws.recv())
+
+
+async def push(url: str, unit_id: str, ds: DesiredStatus, timeout_s: float = 30.0) -> dict[str, Any]:
+    """Push a desired status to a unit; returns its ack (`ok`) or nack (`error`)."""
+    request = {
+        "op": "push",
+        "unit": unit_id,
+        "desiredStatus": orjson.loads(dump_message(ds)),
+        "timeout": timeout_s,
+    }
+    return await operate(url, request, timeout_s + 10)

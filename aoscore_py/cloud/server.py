@@ -1,0 +1,221 @@
+"""The reference cloud's WebSocket server: units on `/`, operators on `/operator`.
+
+Units: every message is acknowledged by txn; every unitStatus is appended to the unit's
+timeline; requestBlobUrls is answered with URLs into the loopback registry; after a unit's
+first status on a connection, its stored desired status is sent (the unit ignores one it
+already has). Operators: JSON requests `{"op": "push", "unit": ..., "desiredStatus": {...}}`,
+answered with the unit's ack or nack, and `{"op": "units"}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from ..errors import ConfigError, ProtocolError
+from ..logs import get_logger
+from ..protocol import (
+    MAX_MESSAGE_BYTES,
+    Ack,
+    BlobUrlInfo,
+    BlobUrls,
+    DesiredStatus,
+    Envelope,
+    Nack,
+    RequestBlobUrls,
+    UnitStatus,
+    dump_frame,
+    dump_message,
+    new_header,
+    parse_frame,
+    parse_message,
+)
+from .oci import blob_url
+from .state import CloudState, check_unit_id
+
+log = get_logger("cloud")
+
+
+@dataclass
+class _Unit:
+    """A connected unit."""
+
+    ws: ServerConnection
+    waiters: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    sent_desired: bool = False
+
+
+class CloudServer:
+    """The reference cloud.
+
+    Args:
+        state: its files.
+        registry: the registry URL blobs are served from.
+        blob_urls_delay_s: wait this long before answering requestBlobUrls (a slow cloud).
+    """
+
+    def __init__(self, state: CloudState, registry: str, *, blob_urls_delay_s: float = 0.0) -> None:
+        self.state = state
+        self.registry = registry.rstrip("/")
+        self.blob_urls_delay_s = blob_urls_delay_s
+        self._units: dict[str, _Unit] = {}
+        self._connected: dict[str, asyncio.Event] = {}
+        self._server: Server | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen; returns the port."""
+        self._server = await serve(self._route, host, port, max_size=MAX_MESSAGE_BYTES)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def _event(self, unit_id: str) -> asyncio.Event:
+        return self._connected.setdefault(unit_id, asyncio.Event())
+
+    async def _route(self, ws: ServerConnection) -> None:
+        path = ws.request.path if ws.request else "/"
+        if path.startswith("/operator"):
+            await self._operator(ws)
+        else:
+            await self._unit(ws)
+
+    # units
+
+    async def _send(self, unit_id: str, unit: _Unit, message: Any, txn: str | None = None) -> str:
+        header = new_header(unit_id, txn=txn)
+        await unit.ws.send(dump_frame(Envelope(header, message)))
+        return header.txn
+
+    async def _unit(self, ws: ServerConnection) -> None:
+        unit_id: str | None = None
+        unit: _Unit | None = None
+        try:
+            async for raw in ws:
+                try:
+                    env = parse_frame(raw)
+                    check_unit_id(env.header.system_id)
+                except (ProtocolError, ConfigError) as exc:
+                    log.warning("unit.bad_frame", unit=unit_id, error=str(exc))
+                    continue
+                if unit is None or env.header.system_id != unit_id:
+                    unit_id = env.header.system_id
+                    unit = _Unit(ws)
+                    self._units[unit_id] = unit
+                    self._event(unit_id).set()
+                    log.info("unit.connected", unit=unit_id, remote=str(ws.remote_address))
+                await self._unit_message(unit_id, unit, env, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            if unit_id is not None and self._units.get(unit_id) is unit:
+                del self._units[unit_id]
+                self._event(unit_id).clear()
+                log.info("unit.disconnected", unit=unit_id)
+            if unit is not None:
+                for waiter in unit.waiters.values():
+                    if not waiter.done():
+                        waiter.set_result({"ok": False, "error": "unit disconnected"})
+
+    async def _unit_message(self, unit_id: str, unit: _Unit, env: Envelope, raw: str | bytes) -> None:
+        data, txn = env.data, env.header.txn
+        if isinstance(data, (Ack, Nack)):
+            waiter = unit.waiters.pop(txn, None)
+            result: dict[str, Any] = {"ok": isinstance(data, Ack), "txn": txn}
+            if isinstance(data, Nack):
+                result["nack"] = {"retryAfter": data.retry_after}
+                if data.error_info is not None:
+                    result["error"] = data.error_info.message
+                    result["aosCode"] = data.error_info.aos_code
+            if waiter is not None and not waiter.done():
+                waiter.set_result(result)
+            return
+        await self._send(unit_id, unit, Ack(), txn=txn)
+        if isinstance(data, UnitStatus):
+            self.state.append_status(unit_id, txn, orjson.loads(raw)["data"])
+            log.info("unit.status", unit=unit_id, delta=data.is_delta_info, seq=data.seq)
+            if not unit.sent_desired:
+                unit.sent_desired = True
+                if self.state.desired(unit_id) is not None:
+                    asyncio.ensure_future(self.deliver(unit_id, timeout_s=30.0))
+        elif isinstance(data, RequestBlobUrls):
+            asyncio.ensure_future(self._answer_blob_urls(unit_id, unit, data))
+
+    async def _answer_blob_urls(self, unit_id: str, unit: _Unit, req: RequestBlobUrls) -> None:
+        if self.blob_urls_delay_s:
+            await asyncio.sleep(self.blob_urls_delay_s)
+        catalog = self.state.catalog()
+        items = []
+        for digest in req.digests:
+            entry = catalog.get(digest)
+            if entry is None:
+                log.warning("blob.unknown", unit=unit_id, digest=digest)
+                continue
+            url = blob_url(self.registry, entry["repository"], digest)
+            items.append(
+                BlobUrlInfo(
+                    digest=digest,
+                    urls=(url,),
+                    sha256=bytes.fromhex(digest.split(":", 1)[1]),
+                    size=entry["size"],
+                )
+            )
+        try:
+            await self._send(unit_id, unit, BlobUrls(req.correlation_id, tuple(items)))
+        except ConnectionClosed:
+            return
+        log.info("blob_urls.sent", unit=unit_id, asked=len(req.digests), known=len(items))
+
+    async def deliver(self, unit_id: str, timeout_s: float) -> dict[str, Any]:
+        """Send the unit its stored desired status once it is connected; wait for its answer."""
+        body = self.state.desired(unit_id)
+        if body is None:
+            return {"ok": False, "error": f"no desired status for unit {unit_id}"}
+        message = parse_message(body, message_type="desiredStatus")
+        deadline = time.monotonic() + timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._event(unit_id).wait()
+                unit = self._units[unit_id]
+                waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+                header = new_header(unit_id)
+                unit.waiters[header.txn] = waiter
+                await unit.ws.send(dump_frame(Envelope(header, message)))
+                log.info("desired.sent", unit=unit_id, txn=header.txn)
+                return await waiter
+        except (TimeoutError, ConnectionClosed, KeyError):
+            waited = round(timeout_s - max(0.0, deadline - time.monotonic()), 1)
+            return {"ok": False, "error": f"unit {unit_id} did not answer within {waited} s; "
+                    "the desired status stays stored and is sent when it connects"}
+
+    # operators
+
+    async def _operator(self, ws: ServerConnection) -> None:
+        async for raw in ws:
+            try:
+                request = orjson.loads(raw)
+                reply = await self._operate(request)
+            except (orjson.JSONDecodeError, ProtocolError, ConfigError, KeyError, TypeError) as exc:
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            await ws.send(orjson.dumps(reply))
+
+    async def _operate(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "push":
+            unit_id = check_unit_id(request["unit"])
+            ds = parse_message(orjson.dumps(request["desiredStatus"]), message_type="desiredStatus")
+            if not isinstance(ds, DesiredStatus):
+                return {"ok": False, "error": f"expected a desiredStatus, got {ds.MESSAGE_TYPE}"}
+            self.state.save_desired(unit_id, dump_message(ds))
+            return await self.deliver(unit_id, float(request.get("timeout", 30.0)))
+        if op == "units":
+            return {"ok": True, "units": {u: u in self._units for u in self.state.units()}}
+        return {"ok": False, "error": f"unknown op {op!r}"}

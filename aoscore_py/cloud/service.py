@@ -1,0 +1,100 @@
+"""Running the reference cloud (`aoscore cloud serve`) and publishing test images to it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..logs import get_logger
+from .oci import OciImage, build_test_image, push_image
+from .registry import Registry
+from .server import CloudServer
+from .state import CloudState
+
+log = get_logger("cloud")
+
+
+async def serve_cloud(
+    cloud_dir: Path,
+    *,
+    port: int = 0,
+    registry_url: str | None = None,
+    blob_urls_delay_s: float = 0.0,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM (or `stop`); starts its own registry unless given one."""
+    state = CloudState(cloud_dir)
+    registry: Registry | None = None
+    if registry_url is None:
+        registry = Registry(cloud_dir / "registry").start()
+        registry_url = registry.url
+    server = CloudServer(state, registry_url, blob_urls_delay_s=blob_urls_delay_s)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        bound = await server.start("127.0.0.1", port)
+        ws_url = f"ws://127.0.0.1:{bound}"
+        state.write_endpoints(
+            {"ws": ws_url, "operator": f"{ws_url}/operator", "registry": registry_url,
+             "pid": os.getpid()}
+        )
+        log.info("cloud.serving", ws=ws_url, registry=registry_url, dir=str(cloud_dir))
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        await server.close()
+        state.clear_endpoints()
+        if registry is not None:
+            registry.stop()
+        log.info("cloud.stopped", dir=str(cloud_dir))
+
+
+def registry_of(cloud_dir: Path, registry_url: str | None) -> str:
+    """The registry to publish to: the one given, or the running cloud's.
+
+    Raises:
+        ConfigError: neither is available.
+    """
+    if registry_url:
+        return registry_url
+    endpoints = CloudState(cloud_dir).endpoints()
+    if not endpoints:
+        raise ConfigError(
+            f"no reference cloud is running with {cloud_dir}: start `aoscore cloud serve` "
+            "or pass --registry"
+        )
+    return str(endpoints["registry"])
+
+
+def publish(
+    cloud_dir: Path,
+    name: str,
+    *,
+    registry_url: str | None = None,
+    healthcheck: list[str] | None = None,
+    health_start_period_s: float | None = None,
+    health_interval_s: float | None = None,
+    extra_layer_bytes: int = 0,
+    labels: dict[str, str] | None = None,
+) -> OciImage:
+    """Build a test image, push it to the registry, and add its blobs to the catalog."""
+    registry = registry_of(cloud_dir, registry_url)
+    image = build_test_image(
+        name,
+        healthcheck=healthcheck,
+        health_start_period_s=health_start_period_s,
+        health_interval_s=health_interval_s,
+        extra_layer_bytes=extra_layer_bytes,
+        labels={"io.aoscore.test-image": name, **(labels or {})},
+    )
+    push_image(registry, image)
+    CloudState(cloud_dir).add_blobs(image.name, image.blobs)
+    log.info("image.published", name=name, index_digest=image.index_digest, registry=registry)
+    return image

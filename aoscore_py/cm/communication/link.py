@@ -1,0 +1,221 @@
+"""The WebSocket adapter of the cloud link: it only moves frames, keeps the link alive and
+reconnects with backoff. Every protocol rule lives in `session.CloudSession`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from ...errors import AosCode, AosError, LinkError, is_retryable
+from ...logs import get_logger
+from ...protocol import (
+    MAX_MESSAGE_BYTES,
+    BlobUrlInfo,
+    BlobUrls,
+    ErrorInfo,
+    Message,
+    RequestBlobUrls,
+)
+from .backoff import Backoff
+from .session import Acked, CloudSession, Nacked, Received, Refused
+
+log = get_logger("communication")
+
+MessageHandler = Callable[[Message, float], Awaitable[None]]
+ConnectHandler = Callable[[], Awaitable[None]]
+
+
+class CloudLink:
+    """The unit's one connection to its cloud.
+
+    Args:
+        url: the cloud's WebSocket URL.
+        system_id: this unit's systemId.
+        on_message: called for each message from the cloud with the monotonic time it arrived;
+            it returns once the message is safe (a desired status stored), then it is acked.
+            A raised AosError nacks it with the error.
+        on_connect: called each time the link comes up (to send a full status).
+        ssl_context: TLS settings for wss URLs.
+        blob_urls_timeout: seconds to wait for a blobUrls answer before asking again.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        system_id: str,
+        *,
+        on_message: MessageHandler,
+        on_connect: ConnectHandler,
+        ssl_context: ssl.SSLContext | None = None,
+        backoff: Backoff | None = None,
+        blob_urls_timeout: float = 30.0,
+    ) -> None:
+        self.url = url
+        self.session = CloudSession(system_id, time.monotonic)
+        self.connected = asyncio.Event()
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._ssl = ssl_context
+        self._backoff = backoff or Backoff()
+        self._blob_urls_timeout = blob_urls_timeout
+        self._ws: ClientConnection | None = None
+        self._waiters: dict[str, asyncio.Future[BlobUrls]] = {}
+        self._stopping = False
+        self._accepting = True
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Connect, serve, and reconnect until `close()`."""
+        while not self._stopping:
+            try:
+                async with connect(
+                    self.url,
+                    ssl=self._ssl,
+                    proxy=None,
+                    open_timeout=10,
+                    ping_interval=20,
+                    ping_timeout=20,
+                    max_size=MAX_MESSAGE_BYTES,
+                ) as ws:
+                    await self._serve(ws)
+            except asyncio.CancelledError:
+                raise
+            except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+                fatal = not is_retryable(exc) and not isinstance(
+                    exc, websockets.exceptions.WebSocketException
+                )
+                log.warning("link.down", url=self.url, error=f"{type(exc).__name__}: {exc}",
+                            fatal=fatal or None, next="reconnecting after backoff")
+            finally:
+                self._ws = None
+                self.connected.clear()
+            if self._stopping:
+                break
+            delay = self._backoff.next()
+            log.info("link.retry", url=self.url, delay_s=round(delay, 2), attempt=self._backoff.attempts)
+            await asyncio.sleep(delay)
+
+    async def _serve(self, ws: ClientConnection) -> None:
+        self._ws = ws
+        self.connected.set()
+        self._backoff.reset()
+        log.info("link.up", url=self.url)
+        self.session.forget("unitStatus")
+        for frame in self.session.pending_frames():
+            await ws.send(frame)
+        self._spawn(self._on_connect())
+        timer = asyncio.create_task(self._resend_loop(ws))
+        try:
+            async for raw in ws:
+                await self._dispatch(ws, raw, time.monotonic())
+        finally:
+            timer.cancel()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resend_loop(self, ws: ClientConnection) -> None:
+        while True:
+            deadline = self.session.next_deadline()
+            await asyncio.sleep(1.0 if deadline is None else max(0.05, deadline - time.monotonic()))
+            frames, gave_up = self.session.due()
+            for g in gave_up:
+                log.warning("message.unacknowledged", txn=g.txn, type=g.message_type,
+                            next="dropped; a fresh status goes out with the next change")
+            for frame in frames:
+                await ws.send(frame)
+
+    async def _dispatch(self, ws: ClientConnection, raw: str | bytes, arrived: float) -> None:
+        event = self.session.receive(raw)
+        if isinstance(event, Refused):
+            log.warning("message.refused", txn=event.txn, path=event.error.path,
+                        reason=event.error.reason, next="nacked; nothing changed")
+            if event.reply is not None:
+                await ws.send(event.reply)
+        elif isinstance(event, Acked):
+            log.debug("message.acked", txn=event.txn)
+        elif isinstance(event, Nacked):
+            log.warning("message.nacked", txn=event.txn, retry_after_s=event.retry_after_s,
+                        reason=event.error.message if event.error else None)
+        elif isinstance(event, Received):
+            await self._handle(ws, event, arrived)
+
+    async def _handle(self, ws: ClientConnection, event: Received, arrived: float) -> None:
+        message = event.message
+        if not self._accepting:
+            log.info("message.deferred", txn=event.txn, type=message.MESSAGE_TYPE,
+                     reason="shutting down", next="not acked; the cloud sends it again")
+            return
+        log.info("message.received", txn=event.txn, type=message.MESSAGE_TYPE)
+        if isinstance(message, BlobUrls):
+            waiter = self._waiters.pop(message.correlation_id or "", None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(message)
+            await ws.send(self.session.ack(event.txn))
+            return
+        try:
+            await self._on_message(message, arrived)
+        except AosError as exc:
+            log.warning("message.rejected", txn=event.txn, type=message.MESSAGE_TYPE,
+                        error=exc.message, next="nacked; what runs keeps running")
+            error = ErrorInfo(aos_code=int(exc.code), exit_code=0, message=exc.message)
+            await ws.send(self.session.nack(event.txn, error))
+            return
+        await ws.send(self.session.ack(event.txn))
+
+    async def send(self, message: Message) -> str | None:
+        """Send `message` expecting an ack; returns its txn, or None when the link is down."""
+        ws = self._ws
+        if ws is None:
+            log.debug("message.not_sent", type=message.MESSAGE_TYPE, reason="link down")
+            return None
+        txn, frame = self.session.send(message)
+        try:
+            await ws.send(frame)
+        except websockets.exceptions.ConnectionClosed:
+            return None
+        return txn
+
+    async def request_blob_urls(self, digests: Sequence[str]) -> list[BlobUrlInfo]:
+        """Ask the cloud where `digests` can be downloaded; waits for the link when it is down.
+
+        Raises:
+            LinkError: no answer after three requests.
+        """
+        for attempt in range(1, 4):
+            await self.connected.wait()
+            correlation = str(uuid.uuid4())
+            waiter: asyncio.Future[BlobUrls] = asyncio.get_running_loop().create_future()
+            self._waiters[correlation] = waiter
+            try:
+                if await self.send(RequestBlobUrls(correlation, tuple(digests))) is None:
+                    continue
+                answer = await asyncio.wait_for(waiter, self._blob_urls_timeout)
+                return list(answer.items)
+            except TimeoutError:
+                log.warning("blob_urls.timeout", attempt=attempt, digests=len(digests))
+            finally:
+                self._waiters.pop(correlation, None)
+        raise LinkError(f"no blobUrls answer for {len(digests)} digests", code=AosCode.TIMEOUT)
+
+    def stop_accepting(self) -> None:
+        """Take no more messages: new ones are left unacknowledged for the cloud to resend."""
+        self._accepting = False
+
+    async def close(self) -> None:
+        """Stop reconnecting and close the connection."""
+        self._stopping = True
+        ws = self._ws
+        if ws is not None:
+            await ws.close()
+        for task in list(self._tasks):
+            task.cancel()

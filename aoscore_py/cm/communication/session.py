@@ -1,0 +1,211 @@
+"""The unit's side of the AosCloud v7 session, with no I/O (websockets' `Protocol` is the model).
+
+Frames go in as bytes and come out as events; frames to send come out as bytes. The session
+checks the envelope (version 7, this unit's systemId), pairs acks with what we sent, and says
+what to send again: a message without an ack in `ack_timeout` seconds is resent, up to
+`max_tries` sends; a nack asks for a resend after its `retryAfter`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+
+from ...errors import AosCode, ProtocolError
+from ...protocol import (
+    PROTOCOL_VERSION,
+    Ack,
+    Envelope,
+    ErrorInfo,
+    Message,
+    Nack,
+    dump_frame,
+    new_header,
+    parse_frame,
+)
+
+
+@dataclass(frozen=True)
+class Received:
+    """A message from the cloud that the caller must handle, then ack or nack by `txn`."""
+
+    envelope: Envelope
+
+    @property
+    def txn(self) -> str:
+        return self.envelope.header.txn
+
+    @property
+    def message(self) -> Message:
+        return self.envelope.data
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A frame we cannot accept; `reply` is the nack to send (None if no txn was readable)."""
+
+    error: ProtocolError
+    txn: str | None
+    reply: bytes | None
+
+
+@dataclass(frozen=True)
+class Acked:
+    """The cloud acknowledged one of ours."""
+
+    txn: str
+
+
+@dataclass(frozen=True)
+class Nacked:
+    """The cloud refused one of ours; it is resent after `retry_after_s` if tries remain."""
+
+    txn: str
+    retry_after_s: float
+    error: ErrorInfo | None
+
+
+@dataclass(frozen=True)
+class GaveUp:
+    """A message of ours went unacknowledged `max_tries` times and is dropped."""
+
+    txn: str
+    message_type: str
+
+
+Event = Received | Refused | Acked | Nacked
+
+
+@dataclass
+class _Pending:
+    frame: bytes
+    message_type: str
+    tries: int
+    deadline: float
+
+
+@dataclass
+class CloudSession:
+    """Envelope rules and the ack bookkeeping of one unit.
+
+    Args:
+        system_id: this unit's systemId.
+        clock: monotonic seconds.
+        ack_timeout: seconds to wait for an ack before sending again.
+        max_tries: sends of one message before giving up.
+    """
+
+    system_id: str
+    clock: Callable[[], float]
+    ack_timeout: float = 10.0
+    max_tries: int = 3
+    _pending: dict[str, _Pending] = field(default_factory=dict)
+
+    def frame(self, message: Message, *, txn: str | None = None) -> bytes:
+        """A frame for `message` with a new header (no ack expected: acks and nacks)."""
+        header = new_header(self.system_id, txn=txn, now=datetime.now(UTC))
+        return dump_frame(Envelope(header, message))
+
+    def send(self, message: Message) -> tuple[str, bytes]:
+        """Frame `message` and expect an ack for it; returns (txn, frame)."""
+        txn = str(uuid.uuid4())
+        data = self.frame(message, txn=txn)
+        self._pending[txn] = _Pending(
+            data, message.MESSAGE_TYPE, 1, self.clock() + self.ack_timeout
+        )
+        return txn, data
+
+    def ack(self, txn: str) -> bytes:
+        return self.frame(Ack(), txn=txn)
+
+    def nack(self, txn: str, error: ErrorInfo, retry_after_ms: int = 0) -> bytes:
+        return self.frame(Nack(retry_after=retry_after_ms, error_info=error), txn=txn)
+
+    def receive(self, raw: bytes | str) -> Event:
+        """Turn one received frame into an event."""
+        try:
+            envelope = parse_frame(raw)
+        except ProtocolError as exc:
+            txn = _salvage_txn(raw)
+            reply = None if txn is None else self.nack(txn, _error(exc))
+            return Refused(exc, txn, reply)
+        header = envelope.header
+        problem = None
+        if header.version != PROTOCOL_VERSION:
+            problem = ProtocolError(
+                "$.header.version",
+                f"unsupported protocol version {header.version} (this unit speaks {PROTOCOL_VERSION})",
+                code=AosCode.NOT_SUPPORTED,
+            )
+        elif header.system_id != self.system_id:
+            problem = ProtocolError(
+                "$.header.systemId",
+                f"message for unit {header.system_id!r}, this is unit {self.system_id!r}",
+                code=AosCode.WRONG_STATE,
+            )
+        if problem is not None:
+            return Refused(problem, header.txn, self.nack(header.txn, _error(problem)))
+        data = envelope.data
+        if isinstance(data, Ack):
+            self._pending.pop(header.txn, None)
+            return Acked(header.txn)
+        if isinstance(data, Nack):
+            pending = self._pending.get(header.txn)
+            delay = data.retry_after / 1000.0
+            if pending is not None:
+                pending.deadline = self.clock() + delay
+            return Nacked(header.txn, delay, data.error_info)
+        return Received(envelope)
+
+    def due(self) -> tuple[list[bytes], list[GaveUp]]:
+        """Frames to send again now, and messages given up on."""
+        now = self.clock()
+        resend, gave_up = [], []
+        for txn, p in list(self._pending.items()):
+            if p.deadline > now:
+                continue
+            if p.tries >= self.max_tries:
+                del self._pending[txn]
+                gave_up.append(GaveUp(txn, p.message_type))
+                continue
+            p.tries += 1
+            p.deadline = now + self.ack_timeout
+            resend.append(p.frame)
+        return resend, gave_up
+
+    def next_deadline(self) -> float | None:
+        return min((p.deadline for p in self._pending.values()), default=None)
+
+    def forget(self, message_type: str | None = None) -> None:
+        """Drop pending messages (of one type), e.g. stale statuses when the link drops."""
+        for txn, p in list(self._pending.items()):
+            if message_type is None or p.message_type == message_type:
+                del self._pending[txn]
+
+    def pending_frames(self) -> list[bytes]:
+        """Every unacknowledged frame, to send again on a new connection."""
+        return [p.frame for p in self._pending.values()]
+
+
+def _error(exc: ProtocolError) -> ErrorInfo:
+    return ErrorInfo(aos_code=int(exc.code), exit_code=0, message=exc.message)
+
+
+def _salvage_txn(raw: bytes | str) -> str | None:
+    """The txn of a frame we could not parse, when it can be read at all (to nack it)."""
+    try:
+        doc = orjson.loads(raw)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    for key, header in doc.items():
+        if isinstance(key, str) and key.lower() == "header" and isinstance(header, dict):
+            for k, v in header.items():
+                if isinstance(k, str) and k.lower() == "txn" and isinstance(v, str) and v:
+                    return v
+    return None

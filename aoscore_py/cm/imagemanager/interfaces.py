@@ -1,0 +1,64 @@
+"""What the image manager offers and needs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ...protocol import BlobUrlInfo, ErrorInfo, ItemState
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """One item version as the unit knows it."""
+
+    item_id: str
+    version: str
+    item_type: str
+    index_digest: str
+    state: ItemState
+    error: ErrorInfo | None = None
+
+
+@dataclass(frozen=True)
+class BlobRecord:
+    """A blob stored and verified once; trusted afterwards while its size is unchanged."""
+
+    digest: str
+    size: int
+    verified_at: float
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """What a runtime needs to build an item's image from stored blobs."""
+
+    index_digest: str
+    manifest_digest: str
+    manifest: dict
+    config_digest: str
+    layer_digests: tuple[str, ...]
+
+
+class ImageStorage(Protocol):
+    """The image manager's records."""
+
+    def upsert_item(self, record: ItemRecord) -> None: ...
+    def items(self) -> list[ItemRecord]: ...
+    def delete_item(self, item_id: str, version: str) -> None: ...
+    def record_blob(self, digest: str, size: int) -> None: ...
+    def blob(self, digest: str) -> BlobRecord | None: ...
+
+
+class BlobUrlSource(Protocol):
+    """Where blob URLs come from: the cloud, through requestBlobUrls."""
+
+    async def request_blob_urls(self, digests: Sequence[str]) -> list[BlobUrlInfo]: ...
+
+
+class BlobPaths(Protocol):
+    """Where a stored blob lives on disk (for runtimes that build images from blobs)."""
+
+    def path(self, digest: str) -> Path: ...

@@ -1,0 +1,86 @@
+"""Reading OCI image indexes and manifests: pure functions over bytes.
+
+An item names its image index; the index names one manifest per platform; the manifest names
+a config and layers. Docker's manifest list and v2 manifest media types are accepted too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ...errors import AosCode, BlobError
+
+INDEX_TYPES = {
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+}
+MANIFEST_TYPES = {
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+}
+
+
+def _load(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BlobError(f"{what} is not valid JSON: {exc}", code=AosCode.INVALID_ARGUMENT) from None
+    if not isinstance(doc, dict):
+        raise BlobError(f"{what} is not a JSON object", code=AosCode.INVALID_ARGUMENT)
+    return doc
+
+
+def _digest_of(entry: Any, what: str) -> str:
+    if not isinstance(entry, dict) or not isinstance(entry.get("digest"), str):
+        raise BlobError(f"{what} has no digest", code=AosCode.INVALID_ARGUMENT)
+    return entry["digest"]
+
+
+def is_index(doc: dict[str, Any]) -> bool:
+    return doc.get("mediaType") in INDEX_TYPES or (
+        "manifests" in doc and "layers" not in doc
+    )
+
+
+def choose_manifest(index_raw: bytes, os_name: str, arch: str) -> str:
+    """The digest of the index's manifest for this platform (the only one if just one).
+
+    Raises:
+        BlobError: the index lists no manifest for this platform (notSupported).
+    """
+    doc = _load(index_raw, "image index")
+    manifests = doc.get("manifests")
+    if not isinstance(manifests, list) or not manifests:
+        raise BlobError("image index lists no manifests", code=AosCode.INVALID_ARGUMENT)
+    if len(manifests) == 1 and "platform" not in manifests[0]:
+        return _digest_of(manifests[0], "image index entry")
+    for entry in manifests:
+        platform = entry.get("platform") if isinstance(entry, dict) else None
+        if (
+            isinstance(platform, dict)
+            and platform.get("os") == os_name
+            and platform.get("architecture") == arch
+        ):
+            return _digest_of(entry, "image index entry")
+    raise BlobError(
+        f"image index has no manifest for {os_name}/{arch}", code=AosCode.NOT_SUPPORTED
+    )
+
+
+def parse_manifest(raw: bytes) -> tuple[dict[str, Any], str, tuple[str, ...]]:
+    """The manifest document, its config digest, and its layer digests in order."""
+    doc = _load(raw, "image manifest")
+    if doc.get("mediaType") not in MANIFEST_TYPES and "config" not in doc:
+        raise BlobError("image manifest has no config", code=AosCode.INVALID_ARGUMENT)
+    config = _digest_of(doc.get("config"), "image manifest config")
+    layers = doc.get("layers")
+    if not isinstance(layers, list):
+        raise BlobError("image manifest has no layers list", code=AosCode.INVALID_ARGUMENT)
+    return doc, config, tuple(_digest_of(layer, "image manifest layer") for layer in layers)
+
+
+def load_document(raw: bytes) -> dict[str, Any]:
+    """An index or manifest document (to tell which one an item points at)."""
+    return _load(raw, "image index")

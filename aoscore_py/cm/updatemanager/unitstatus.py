@@ -1,0 +1,165 @@
+"""The unit status handler: builds the full unit status from the records and the nodes.
+
+Every unitStatus carries `bootId` (new per process start) and `seq`, a number that only grows,
+across restarts too (reserved from storage in blocks), so the cloud can order a timeline even
+when messages arrive out of order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from itertools import groupby
+
+from ...logs import get_logger
+from ...protocol import (
+    DesiredStatus,
+    Identity,
+    InstancesStatus,
+    InstanceStatusInfo,
+    ItemStatus,
+    NodeInfo,
+    NodeState,
+    UnitConfigStatus,
+    UnitStatus,
+)
+from ...sm.interfaces import ServiceManager
+from ..imagemanager.interfaces import ItemRecord
+from ..launcher.interfaces import InstanceRecord
+from .interfaces import SequenceStorage, UpdateStorage
+
+log = get_logger("unitstatus")
+
+SEQ_BLOCK = 100
+
+
+class SequenceNumbers:
+    """Numbers that only grow, across restarts, costing one commit per `block` numbers."""
+
+    def __init__(self, storage: SequenceStorage, block: int = SEQ_BLOCK) -> None:
+        self._storage = storage
+        self._block = block
+        self._next = 0
+        self._end = 0
+
+    def next(self) -> int:
+        if self._next >= self._end:
+            self._next = self._storage.reserve_seq(self._block)
+            self._end = self._next + self._block
+        value = self._next
+        self._next += 1
+        return value
+
+
+def items_status(records: list[ItemRecord]) -> tuple[ItemStatus, ...]:
+    return tuple(
+        ItemStatus(Identity(id=r.item_id, type=r.item_type), r.version, r.state, r.error)
+        for r in records
+    )
+
+
+def instances_status(records: list[InstanceRecord]) -> tuple[InstancesStatus, ...]:
+    """Instances grouped by (item, subject, version), as the protocol reports them."""
+
+    def group(r: InstanceRecord) -> tuple[str, str, str, str]:
+        return (r.key.item_id, r.key.subject_id, r.version, r.item_type)
+
+    out = []
+    for (item_id, subject_id, version, kind), rows in groupby(sorted(records, key=group), key=group):
+        out.append(
+            InstancesStatus(
+                item=Identity(id=item_id, type=kind),
+                subject=Identity(id=subject_id),
+                version=version,
+                instances=tuple(
+                    InstanceStatusInfo(
+                        node=Identity(codename=r.node),
+                        runtime=Identity(codename="docker"),
+                        instance=r.key.instance,
+                        state=r.state,
+                        error_info=r.error,
+                    )
+                    for r in sorted(rows, key=lambda r: r.key.instance)
+                ),
+            )
+        )
+    return tuple(out)
+
+
+class UnitStatusHandler:
+    """Builds and sends full unit statuses.
+
+    Args:
+        storage: unit config, node states and sequence numbers.
+        items: the item records (image manager).
+        instances: refreshes and returns the instance records (launcher).
+        nodes: node codename -> service manager.
+        send: sends a message to the cloud.
+        desired: the desired status in force (for subjects).
+    """
+
+    def __init__(
+        self,
+        storage: UpdateStorage,
+        seq_storage: SequenceStorage,
+        items: Callable[[], list[ItemRecord]],
+        instances: Callable[[], Awaitable[list[InstanceRecord]]],
+        nodes: Mapping[str, ServiceManager],
+        send: Callable[[UnitStatus], Awaitable[str | None]],
+        desired: Callable[[], DesiredStatus | None],
+    ) -> None:
+        self.boot_id = uuid.uuid4().hex
+        self._storage = storage
+        self._seq = SequenceNumbers(seq_storage)
+        self._items = items
+        self._instances = instances
+        self._nodes = dict(nodes)
+        self._send = send
+        self._desired = desired
+
+    async def _node_infos(self) -> tuple[NodeInfo, ...]:
+        states = self._storage.node_states()
+        out = []
+        for node in sorted(self._nodes):
+            info = await self._nodes[node].node_info()
+            if states.get(node) == "paused":
+                info = _with_state(info, NodeState.PAUSED)
+            out.append(info)
+        return tuple(out)
+
+    async def full_status(self) -> UnitStatus:
+        config = self._storage.unit_config()
+        desired = self._desired()
+        return UnitStatus(
+            is_delta_info=False,
+            unit_config=()
+            if config is None
+            else (UnitConfigStatus(config.version, config.state, config.error),),
+            nodes=await self._node_infos(),
+            items=items_status(self._items()),
+            instances=instances_status(await self._instances()),
+            subjects=tuple(Identity(codename=s.identity.key) for s in desired.subjects)
+            if desired
+            else (),
+            boot_id=self.boot_id,
+            seq=self._seq.next(),
+        )
+
+    async def send_full(self, reason: str) -> None:
+        """Send a full unit status now."""
+        status = await self.full_status()
+        txn = await self._send(status)
+        log.info(
+            "status.full",
+            reason=reason,
+            seq=status.seq,
+            sent=txn is not None,
+            items=len(status.items or ()),
+            instances=sum(len(g.instances) for g in status.instances or ()),
+        )
+
+
+def _with_state(info: NodeInfo, state: NodeState) -> NodeInfo:
+    from dataclasses import replace
+
+    return replace(info, state=state)

@@ -1,0 +1,113 @@
+"""Plan a node's containers: a pure function from wanted instances and observed containers to
+steps, each a frozen record with an action name (balena's composition steps).
+
+Level-triggered: every run starts from what the engine reports, so an interrupted run simply
+plans again. Rules: a container whose labels name no wanted instance, an older version, another
+image, or a duplicate is removed; a wanted instance with no container gets load-image, create,
+start; one whose container is not running gets start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ..cm.launcher.interfaces import InstanceKey
+from ..errors import AosCode
+from ..protocol import ErrorInfo, InstanceState
+from .docker_runtime import (
+    LABEL_IMAGE,
+    LABEL_INSTANCE,
+    LABEL_ITEM,
+    LABEL_SUBJECT,
+    LABEL_VERSION,
+    ContainerInfo,
+)
+from .interfaces import InstanceSpec
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing to do on the engine."""
+
+    action: str  # "remove", "load_image", "create", "start"
+    key: InstanceKey | None = None
+    container_id: str | None = None
+    reason: str = ""
+
+
+def container_key(info: ContainerInfo) -> InstanceKey | None:
+    """The instance a container belongs to, from its labels; None if they are unreadable."""
+    labels = info.labels
+    try:
+        return InstanceKey(labels[LABEL_ITEM], labels[LABEL_SUBJECT], int(labels[LABEL_INSTANCE]))
+    except (KeyError, ValueError):
+        return None
+
+
+def plan(specs: Sequence[InstanceSpec], containers: Sequence[ContainerInfo]) -> list[Step]:
+    """The steps that make the engine run exactly `specs` (removals first)."""
+    wanted = {s.key: s for s in specs}
+    keep: dict[InstanceKey, ContainerInfo] = {}
+    removals: list[Step] = []
+    for info in sorted(containers, key=lambda c: (c.status != "running", c.name, c.id)):
+        key = container_key(info)
+        spec = wanted.get(key) if key else None
+        if spec is None:
+            removals.append(Step("remove", key, info.id, "not wanted"))
+        elif info.labels.get(LABEL_VERSION) != spec.version:
+            removals.append(
+                Step("remove", key, info.id, f"version {info.labels.get(LABEL_VERSION)}")
+            )
+        elif info.labels.get(LABEL_IMAGE) != spec.image.config_digest:
+            removals.append(Step("remove", key, info.id, "other image"))
+        elif key in keep:
+            removals.append(Step("remove", key, info.id, "duplicate"))
+        else:
+            keep[key] = info
+    steps = list(removals)
+    loaded: set[str] = set()
+    for key in sorted(wanted):
+        spec = wanted[key]
+        info = keep.get(key)
+        if info is None:
+            if spec.image.config_digest not in loaded:
+                loaded.add(spec.image.config_digest)
+                steps.append(Step("load_image", key, reason=spec.image.config_digest))
+            steps.append(Step("create", key))
+            steps.append(Step("start", key))
+        elif info.status != "running":
+            steps.append(Step("start", key, info.id, f"was {info.status}"))
+    return steps
+
+
+def instance_state(info: ContainerInfo | None) -> tuple[InstanceState, ErrorInfo | None]:
+    """An instance's state as the engine shows its container."""
+    if info is None:
+        return InstanceState.FAILED, ErrorInfo(int(AosCode.NOT_FOUND), 0, "container not found")
+    if info.status == "running":
+        if info.health == "starting":
+            return InstanceState.ACTIVATING, None
+        if info.health == "unhealthy":
+            return InstanceState.FAILED, ErrorInfo(int(AosCode.FAILED), 0, "health check failing")
+        return InstanceState.ACTIVE, None
+    if info.status in ("created", "restarting"):
+        return InstanceState.ACTIVATING, None
+    if info.status == "paused":
+        return InstanceState.INACTIVE, None
+    code = info.exit_code or 0
+    return InstanceState.FAILED, ErrorInfo(
+        int(AosCode.RUNTIME), code, f"container {info.status} with exit code {code}"
+    )
+
+
+def states_by_key(
+    containers: Sequence[ContainerInfo],
+) -> Mapping[InstanceKey, ContainerInfo]:
+    """The best container per instance (running ones first)."""
+    out: dict[InstanceKey, ContainerInfo] = {}
+    for info in sorted(containers, key=lambda c: (c.status != "running", c.name, c.id)):
+        key = container_key(info)
+        if key is not None and key not in out:
+            out[key] = info
+    return out

@@ -1,0 +1,196 @@
+"""The one implementation of every component's storage Protocol. Components never see SQL.
+
+Every write is one short transaction (`BEGIN IMMEDIATE`), never spanning an await.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+import peewee
+
+from ..cm.imagemanager.interfaces import BlobRecord, ItemRecord
+from ..cm.launcher.interfaces import InstanceKey, InstanceRecord
+from ..cm.updatemanager.interfaces import UnitConfigRecord
+from ..protocol import ErrorInfo, InstanceState, ItemState, UnitConfigState
+from .database import open_database
+
+
+def _error_out(error: ErrorInfo | None) -> bytes | None:
+    if error is None:
+        return None
+    return orjson.dumps([error.aos_code, error.exit_code, error.message])
+
+
+def _error_in(raw: bytes | memoryview | None) -> ErrorInfo | None:
+    if raw is None:
+        return None
+    code, exit_code, message = orjson.loads(bytes(raw))
+    return ErrorInfo(aos_code=code, exit_code=exit_code, message=message)
+
+
+class Storage:
+    """The agent's store: one SQLite file in `data_dir`.
+
+    Implements ImageStorage, LauncherStorage, UpdateStorage and SequenceStorage.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.db, m = open_database(data_dir)
+        self._meta = m["Meta"]
+        self._desired = m["DesiredStatusRow"]
+        self._item = m["ItemRow"]
+        self._blob = m["BlobRow"]
+        self._instance = m["InstanceRow"]
+        self._unit_config = m["UnitConfigRow"]
+        self._node = m["NodeRow"]
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _tx(self) -> peewee._atomic:
+        return self.db.atomic("IMMEDIATE")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._meta.get(self._meta.key == "schema_version").value)
+
+    # update manager
+
+    def save_desired_status(self, body: bytes) -> None:
+        with self._tx():
+            self._desired.insert(id=1, body=body, received_at=time.time()).on_conflict_replace().execute()
+
+    def load_desired_status(self) -> bytes | None:
+        row = self._desired.get_or_none(self._desired.id == 1)
+        return None if row is None else bytes(row.body)
+
+    def set_node_states(self, states: dict[str, str]) -> None:
+        with self._tx():
+            self._node.delete().execute()
+            for node, state in sorted(states.items()):
+                self._node.create(node=node, state=state)
+
+    def node_states(self) -> dict[str, str]:
+        return {r.node: r.state for r in self._node.select()}
+
+    def save_unit_config(self, record: UnitConfigRecord) -> None:
+        with self._tx():
+            self._unit_config.insert(
+                id=1,
+                version=record.version,
+                state=record.state.value,
+                body=record.body,
+                error=_error_out(record.error),
+            ).on_conflict_replace().execute()
+
+    def unit_config(self) -> UnitConfigRecord | None:
+        row = self._unit_config.get_or_none(self._unit_config.id == 1)
+        if row is None:
+            return None
+        return UnitConfigRecord(
+            version=row.version,
+            state=UnitConfigState(row.state),
+            body=None if row.body is None else bytes(row.body),
+            error=_error_in(row.error),
+        )
+
+    def reserve_seq(self, block: int) -> int:
+        """Reserve `block` sequence numbers; returns the first. Numbers never repeat."""
+        with self._tx():
+            row = self._meta.get_or_none(self._meta.key == "seq_next")
+            start = int(row.value) if row else 1
+            self._meta.insert(key="seq_next", value=str(start + block)).on_conflict_replace().execute()
+        return start
+
+    # image manager
+
+    def upsert_item(self, record: ItemRecord) -> None:
+        with self._tx():
+            self._item.insert(
+                item_id=record.item_id,
+                version=record.version,
+                item_type=record.item_type,
+                index_digest=record.index_digest,
+                state=record.state.value,
+                error=_error_out(record.error),
+                updated_at=time.time(),
+            ).on_conflict_replace().execute()
+
+    def items(self) -> list[ItemRecord]:
+        rows = self._item.select().order_by(self._item.item_id, self._item.version)
+        return [
+            ItemRecord(
+                item_id=r.item_id,
+                version=r.version,
+                item_type=r.item_type,
+                index_digest=r.index_digest,
+                state=ItemState(r.state),
+                error=_error_in(r.error),
+            )
+            for r in rows
+        ]
+
+    def delete_item(self, item_id: str, version: str) -> None:
+        with self._tx():
+            self._item.delete().where(
+                (self._item.item_id == item_id) & (self._item.version == version)
+            ).execute()
+
+    def record_blob(self, digest: str, size: int) -> None:
+        with self._tx():
+            self._blob.insert(
+                digest=digest, size=size, verified_at=time.time()
+            ).on_conflict_replace().execute()
+
+    def blob(self, digest: str) -> BlobRecord | None:
+        row = self._blob.get_or_none(self._blob.digest == digest)
+        if row is None:
+            return None
+        return BlobRecord(digest=row.digest, size=row.size, verified_at=row.verified_at)
+
+    # launcher
+
+    def _instance_fields(self, r: InstanceRecord) -> dict:
+        return {
+            "item_id": r.key.item_id,
+            "subject_id": r.key.subject_id,
+            "instance": r.key.instance,
+            "item_type": r.item_type,
+            "version": r.version,
+            "node": r.node,
+            "priority": r.priority,
+            "state": r.state.value,
+            "error": _error_out(r.error),
+            "updated_at": time.time(),
+        }
+
+    def replace_instances(self, records: list[InstanceRecord]) -> None:
+        with self._tx():
+            self._instance.delete().execute()
+            for r in records:
+                self._instance.insert(**self._instance_fields(r)).execute()
+
+    def update_instances(self, records: list[InstanceRecord]) -> None:
+        with self._tx():
+            for r in records:
+                self._instance.insert(**self._instance_fields(r)).on_conflict_replace().execute()
+
+    def instances(self) -> list[InstanceRecord]:
+        t = self._instance
+        rows = t.select().order_by(t.item_id, t.subject_id, t.instance)
+        return [
+            InstanceRecord(
+                key=InstanceKey(r.item_id, r.subject_id, r.instance),
+                item_type=r.item_type,
+                version=r.version,
+                node=r.node,
+                priority=r.priority,
+                state=InstanceState(r.state),
+                error=_error_in(r.error),
+            )
+            for r in rows
+        ]

@@ -1,0 +1,274 @@
+"""A testbed of real parts for the power-cut matrix, the demo, benchmarks and tests: a registry,
+the reference cloud and agents as real processes, a scenario desired status, and the check
+that a unit has converged on it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from statemachine import ENV_VAR
+
+from .cloud.oci import OciImage
+from .cloud.registry import Registry
+from .cloud.service import publish
+from .cloud.state import CloudState, read_timeline
+from .protocol import (
+    DesiredInstance,
+    DesiredItem,
+    DesiredNodeState,
+    DesiredNodeStatus,
+    DesiredStatus,
+    DesiredSubject,
+    Identity,
+    NodeConfig,
+    SubjectType,
+    UnitConfig,
+    dump_message,
+)
+from .sm.docker_runtime import LABEL_UNIT, DockerRuntime
+from .sm.planner import container_key
+from .storage import DB_NAME
+
+PYTHON = sys.executable
+
+
+def aoscore_cmd(*args: str) -> list[str]:
+    """The command line that runs `aoscore ARGS` with this interpreter."""
+    return [PYTHON, "-m", "aoscore_py", *args]
+
+
+class Process:
+    """A child process with its output in a log file; stopped for sure by `stop()`."""
+
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        unset: Sequence[str] = (),
+    ) -> None:
+        self.args = args
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        full_env = {k: v for k, v in os.environ.items() if k not in unset}
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait(self, timeout_s: float) -> int | None:
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM, then SIGKILL after `timeout_s`; returns the exit code."""
+        self.signal(signal.SIGTERM)
+        code = self.wait(timeout_s)
+        if code is None:
+            self.signal(signal.SIGKILL)
+            code = self.proc.wait()
+        self._log.close()
+        return code
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class CloudProcess:
+    """`aoscore cloud serve` as a child process, with the registry it is given."""
+
+    cloud_dir: Path
+    registry_url: str
+    blob_urls_delay_s: float = 0.0
+    process: Process | None = None
+    endpoints: dict[str, str] = field(default_factory=dict)
+
+    def start(self, timeout_s: float = 20.0) -> CloudProcess:
+        state = CloudState(self.cloud_dir)
+        state.clear_endpoints()
+        args = aoscore_cmd("cloud", "serve", "--cloud-dir", str(self.cloud_dir),
+                           "--registry", self.registry_url, "--log-format", "json")
+        if self.blob_urls_delay_s:
+            args += ["--blob-urls-delay", str(self.blob_urls_delay_s)]
+        self.process = Process(args, self.cloud_dir / "cloud.log")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            endpoints = state.endpoints()
+            if endpoints and endpoints.get("pid") == self.process.pid:
+                self.endpoints = endpoints
+                return self
+            if self.process.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        output = self.process.output()[-2000:]
+        self.process.stop()
+        raise RuntimeError(f"the reference cloud did not start:\n{output}")
+
+    @property
+    def ws_url(self) -> str:
+        return self.endpoints["ws"]
+
+    @property
+    def operator_url(self) -> str:
+        return self.endpoints["operator"]
+
+    @property
+    def state(self) -> CloudState:
+        return CloudState(self.cloud_dir)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+
+def start_agent(
+    unit: str, cloud_url: str, data_dir: Path, log_path: Path, *, crashpoint: str | None = None,
+    extra: Sequence[str] = (), env: dict[str, str] | None = None,
+) -> Process:
+    """`aoscore agent` as a child process, optionally armed with a crash point."""
+    full_env = dict(env or {})
+    if crashpoint:
+        full_env[ENV_VAR] = crashpoint
+    args = aoscore_cmd("agent", "--cloud", cloud_url, "--system-id", unit,
+                       "--data-dir", str(data_dir), "--log-format", "json", *extra)
+    return Process(args, log_path, full_env, unset=() if crashpoint else (ENV_VAR,))
+
+
+def scenario(images: Sequence[tuple[str, OciImage]], *, num_instances: int = 2,
+             version: str = "1.0.0", subject: str = "subj1", priority: int = 10) -> DesiredStatus:
+    """A desired status: each (item id, image) as a service with `num_instances` instances
+    on node-1."""
+    return DesiredStatus(
+        nodes=(DesiredNodeStatus(Identity(codename="node-1"), DesiredNodeState.PROVISIONED),),
+        unit_config=UnitConfig(
+            version="1.0.0",
+            format_version="1",
+            nodes=(NodeConfig(node=Identity(codename="node-1"),
+                              node_group_subject=Identity(codename="main"), priority=10),),
+        ),
+        items=tuple(
+            DesiredItem(Identity(id=item_id, type="service"), version, image.index_digest,
+                        Identity(id="owner1"))
+            for item_id, image in images
+        ),
+        instances=tuple(
+            DesiredInstance(Identity(id=item_id), Identity(id=subject), priority, num_instances)
+            for item_id, _ in images
+        ),
+        subjects=(DesiredSubject(Identity(id=subject), SubjectType.GROUP),),
+    )
+
+
+def publish_images(cloud_dir: Path, registry_url: str, names: Sequence[str], **kw: object) -> list[OciImage]:
+    return [publish(cloud_dir, name, registry_url=registry_url, **kw) for name in names]  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """Whether a unit runs exactly its desired status, and what is still off."""
+
+    ok: bool
+    problems: tuple[str, ...]
+
+
+def wanted_instances(ds: DesiredStatus) -> set[tuple[str, str, int]]:
+    return {
+        (i.item.key or "", i.subject.key or "", n)
+        for i in ds.instances
+        for n in range(i.num_instances)
+    }
+
+
+def check_convergence(unit: str, ds: DesiredStatus, cloud: CloudState, data_dir: Path,
+                      runtime: DockerRuntime) -> Convergence:
+    """Exactly the desired containers running, once each; items recorded installed; the cloud's
+    timeline ending with a full unitStatus whose instances are all active."""
+    problems: list[str] = []
+    wanted = wanted_instances(ds)
+    versions = {i.item.key: i.version for i in ds.items}
+    containers = runtime.list_containers({LABEL_UNIT: unit})
+    seen: dict[tuple[str, str, int], int] = {}
+    for c in containers:
+        key = container_key(c)
+        k = (key.item_id, key.subject_id, key.instance) if key else ("?", "?", -1)
+        seen[k] = seen.get(k, 0) + 1
+        if c.status != "running":
+            problems.append(f"container {c.name} is {c.status}")
+    if set(seen) != wanted:
+        problems.append(f"containers {sorted(seen)} != desired {sorted(wanted)}")
+    problems += [f"{k} runs {n} times" for k, n in seen.items() if n > 1]
+    problems += _items_installed(data_dir, versions)
+    problems += _timeline_active(cloud.timeline_path(unit), wanted)
+    return Convergence(not problems, tuple(problems))
+
+
+def _items_installed(data_dir: Path, versions: dict[str | None, str]) -> list[str]:
+    path = data_dir / DB_NAME
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+            rows = conn.execute("select item_id, version, state from item").fetchall()
+    except sqlite3.Error as exc:
+        return [f"cannot read {path}: {exc}"]
+    states = {(r[0], r[1]): r[2] for r in rows}
+    return [
+        f"item {item} {version} is {states.get((item, version), 'unknown')}"
+        for item, version in versions.items()
+        if states.get((item, version)) != "installed"
+    ]
+
+
+def _timeline_active(path: Path, wanted: set[tuple[str, str, int]]) -> list[str]:
+    records = read_timeline(path)
+    if not records:
+        return ["the cloud received no unitStatus"]
+    last = records[-1]["unitStatus"]
+    if last.get("isDeltaInfo"):
+        return ["the last unitStatus is a delta"]
+    got = {}
+    for group in last.get("instances") or []:
+        for inst in group.get("instances") or []:
+            key = (group["item"].get("id"), group["subject"].get("id"), inst["instance"])
+            got[key] = inst["state"]
+    problems = []
+    if set(got) != wanted:
+        problems.append(f"last unitStatus reports {sorted(got)}")
+    problems += [f"last unitStatus: {k} is {s}" for k, s in got.items() if s != "active"]
+    return problems
+
+
+def remove_unit_containers(runtime: DockerRuntime, unit: str) -> int:
+    containers = runtime.list_containers({LABEL_UNIT: unit})
+    for c in containers:
+        runtime.remove_container(c.id, timeout_s=2)
+    return len(containers)
+
+
+def save_desired(cloud: CloudState, unit: str, ds: DesiredStatus) -> None:
+    """Provision `unit` with `ds`: the cloud sends it when the unit connects."""
+    cloud.save_desired(unit, dump_message(ds))
+
+
+__all__ = ["CloudProcess", "Convergence", "Process", "Registry", "check_convergence",
+           "publish_images", "remove_unit_containers", "save_desired", "scenario", "start_agent"]
