@@ -99,9 +99,15 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down cleanly."""
-        log.info("agent.start", system_id=self.config.system_id, node=self.config.node_id,
-                 data_dir=str(self.config.data_dir), cloud=self.config.cloud_url,
-                 phase=self.handler.machine.phase, boot_id=self.status.boot_id)
+        log.info(
+            "agent.start",
+            system_id=self.config.system_id,
+            node=self.config.node_id,
+            data_dir=str(self.config.data_dir),
+            cloud=self.config.cloud_url,
+            phase=self.handler.machine.phase,
+            boot_id=self.status.boot_id,
+        )
         await self.handler.start()
         link_task = asyncio.create_task(self.link.run(), name="link")
         stop_task = asyncio.create_task(stop.wait(), name="stop")

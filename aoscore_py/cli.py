@@ -49,7 +49,8 @@ def _ws_url(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
 def _system_id(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     if not _SYSTEM_ID.match(value or ""):
         raise click.BadParameter(
-            f"{value!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"{value!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
         )
     return value
 
@@ -61,10 +62,15 @@ def _positive(_ctx: click.Context, param: click.Parameter, value: float | None) 
 
 
 log_options = [
-    click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-                 default="info", show_default=True),
-    click.option("--log-format", type=click.Choice(["logfmt", "json"]), default="logfmt",
-                 show_default=True),
+    click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        default="info",
+        show_default=True,
+    ),
+    click.option(
+        "--log-format", type=click.Choice(["logfmt", "json"]), default="logfmt", show_default=True
+    ),
 ]
 
 
@@ -75,12 +81,20 @@ def with_logs(fn: Any) -> Any:
 
 
 data_dir_option = click.option(
-    "--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="AOSCORE_DATA_DIR",
-    default=DEFAULT_DATA_DIR, show_default=True, help="Where the agent keeps its state.",
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="AOSCORE_DATA_DIR",
+    default=DEFAULT_DATA_DIR,
+    show_default=True,
+    help="Where the agent keeps its state.",
 )
 cloud_dir_option = click.option(
-    "--cloud-dir", type=click.Path(file_okay=False, path_type=Path), envvar="AOSCORE_CLOUD_DIR",
-    default=DEFAULT_CLOUD_DIR, show_default=True, help="The reference cloud's state folder.",
+    "--cloud-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="AOSCORE_CLOUD_DIR",
+    default=DEFAULT_CLOUD_DIR,
+    show_default=True,
+    help="The reference cloud's state folder.",
 )
 
 
@@ -94,14 +108,33 @@ def cli() -> None:
 @click.option("--cloud", required=True, callback=_ws_url, help="The cloud's WebSocket URL.")
 @click.option("--system-id", required=True, callback=_system_id, help="This unit's systemId.")
 @data_dir_option
-@click.option("--node-id", default="node-1", show_default=True, callback=_system_id,
-              help="This node's codename.")
+@click.option(
+    "--node-id",
+    default="node-1",
+    show_default=True,
+    callback=_system_id,
+    help="This node's codename.",
+)
 @click.option("--docker-url", default=None, help="Docker engine URL (default: from environment).")
-@click.option("--active-timeout", type=float, default=600.0, show_default=True,
-              callback=_positive, help="Seconds waitingActive waits for instances to activate.")
+@click.option(
+    "--active-timeout",
+    type=float,
+    default=600.0,
+    show_default=True,
+    callback=_positive,
+    help="Seconds waitingActive waits for instances to activate.",
+)
 @with_logs
-def agent(cloud: str, system_id: str, data_dir: Path, node_id: str, docker_url: str | None,
-          active_timeout: float, log_level: str, log_format: str) -> None:
+def agent(
+    cloud: str,
+    system_id: str,
+    data_dir: Path,
+    node_id: str,
+    docker_url: str | None,
+    active_timeout: float,
+    log_level: str,
+    log_format: str,
+) -> None:
     """Run the agent (CM with its local SM) until SIGINT or SIGTERM."""
     from .agent import AgentConfig, run_agent
 
@@ -117,44 +150,85 @@ def cloud() -> None:
 
 @cloud.command("serve")
 @cloud_dir_option
-@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
-              help="Port on 127.0.0.1 (0 picks a free one; see cloud.json).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Port on 127.0.0.1 (0 picks a free one; see cloud.json).",
+)
 @click.option("--registry", default=None, help="Use this registry URL instead of starting one.")
-@click.option("--blob-urls-delay", type=click.FloatRange(0, 3600), default=0.0,
-              help="Answer requestBlobUrls after this many seconds (a slow cloud, for tests).")
+@click.option(
+    "--blob-urls-delay",
+    type=click.FloatRange(0, 3600),
+    default=0.0,
+    help="Answer requestBlobUrls after this many seconds (a slow cloud, for tests).",
+)
 @with_logs
-def cloud_serve(cloud_dir: Path, port: int, registry: str | None, blob_urls_delay: float,
-                log_level: str, log_format: str) -> None:
+def cloud_serve(
+    cloud_dir: Path,
+    port: int,
+    registry: str | None,
+    blob_urls_delay: float,
+    log_level: str,
+    log_format: str,
+) -> None:
     """Serve units on loopback until SIGINT or SIGTERM."""
     from .cloud.service import serve_cloud
 
     logs.configure(log_level, log_format)
-    _run(serve_cloud(cloud_dir, port=port, registry_url=registry, blob_urls_delay_s=blob_urls_delay))
+    _run(
+        serve_cloud(cloud_dir, port=port, registry_url=registry, blob_urls_delay_s=blob_urls_delay)
+    )
 
 
 @cloud.command("publish")
 @click.argument("name")
 @cloud_dir_option
 @click.option("--registry", default=None, help="Registry URL (default: the running cloud's).")
-@click.option("--healthcheck", default=None,
-              help="A health check command run by the engine, e.g. 'test -f /ready'.")
-@click.option("--start-period", type=click.FloatRange(0), default=None,
-              help="Seconds during which failing health checks leave the instance activating.")
-@click.option("--size", type=click.IntRange(0, 1 << 32), default=0,
-              help="Add a layer of this many pseudo-random bytes.")
-def cloud_publish(name: str, cloud_dir: Path, registry: str | None, healthcheck: str | None,
-                  start_period: float | None, size: int) -> None:
+@click.option(
+    "--healthcheck",
+    default=None,
+    help="A health check command run by the engine, e.g. 'test -f /ready'.",
+)
+@click.option(
+    "--start-period",
+    type=click.FloatRange(0),
+    default=None,
+    help="Seconds during which failing health checks leave the instance activating.",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(0, 1 << 32),
+    default=0,
+    help="Add a layer of this many pseudo-random bytes.",
+)
+def cloud_publish(
+    name: str,
+    cloud_dir: Path,
+    registry: str | None,
+    healthcheck: str | None,
+    start_period: float | None,
+    size: int,
+) -> None:
     """Build a busybox test image NAME, push it to the registry, print its indexDigest."""
     from .cloud.service import publish
 
     if not _IMAGE_NAME.match(name):
-        raise click.BadParameter(f"{name!r}: use lowercase letters, digits and . _ -",
-                                 param_hint="NAME")
+        raise click.BadParameter(
+            f"{name!r}: use lowercase letters, digits and . _ -", param_hint="NAME"
+        )
     logs.configure("warning")
     check = ["/bin/sh", "-c", healthcheck] if healthcheck else None
     try:
-        image = publish(cloud_dir, name, registry_url=registry, healthcheck=check,
-                        health_start_period_s=start_period, extra_layer_bytes=size)
+        image = publish(
+            cloud_dir,
+            name,
+            registry_url=registry,
+            healthcheck=check,
+            health_start_period_s=start_period,
+            extra_layer_bytes=size,
+        )
     except ConfigError as exc:
         _fail(exc.message, 2)
     except AosError as exc:
@@ -182,8 +256,14 @@ def read_desired_status(path: Path) -> Any:
 @click.option("--unit", required=True, callback=_system_id, help="The unit's systemId.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @cloud_dir_option
-@click.option("--timeout", type=float, default=30.0, show_default=True, callback=_positive,
-              help="Seconds to wait for the unit's ack.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    callback=_positive,
+    help="Seconds to wait for the unit's ack.",
+)
 def cloud_push(unit: str, file: Path, cloud_dir: Path, timeout: float) -> None:
     """Send the desired status in FILE to a unit and print its ack."""
     from .cloud.client import operator_url, push
@@ -222,11 +302,20 @@ def cloud_timeline(unit: str, cloud_dir: Path, last: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Also write the rows as a JSON list.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the rows as a JSON list.",
+)
 @click.option("--points", default=None, help="Comma-separated crash points (default: all).")
-@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to keep the run's files (default: a new temporary folder).")
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to keep the run's files (default: a new temporary folder).",
+)
 def powercut(json_path: Path | None, points: str | None, work_dir: Path | None) -> None:
     """Kill the agent at every crash point and check that the unit still converges."""
     from .powercut import CRASH_POINTS, run_matrix
@@ -234,7 +323,9 @@ def powercut(json_path: Path | None, points: str | None, work_dir: Path | None) 
     selected = list(CRASH_POINTS)
     if points:
         selected = [p.strip() for p in points.split(",") if p.strip()]
-        unknown = [p for p in selected if p.split(":")[0] not in {c.split(":")[0] for c in CRASH_POINTS}]
+        unknown = [
+            p for p in selected if p.split(":")[0] not in {c.split(":")[0] for c in CRASH_POINTS}
+        ]
         if unknown:
             raise click.BadParameter(f"unknown crash points {unknown}", param_hint="--points")
     logs.configure("warning")

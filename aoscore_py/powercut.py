@@ -78,8 +78,9 @@ def _print_row(row: Row, width: int) -> None:
     )
 
 
-def run_point(point: str, cloud: CloudProcess, ds_images: list, work: Path,
-              runtime: DockerRuntime) -> Row:
+def run_point(
+    point: str, cloud: CloudProcess, ds_images: list, work: Path, runtime: DockerRuntime
+) -> Row:
     """Crash at `point`, restart, and wait for convergence."""
     unit = f"pc-{uuid.uuid4().hex[:8]}"
     ds = scenario(ds_images)

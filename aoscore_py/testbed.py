@@ -5,6 +5,7 @@ that a unit has converged on it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -15,10 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from statemachine import ENV_VAR
 
 from .cloud.oci import OciImage
-from .cloud.registry import Registry
 from .cloud.service import publish
 from .cloud.state import CloudState, read_timeline
 from .protocol import (
@@ -107,8 +109,16 @@ class CloudProcess:
     def start(self, timeout_s: float = 20.0) -> CloudProcess:
         state = CloudState(self.cloud_dir)
         state.clear_endpoints()
-        args = aoscore_cmd("cloud", "serve", "--cloud-dir", str(self.cloud_dir),
-                           "--registry", self.registry_url, "--log-format", "json")
+        args = aoscore_cmd(
+            "cloud",
+            "serve",
+            "--cloud-dir",
+            str(self.cloud_dir),
+            "--registry",
+            self.registry_url,
+            "--log-format",
+            "json",
+        )
         if self.blob_urls_delay_s:
             args += ["--blob-urls-delay", str(self.blob_urls_delay_s)]
         self.process = Process(args, self.cloud_dir / "cloud.log")
@@ -144,20 +154,42 @@ class CloudProcess:
 
 
 def start_agent(
-    unit: str, cloud_url: str, data_dir: Path, log_path: Path, *, crashpoint: str | None = None,
-    extra: Sequence[str] = (), env: dict[str, str] | None = None,
+    unit: str,
+    cloud_url: str,
+    data_dir: Path,
+    log_path: Path,
+    *,
+    crashpoint: str | None = None,
+    extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> Process:
     """`aoscore agent` as a child process, optionally armed with a crash point."""
     full_env = dict(env or {})
     if crashpoint:
         full_env[ENV_VAR] = crashpoint
-    args = aoscore_cmd("agent", "--cloud", cloud_url, "--system-id", unit,
-                       "--data-dir", str(data_dir), "--log-format", "json", *extra)
+    args = aoscore_cmd(
+        "agent",
+        "--cloud",
+        cloud_url,
+        "--system-id",
+        unit,
+        "--data-dir",
+        str(data_dir),
+        "--log-format",
+        "json",
+        *extra,
+    )
     return Process(args, log_path, full_env, unset=() if crashpoint else (ENV_VAR,))
 
 
-def scenario(images: Sequence[tuple[str, OciImage]], *, num_instances: int = 2,
-             version: str = "1.0.0", subject: str = "subj1", priority: int = 10) -> DesiredStatus:
+def scenario(
+    images: Sequence[tuple[str, OciImage]],
+    *,
+    num_instances: int = 2,
+    version: str = "1.0.0",
+    subject: str = "subj1",
+    priority: int = 10,
+) -> DesiredStatus:
     """A desired status: each (item id, image) as a service with `num_instances` instances
     on node-1."""
     return DesiredStatus(
@@ -165,12 +197,21 @@ def scenario(images: Sequence[tuple[str, OciImage]], *, num_instances: int = 2,
         unit_config=UnitConfig(
             version="1.0.0",
             format_version="1",
-            nodes=(NodeConfig(node=Identity(codename="node-1"),
-                              node_group_subject=Identity(codename="main"), priority=10),),
+            nodes=(
+                NodeConfig(
+                    node=Identity(codename="node-1"),
+                    node_group_subject=Identity(codename="main"),
+                    priority=10,
+                ),
+            ),
         ),
         items=tuple(
-            DesiredItem(Identity(id=item_id, type="service"), version, image.index_digest,
-                        Identity(id="owner1"))
+            DesiredItem(
+                Identity(id=item_id, type="service"),
+                version,
+                image.index_digest,
+                Identity(id="owner1"),
+            )
             for item_id, image in images
         ),
         instances=tuple(
@@ -181,7 +222,9 @@ def scenario(images: Sequence[tuple[str, OciImage]], *, num_instances: int = 2,
     )
 
 
-def publish_images(cloud_dir: Path, registry_url: str, names: Sequence[str], **kw: object) -> list[OciImage]:
+def publish_images(
+    cloud_dir: Path, registry_url: str, names: Sequence[str], **kw: object
+) -> list[OciImage]:
     return [publish(cloud_dir, name, registry_url=registry_url, **kw) for name in names]  # type: ignore[arg-type]
 
 
@@ -201,8 +244,9 @@ def wanted_instances(ds: DesiredStatus) -> set[tuple[str, str, int]]:
     }
 
 
-def check_convergence(unit: str, ds: DesiredStatus, cloud: CloudState, data_dir: Path,
-                      runtime: DockerRuntime) -> Convergence:
+def check_convergence(
+    unit: str, ds: DesiredStatus, cloud: CloudState, data_dir: Path, runtime: DockerRuntime
+) -> Convergence:
     """Exactly the desired containers running, once each; items recorded installed; the cloud's
     timeline ending with a full unitStatus whose instances are all active."""
     problems: list[str] = []
@@ -270,5 +314,76 @@ def save_desired(cloud: CloudState, unit: str, ds: DesiredStatus) -> None:
     cloud.save_desired(unit, dump_message(ds))
 
 
-__all__ = ["CloudProcess", "Convergence", "Process", "Registry", "check_convergence",
-           "publish_images", "remove_unit_containers", "save_desired", "scenario", "start_agent"]
+class AgentLog:
+    """The JSON log lines of an agent process, for waiting on what it reports."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def records(self) -> list[dict[str, object]]:
+        out = []
+        try:
+            lines = self.path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
+        for line in lines:
+            if line.startswith(b"{"):
+                try:
+                    out.append(orjson.loads(line))
+                except orjson.JSONDecodeError:
+                    continue
+        return out
+
+    def find(self, event: str, after: int = 0, **fields: object) -> list[dict[str, object]]:
+        return [
+            r
+            for r in self.records()[after:]
+            if r.get("event") == event and all(r.get(k) == v for k, v in fields.items())
+        ]
+
+    def wait_for(
+        self, event: str, timeout_s: float = 30.0, after: int = 0, **fields: object
+    ) -> dict[str, object]:
+        """The first record of `event` with `fields` (from line `after`); raises on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = self.find(event, after, **fields)
+            if found:
+                return found[0]
+            time.sleep(0.02)
+        raise TimeoutError(f"no {event} {fields} in {self.path} within {timeout_s} s")
+
+
+def operate(cloud: CloudProcess, request: dict[str, object], timeout_s: float = 60.0) -> dict:
+    """One operator request to a running cloud, from synchronous code."""
+    from .cloud.client import operate as _operate
+
+    return asyncio.run(_operate(cloud.operator_url, request, timeout_s))
+
+
+def push(cloud: CloudProcess, unit: str, ds: DesiredStatus, timeout_s: float = 30.0) -> dict:
+    """Push `ds` to `unit` through the cloud's operator API; returns the unit's answer."""
+    request = {
+        "op": "push",
+        "unit": unit,
+        "desiredStatus": orjson.loads(dump_message(ds)),
+        "timeout": timeout_s,
+    }
+    return operate(cloud, request, timeout_s + 10)
+
+
+def wait_converged(
+    unit: str,
+    ds: DesiredStatus,
+    cloud: CloudProcess,
+    data_dir: Path,
+    runtime: DockerRuntime,
+    timeout_s: float = 60.0,
+) -> Convergence:
+    """Poll until the unit has converged on `ds` or `timeout_s` passes; the last check."""
+    deadline = time.monotonic() + timeout_s
+    result = check_convergence(unit, ds, cloud.state, data_dir, runtime)
+    while not result.ok and time.monotonic() < deadline:
+        time.sleep(0.25)
+        result = check_convergence(unit, ds, cloud.state, data_dir, runtime)
+    return result

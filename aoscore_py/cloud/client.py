@@ -34,7 +34,9 @@ async def operate(url: str, request: dict[str, Any], timeout_s: float = 60.0) ->
         return orjson.loads(await ws.recv())
 
 
-async def push(url: str, unit_id: str, ds: DesiredStatus, timeout_s: float = 30.0) -> dict[str, Any]:
+async def push(
+    url: str, unit_id: str, ds: DesiredStatus, timeout_s: float = 30.0
+) -> dict[str, Any]:
     """Push a desired status to a unit; returns its ack (`ok`) or nack (`error`)."""
     request = {
         "op": "push",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,7 @@ class _Unit:
 
     ws: ServerConnection
     waiters: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    next_reply: list[asyncio.Future[dict[str, Any]]] = field(default_factory=list)
     sent_desired: bool = False
 
 
@@ -67,6 +69,7 @@ class CloudServer:
         self._units: dict[str, _Unit] = {}
         self._connected: dict[str, asyncio.Event] = {}
         self._server: Server | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen; returns the port."""
@@ -125,7 +128,9 @@ class CloudServer:
                     if not waiter.done():
                         waiter.set_result({"ok": False, "error": "unit disconnected"})
 
-    async def _unit_message(self, unit_id: str, unit: _Unit, env: Envelope, raw: str | bytes) -> None:
+    async def _unit_message(
+        self, unit_id: str, unit: _Unit, env: Envelope, raw: str | bytes
+    ) -> None:
         data, txn = env.data, env.header.txn
         if isinstance(data, (Ack, Nack)):
             waiter = unit.waiters.pop(txn, None)
@@ -135,8 +140,10 @@ class CloudServer:
                 if data.error_info is not None:
                     result["error"] = data.error_info.message
                     result["aosCode"] = data.error_info.aos_code
-            if waiter is not None and not waiter.done():
-                waiter.set_result(result)
+            for w in [waiter, *unit.next_reply]:
+                if w is not None and not w.done():
+                    w.set_result(result)
+            unit.next_reply.clear()
             return
         await self._send(unit_id, unit, Ack(), txn=txn)
         if isinstance(data, UnitStatus):
@@ -145,9 +152,14 @@ class CloudServer:
             if not unit.sent_desired:
                 unit.sent_desired = True
                 if self.state.desired(unit_id) is not None:
-                    asyncio.ensure_future(self.deliver(unit_id, timeout_s=30.0))
+                    self._spawn(self.deliver(unit_id, timeout_s=30.0))
         elif isinstance(data, RequestBlobUrls):
-            asyncio.ensure_future(self._answer_blob_urls(unit_id, unit, data))
+            self._spawn(self._answer_blob_urls(unit_id, unit, data))
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _answer_blob_urls(self, unit_id: str, unit: _Unit, req: RequestBlobUrls) -> None:
         if self.blob_urls_delay_s:
@@ -193,8 +205,26 @@ class CloudServer:
                 return await waiter
         except (TimeoutError, ConnectionClosed, KeyError):
             waited = round(timeout_s - max(0.0, deadline - time.monotonic()), 1)
-            return {"ok": False, "error": f"unit {unit_id} did not answer within {waited} s; "
-                    "the desired status stays stored and is sent when it connects"}
+            return {
+                "ok": False,
+                "error": f"unit {unit_id} did not answer within {waited} s; "
+                "the desired status stays stored and is sent when it connects",
+            }
+
+    async def _raw(self, unit_id: str, frame: str, timeout_s: float) -> dict[str, Any]:
+        """Send `frame` as it is (for testing units with bad input); return the unit's next
+        ack or nack, whatever its txn."""
+        unit = self._units.get(unit_id)
+        if unit is None:
+            return {"ok": False, "error": f"unit {unit_id} is not connected"}
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        unit.next_reply.append(waiter)
+        await unit.ws.send(frame)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await waiter
+        except TimeoutError:
+            return {"ok": False, "error": f"no ack or nack within {timeout_s} s"}
 
     # operators
 
@@ -216,6 +246,12 @@ class CloudServer:
                 return {"ok": False, "error": f"expected a desiredStatus, got {ds.MESSAGE_TYPE}"}
             self.state.save_desired(unit_id, dump_message(ds))
             return await self.deliver(unit_id, float(request.get("timeout", 30.0)))
+        if op == "raw":
+            return await self._raw(
+                check_unit_id(request["unit"]),
+                str(request["frame"]),
+                float(request.get("timeout", 10.0)),
+            )
         if op == "units":
             return {"ok": True, "units": {u: u in self._units for u in self.state.units()}}
         return {"ok": False, "error": f"unknown op {op!r}"}

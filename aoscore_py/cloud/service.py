@@ -41,8 +41,12 @@ async def serve_cloud(
         bound = await server.start("127.0.0.1", port)
         ws_url = f"ws://127.0.0.1:{bound}"
         state.write_endpoints(
-            {"ws": ws_url, "operator": f"{ws_url}/operator", "registry": registry_url,
-             "pid": os.getpid()}
+            {
+                "ws": ws_url,
+                "operator": f"{ws_url}/operator",
+                "registry": registry_url,
+                "pid": os.getpid(),
+            }
         )
         log.info("cloud.serving", ws=ws_url, registry=registry_url, dir=str(cloud_dir))
         if ready is not None:

@@ -1,9 +1,9 @@
 """The reference cloud's durable state, all under one folder:
 
-    cloud.json                  where the running cloud listens (written by `cloud serve`)
-    catalog.json                published blobs: digest -> repository, size
-    units/<id>/desired.json     the last desired status pushed to the unit
-    units/<id>/timeline.jsonl   every unitStatus received, one JSON object per line
+cloud.json                  where the running cloud listens (written by `cloud serve`)
+catalog.json                published blobs: digest -> repository, size
+units/<id>/desired.json     the last desired status pushed to the unit
+units/<id>/timeline.jsonl   every unitStatus received, one JSON object per line
 """
 
 from __future__ import annotations

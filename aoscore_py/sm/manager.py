@@ -184,14 +184,24 @@ class DockerServiceManager:
             try:
                 await self._execute(step, by_key, ids)
             except AosError as exc:
-                log.error("step.failed", node=self.node_id, action=step.action,
-                          instance=str(step.key), error=exc.message,
-                          next="instance reported failed; others go on")
+                log.error(
+                    "step.failed",
+                    node=self.node_id,
+                    action=step.action,
+                    instance=str(step.key),
+                    error=exc.message,
+                    next="instance reported failed; others go on",
+                )
                 for k in keys:
                     failed.setdefault(k, _error(exc))
             else:
-                log.info("step.done", node=self.node_id, action=step.action,
-                         instance=str(step.key) if step.key else None, reason=step.reason or None)
+                log.info(
+                    "step.done",
+                    node=self.node_id,
+                    action=step.action,
+                    instance=str(step.key) if step.key else None,
+                    reason=step.reason or None,
+                )
         statuses = await self.instance_statuses()
         seen = {s.key for s in statuses}
         out = []
@@ -201,8 +211,11 @@ class DockerServiceManager:
             out.append(s)
         for key, error in failed.items():
             if key not in seen:
-                out.append(InstanceStatus(key, by_key[key].version, self.node_id,
-                                          instance_state(None)[0], error))
+                out.append(
+                    InstanceStatus(
+                        key, by_key[key].version, self.node_id, instance_state(None)[0], error
+                    )
+                )
         return sorted(out, key=lambda s: s.key)
 
     def _affected(self, step: Step, specs: dict[InstanceKey, InstanceSpec]) -> list[InstanceKey]:

@@ -51,8 +51,13 @@ def _move_aside(path: Path, reason: str) -> Path:
         part = Path(str(path) + suffix)
         if part.exists():
             os.replace(part, Path(str(aside) + suffix))
-    log.error("storage.corrupt", path=str(path), moved_to=str(aside), reason=reason,
-              next="starting with an empty store; state is re-derived from engines and cloud")
+    log.error(
+        "storage.corrupt",
+        path=str(path),
+        moved_to=str(aside),
+        reason=reason,
+        next="starting with an empty store; state is re-derived from engines and cloud",
+    )
     return aside
 
 
@@ -82,6 +87,8 @@ def open_database(data_dir: Path) -> tuple[peewee.SqliteDatabase, dict[str, type
     for version in range(current, SCHEMA_VERSION):
         with db.atomic("IMMEDIATE"):
             MIGRATIONS[version](db, bound)
-            meta.insert(key="schema_version", value=str(version + 1)).on_conflict_replace().execute()
+            meta.insert(
+                key="schema_version", value=str(version + 1)
+            ).on_conflict_replace().execute()
         log.info("storage.migrated", path=str(path), schema_version=version + 1)
     return db, bound

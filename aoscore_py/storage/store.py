@@ -62,7 +62,9 @@ class Storage:
 
     def save_desired_status(self, body: bytes) -> None:
         with self._tx():
-            self._desired.insert(id=1, body=body, received_at=time.time()).on_conflict_replace().execute()
+            self._desired.insert(
+                id=1, body=body, received_at=time.time()
+            ).on_conflict_replace().execute()
 
     def load_desired_status(self) -> bytes | None:
         row = self._desired.get_or_none(self._desired.id == 1)
@@ -103,7 +105,9 @@ class Storage:
         with self._tx():
             row = self._meta.get_or_none(self._meta.key == "seq_next")
             start = int(row.value) if row else 1
-            self._meta.insert(key="seq_next", value=str(start + block)).on_conflict_replace().execute()
+            self._meta.insert(
+                key="seq_next", value=str(start + block)
+            ).on_conflict_replace().execute()
         return start
 
     # image manager

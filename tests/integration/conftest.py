@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
+from aoscore_py.cloud.oci import OciImage
 from aoscore_py.cloud.registry import Registry
+from aoscore_py.cloud.service import publish
 from aoscore_py.errors import AosError
 from aoscore_py.sm.docker_runtime import LABEL_UNIT, DockerRuntime
+from aoscore_py.testbed import AgentLog, CloudProcess, Process, start_agent
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +58,71 @@ def remove_unit(docker_runtime: DockerRuntime) -> Iterator[Callable[[str], str]]
 def unit(remove_unit: Callable[[str], str]) -> str:
     """A fresh `io.aoscore.unit` label, its containers removed after the test."""
     return remove_unit(f"test-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="session")
+def cloud(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> Iterator[CloudProcess]:
+    """The reference cloud as a real process, stopped at the end of the session."""
+    running = CloudProcess(tmp_path_factory.mktemp("cloud"), registry.url).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def images(cloud: CloudProcess, registry: Registry) -> dict[str, OciImage]:
+    """Published test images: two that become active at once, one that stays activating."""
+    out = {
+        name: publish(cloud.cloud_dir, name, registry_url=registry.url)
+        for name in ("it-alpha", "it-beta", "it-gamma")
+    }
+    out["it-stuck"] = publish(
+        cloud.cloud_dir,
+        "it-stuck",
+        registry_url=registry.url,
+        healthcheck=["/bin/sh", "-c", "test -f /never"],
+        health_start_period_s=3600,
+        health_interval_s=1,
+    )
+    return out
+
+
+@dataclass
+class Agents:
+    """Starts agents for a test and stops every one of them afterwards."""
+
+    cloud: CloudProcess
+    root: Path
+    started: list[Process] = field(default_factory=list)
+
+    def start(
+        self,
+        unit: str,
+        *,
+        crashpoint: str | None = None,
+        extra: tuple[str, ...] = (),
+        cloud_url: str | None = None,
+    ) -> tuple[Process, AgentLog, Path]:
+        data_dir = self.root / unit / "data"
+        log_path = self.root / unit / f"agent-{len(self.started)}.log"
+        proc = start_agent(
+            unit,
+            cloud_url or self.cloud.ws_url,
+            data_dir,
+            log_path,
+            crashpoint=crashpoint,
+            extra=extra,
+        )
+        self.started.append(proc)
+        return proc, AgentLog(log_path), data_dir
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            if proc.proc.returncode is None:
+                proc.stop()
+
+
+@pytest.fixture
+def agents(cloud: CloudProcess, tmp_path: Path) -> Iterator[Agents]:
+    running = Agents(cloud, tmp_path)
+    yield running
+    running.stop_all()

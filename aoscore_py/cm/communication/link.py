@@ -91,15 +91,22 @@ class CloudLink:
                 fatal = not is_retryable(exc) and not isinstance(
                     exc, websockets.exceptions.WebSocketException
                 )
-                log.warning("link.down", url=self.url, error=f"{type(exc).__name__}: {exc}",
-                            fatal=fatal or None, next="reconnecting after backoff")
+                log.warning(
+                    "link.down",
+                    url=self.url,
+                    error=f"{type(exc).__name__}: {exc}",
+                    fatal=fatal or None,
+                    next="reconnecting after backoff",
+                )
             finally:
                 self._ws = None
                 self.connected.clear()
             if self._stopping:
                 break
             delay = self._backoff.next()
-            log.info("link.retry", url=self.url, delay_s=round(delay, 2), attempt=self._backoff.attempts)
+            log.info(
+                "link.retry", url=self.url, delay_s=round(delay, 2), attempt=self._backoff.attempts
+            )
             await asyncio.sleep(delay)
 
     async def _serve(self, ws: ClientConnection) -> None:
@@ -129,31 +136,48 @@ class CloudLink:
             await asyncio.sleep(1.0 if deadline is None else max(0.05, deadline - time.monotonic()))
             frames, gave_up = self.session.due()
             for g in gave_up:
-                log.warning("message.unacknowledged", txn=g.txn, type=g.message_type,
-                            next="dropped; a fresh status goes out with the next change")
+                log.warning(
+                    "message.unacknowledged",
+                    txn=g.txn,
+                    type=g.message_type,
+                    next="dropped; a fresh status goes out with the next change",
+                )
             for frame in frames:
                 await ws.send(frame)
 
     async def _dispatch(self, ws: ClientConnection, raw: str | bytes, arrived: float) -> None:
         event = self.session.receive(raw)
         if isinstance(event, Refused):
-            log.warning("message.refused", txn=event.txn, path=event.error.path,
-                        reason=event.error.reason, next="nacked; nothing changed")
-            if event.reply is not None:
-                await ws.send(event.reply)
+            log.warning(
+                "message.refused",
+                txn=event.txn,
+                path=event.error.path,
+                reason=event.error.reason,
+                next="nacked; nothing changed",
+            )
+            await ws.send(event.reply)
         elif isinstance(event, Acked):
             log.debug("message.acked", txn=event.txn)
         elif isinstance(event, Nacked):
-            log.warning("message.nacked", txn=event.txn, retry_after_s=event.retry_after_s,
-                        reason=event.error.message if event.error else None)
+            log.warning(
+                "message.nacked",
+                txn=event.txn,
+                retry_after_s=event.retry_after_s,
+                reason=event.error.message if event.error else None,
+            )
         elif isinstance(event, Received):
             await self._handle(ws, event, arrived)
 
     async def _handle(self, ws: ClientConnection, event: Received, arrived: float) -> None:
         message = event.message
         if not self._accepting:
-            log.info("message.deferred", txn=event.txn, type=message.MESSAGE_TYPE,
-                     reason="shutting down", next="not acked; the cloud sends it again")
+            log.info(
+                "message.deferred",
+                txn=event.txn,
+                type=message.MESSAGE_TYPE,
+                reason="shutting down",
+                next="not acked; the cloud sends it again",
+            )
             return
         log.info("message.received", txn=event.txn, type=message.MESSAGE_TYPE)
         if isinstance(message, BlobUrls):
@@ -165,8 +189,13 @@ class CloudLink:
         try:
             await self._on_message(message, arrived)
         except AosError as exc:
-            log.warning("message.rejected", txn=event.txn, type=message.MESSAGE_TYPE,
-                        error=exc.message, next="nacked; what runs keeps running")
+            log.warning(
+                "message.rejected",
+                txn=event.txn,
+                type=message.MESSAGE_TYPE,
+                error=exc.message,
+                next="nacked; what runs keeps running",
+            )
             error = ErrorInfo(aos_code=int(exc.code), exit_code=0, message=exc.message)
             await ws.send(self.session.nack(event.txn, error))
             return

@@ -46,11 +46,11 @@ class Received:
 
 @dataclass(frozen=True)
 class Refused:
-    """A frame we cannot accept; `reply` is the nack to send (None if no txn was readable)."""
+    """A frame we cannot accept, and the nack to send (under a new txn if none was readable)."""
 
     error: ProtocolError
     txn: str | None
-    reply: bytes | None
+    reply: bytes
 
 
 @dataclass(frozen=True)
@@ -131,14 +131,14 @@ class CloudSession:
             envelope = parse_frame(raw)
         except ProtocolError as exc:
             txn = _salvage_txn(raw)
-            reply = None if txn is None else self.nack(txn, _error(exc))
-            return Refused(exc, txn, reply)
+            return Refused(exc, txn, self.nack(txn or str(uuid.uuid4()), _error(exc)))
         header = envelope.header
         problem = None
         if header.version != PROTOCOL_VERSION:
             problem = ProtocolError(
                 "$.header.version",
-                f"unsupported protocol version {header.version} (this unit speaks {PROTOCOL_VERSION})",
+                f"unsupported protocol version {header.version} "
+                f"(this unit speaks {PROTOCOL_VERSION})",
                 code=AosCode.NOT_SUPPORTED,
             )
         elif header.system_id != self.system_id:

@@ -15,13 +15,14 @@ from collections.abc import AsyncIterator, Sequence
 
 import httpx
 
+from statemachine import crashpoint
+
 from ...errors import AosCode, AosError, BlobError
 from ...logs import get_logger
 from ...protocol import BlobUrlInfo, DesiredItem, ErrorInfo, ItemState
 from . import oci
 from .blobstore import BlobStore, digest_hex
 from .interfaces import BlobUrlSource, ImageLayout, ImageStorage, ItemRecord
-from statemachine import crashpoint
 
 log = get_logger("imagemanager")
 
@@ -38,7 +39,9 @@ def error_info(exc: BaseException) -> ErrorInfo:
     """The errorInfo that reports `exc` for an item or an instance."""
     if isinstance(exc, AosError):
         return ErrorInfo(aos_code=int(exc.code), exit_code=0, message=exc.message)
-    return ErrorInfo(aos_code=int(AosCode.FAILED), exit_code=0, message=f"{type(exc).__name__}: {exc}")
+    return ErrorInfo(
+        aos_code=int(AosCode.FAILED), exit_code=0, message=f"{type(exc).__name__}: {exc}"
+    )
 
 
 class ImageManager:
@@ -104,14 +107,25 @@ class ImageManager:
                 item_id, item.version, kind, item.index_digest, ItemState.FAILED, error_info(exc)
             )
             self._storage.upsert_item(failed)
-            log.error("item.failed", item=item_id, version=item.version, error=str(exc),
-                      next="other items go on; this item is reported failed")
+            log.error(
+                "item.failed",
+                item=item_id,
+                version=item.version,
+                error=str(exc),
+                next="other items go on; this item is reported failed",
+            )
             return failed
         if state == ItemState.DOWNLOADING:
             record = ItemRecord(item_id, item.version, kind, item.index_digest, ItemState.PENDING)
             self._storage.upsert_item(record)
-        log.info("item.ready", item=item_id, version=item.version, state=record.state.value,
-                 blobs_fetched=fetched, seconds=round(time.monotonic() - started, 3))
+        log.info(
+            "item.ready",
+            item=item_id,
+            version=item.version,
+            state=record.state.value,
+            blobs_fetched=fetched,
+            seconds=round(time.monotonic() - started, 3),
+        )
         return record
 
     def _have(self, digest: str) -> bool:
@@ -167,8 +181,13 @@ class ImageManager:
                 continue
             except (httpx.HTTPError, OSError) as exc:
                 errors.append(f"{url}: {type(exc).__name__}: {exc}")
-                log.warning("blob.url_failed", digest=info.digest, url=url, error=str(exc),
-                            next="trying the next URL")
+                log.warning(
+                    "blob.url_failed",
+                    digest=info.digest,
+                    url=url,
+                    error=str(exc),
+                    next="trying the next URL",
+                )
                 continue
             self._storage.record_blob(info.digest, size)
             log.debug("blob.stored", digest=info.digest, size=size, url=url)

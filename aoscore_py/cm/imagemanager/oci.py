@@ -39,9 +39,7 @@ def _digest_of(entry: Any, what: str) -> str:
 
 
 def is_index(doc: dict[str, Any]) -> bool:
-    return doc.get("mediaType") in INDEX_TYPES or (
-        "manifests" in doc and "layers" not in doc
-    )
+    return doc.get("mediaType") in INDEX_TYPES or ("manifests" in doc and "layers" not in doc)
 
 
 def choose_manifest(index_raw: bytes, os_name: str, arch: str) -> str:
@@ -64,9 +62,7 @@ def choose_manifest(index_raw: bytes, os_name: str, arch: str) -> str:
             and platform.get("architecture") == arch
         ):
             return _digest_of(entry, "image index entry")
-    raise BlobError(
-        f"image index has no manifest for {os_name}/{arch}", code=AosCode.NOT_SUPPORTED
-    )
+    raise BlobError(f"image index has no manifest for {os_name}/{arch}", code=AosCode.NOT_SUPPORTED)
 
 
 def parse_manifest(raw: bytes) -> tuple[dict[str, Any], str, tuple[str, ...]]:

@@ -25,7 +25,9 @@ log = get_logger("launcher")
 LayoutOf = Callable[[str, str], ImageLayout]
 
 
-def runnable_versions(desired: DesiredStatus, records: Sequence[ItemRecord]) -> dict[str, ItemRecord]:
+def runnable_versions(
+    desired: DesiredStatus, records: Sequence[ItemRecord]
+) -> dict[str, ItemRecord]:
     """For each desired item, the version its instances should run.
 
     The desired version when it is downloaded (pending or installed); otherwise the version
@@ -36,9 +38,14 @@ def runnable_versions(desired: DesiredStatus, records: Sequence[ItemRecord]) -> 
     for item in desired.items:
         item_id = item.item.key or ""
         rec = by_key.get((item_id, item.version))
-        if rec and rec.index_digest == item.index_digest and rec.state in (
-            ItemState.PENDING,
-            ItemState.INSTALLED,
+        if (
+            rec
+            and rec.index_digest == item.index_digest
+            and rec.state
+            in (
+                ItemState.PENDING,
+                ItemState.INSTALLED,
+            )
         ):
             out[item_id] = rec
             continue
@@ -70,7 +77,9 @@ class Launcher:
     def records(self) -> list[InstanceRecord]:
         return self._storage.instances()
 
-    def candidates(self, desired: DesiredStatus, node_states: Mapping[str, str]) -> list[NodeCandidate]:
+    def candidates(
+        self, desired: DesiredStatus, node_states: Mapping[str, str]
+    ) -> list[NodeCandidate]:
         """The nodes as placement sees them: labels and priority from the unit config."""
         configs = {}
         if desired.unit_config is not None:
@@ -113,49 +122,84 @@ class Launcher:
             kind = item.item_type if item else "service"
             version = item.version if item else ""
             if item is None:
-                records[p.key] = self._failed(p.key, kind, version, p.node or "", priority,
-                                              AosCode.NOT_FOUND, "item is not available")
+                records[p.key] = self._failed(
+                    p.key,
+                    kind,
+                    version,
+                    p.node or "",
+                    priority,
+                    AosCode.NOT_FOUND,
+                    "item is not available",
+                )
             elif p.node is None:
-                records[p.key] = self._failed(p.key, kind, version, "", priority,
-                                              AosCode.NOT_FOUND, p.reason)
+                records[p.key] = self._failed(
+                    p.key, kind, version, "", priority, AosCode.NOT_FOUND, p.reason
+                )
             else:
                 try:
                     layout = self._layout_of(item.item_id, item.version)
                 except AosError as exc:
-                    records[p.key] = self._failed(p.key, kind, version, p.node, priority,
-                                                  exc.code, exc.message)
+                    records[p.key] = self._failed(
+                        p.key, kind, version, p.node, priority, exc.code, exc.message
+                    )
                     continue
                 per_node[p.node].append(InstanceSpec(p.key, kind, version, layout, priority))
-                records[p.key] = InstanceRecord(p.key, kind, version, p.node, priority,
-                                                InstanceState.ACTIVATING)
+                records[p.key] = InstanceRecord(
+                    p.key, kind, version, p.node, priority, InstanceState.ACTIVATING
+                )
         self._storage.replace_instances(sorted(records.values(), key=lambda r: r.key))
         crashpoint("launcher.placement.stored")
-        log.info("placement.stored", instances=len(records),
-                 nodes={n: len(s) for n, s in per_node.items()})
+        log.info(
+            "placement.stored",
+            instances=len(records),
+            nodes={n: len(s) for n, s in per_node.items()},
+        )
         for node, specs in sorted(per_node.items()):
             statuses = await self._nodes[node].run_instances(specs)
             self._record(statuses, records)
             crashpoint("launcher.node.answered")
-            log.info("node.answered", node=node, instances=len(specs),
-                     states=_count(s.state for s in statuses))
+            log.info(
+                "node.answered",
+                node=node,
+                instances=len(specs),
+                states=_count(s.state for s in statuses),
+            )
         return self._storage.instances()
 
     @staticmethod
-    def _failed(key: InstanceKey, kind: str, version: str, node: str, priority: int,
-                code: AosCode, message: str) -> InstanceRecord:
-        return InstanceRecord(key, kind, version, node, priority, InstanceState.FAILED,
-                              ErrorInfo(int(code), 0, message))
+    def _failed(
+        key: InstanceKey,
+        kind: str,
+        version: str,
+        node: str,
+        priority: int,
+        code: AosCode,
+        message: str,
+    ) -> InstanceRecord:
+        return InstanceRecord(
+            key,
+            kind,
+            version,
+            node,
+            priority,
+            InstanceState.FAILED,
+            ErrorInfo(int(code), 0, message),
+        )
 
-    def _record(self, statuses: Sequence[InstanceStatus],
-                known: Mapping[InstanceKey, InstanceRecord] | None = None) -> list[InstanceRecord]:
+    def _record(
+        self,
+        statuses: Sequence[InstanceStatus],
+        known: Mapping[InstanceKey, InstanceRecord] | None = None,
+    ) -> list[InstanceRecord]:
         known = known if known is not None else {r.key: r for r in self._storage.instances()}
         updates = []
         for s in statuses:
             rec = known.get(s.key)
             if rec is None or rec.node != s.node:
                 continue
-            new = InstanceRecord(s.key, rec.item_type, rec.version, s.node, rec.priority,
-                                 s.state, s.error)
+            new = InstanceRecord(
+                s.key, rec.item_type, rec.version, s.node, rec.priority, s.state, s.error
+            )
             if new != rec:
                 updates.append(new)
         if updates:
@@ -170,8 +214,13 @@ class Launcher:
         reported = {s.key for s in statuses}
         known = {r.key: r for r in self._storage.instances()}
         missing = [
-            InstanceStatus(k, r.version, r.node, InstanceState.FAILED,
-                           ErrorInfo(int(AosCode.NOT_FOUND), 0, "instance is not running on its node"))
+            InstanceStatus(
+                k,
+                r.version,
+                r.node,
+                InstanceState.FAILED,
+                ErrorInfo(int(AosCode.NOT_FOUND), 0, "instance is not running on its node"),
+            )
             for k, r in known.items()
             if k not in reported and r.node and r.state != InstanceState.FAILED
         ]
@@ -187,8 +236,12 @@ class Launcher:
             if not activating:
                 return True
             if time.monotonic() >= deadline:
-                log.warning("wait_active.timeout", activating=activating, timeout_s=timeout_s,
-                            next="finalizing anyway; these instances are reported as they are")
+                log.warning(
+                    "wait_active.timeout",
+                    activating=activating,
+                    timeout_s=timeout_s,
+                    next="finalizing anyway; these instances are reported as they are",
+                )
                 return False
             await asyncio.sleep(poll_s)
 

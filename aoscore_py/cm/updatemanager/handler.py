@@ -155,7 +155,9 @@ class DesiredStatusHandler:
             applied = (self.machine.payload or {}).get("ds")
             if self._desired is not None and applied != self._digest:
                 event = "supersede" if self.machine.can("supersede") else "start"
-                log.info("cycle.restart", phase=phase, reason="stored desired status not yet applied")
+                log.info(
+                    "cycle.restart", phase=phase, reason="stored desired status not yet applied"
+                )
                 self._fire(event, {"ds": self._digest}, "stored desired status not applied")
                 self._run()
             elif not self.machine.resting:
@@ -174,8 +176,11 @@ class DesiredStatusHandler:
         async with self._lock:
             changes = compare(self._desired, ds)
             if changes.empty:
-                log.info("desired.ignored", reason="no change from the desired status in force",
-                         phase=self.machine.phase)
+                log.info(
+                    "desired.ignored",
+                    reason="no change from the desired status in force",
+                    phase=self.machine.phase,
+                )
                 if self.idle:
                     self._spawn(self._status.send_full("desired status needs no update"))
                 return
@@ -187,9 +192,12 @@ class DesiredStatusHandler:
             phase = self.machine.phase
             if self.runner.running:
                 await self.runner.cancel("superseded by a new desired status")
-                log.info("cycle.superseded", phase=phase,
-                         latency_s=round(time.monotonic() - arrived, 6),
-                         next="restarting at downloading")
+                log.info(
+                    "cycle.superseded",
+                    phase=phase,
+                    latency_s=round(time.monotonic() - arrived, 6),
+                    next="restarting at downloading",
+                )
             event = "supersede" if self.machine.can("supersede") else "start"
             self._fire(event, {"ds": self._digest}, changes.summary())
             self._run()
@@ -200,8 +208,12 @@ class DesiredStatusHandler:
             if self.runner.running:
                 phase = self.machine.phase
                 elapsed = await self.runner.cancel("agent shutting down")
-                log.info("cycle.interrupted", phase=phase, seconds=round(elapsed, 3),
-                         next="resumes at this phase on the next start")
+                log.info(
+                    "cycle.interrupted",
+                    phase=phase,
+                    seconds=round(elapsed, 3),
+                    next="resumes at this phase on the next start",
+                )
         for task in list(self._tasks):
             task.cancel()
 
@@ -216,7 +228,11 @@ class DesiredStatusHandler:
         if exc is not None:
             log.error("cycle.error", error=f"{type(exc).__name__}: {exc}", phase=self.machine.phase)
             return
-        log.info("cycle.ended", phase=task.result(), payload_error=(self.machine.payload or {}).get("error"))
+        log.info(
+            "cycle.ended",
+            phase=task.result(),
+            payload_error=(self.machine.payload or {}).get("error"),
+        )
         self._spawn(self._status.send_full(f"cycle ended in {task.result()}"))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -239,7 +255,9 @@ class DesiredStatusHandler:
     async def _downloading(self, payload: dict[str, Any]) -> Outcome:
         records = await self._images.download(self._ds().items)
         failed = [r.item_id for r in records if r.error is not None]
-        return Outcome("done", payload, note=f"{len(records) - len(failed)} items ready, failed: {failed}")
+        return Outcome(
+            "done", payload, note=f"{len(records) - len(failed)} items ready, failed: {failed}"
+        )
 
     async def _pending(self, payload: dict[str, Any]) -> Outcome:
         return Outcome("done", payload)
@@ -259,8 +277,12 @@ class DesiredStatusHandler:
                 unknown = sorted({n.node.key or "" for n in config.nodes} - self._nodes)
                 if unknown:
                     record = UnitConfigRecord(
-                        config.version, UnitConfigState.FAILED, body,
-                        ErrorInfo(int(AosCode.NOT_FOUND), 0, f"unknown nodes in unit config: {unknown}"),
+                        config.version,
+                        UnitConfigState.FAILED,
+                        body,
+                        ErrorInfo(
+                            int(AosCode.NOT_FOUND), 0, f"unknown nodes in unit config: {unknown}"
+                        ),
                     )
                 else:
                     record = UnitConfigRecord(config.version, UnitConfigState.INSTALLED, body)

@@ -65,7 +65,9 @@ def instances_status(records: list[InstanceRecord]) -> tuple[InstancesStatus, ..
         return (r.key.item_id, r.key.subject_id, r.version, r.item_type)
 
     out = []
-    for (item_id, subject_id, version, kind), rows in groupby(sorted(records, key=group), key=group):
+    for (item_id, subject_id, version, kind), rows in groupby(
+        sorted(records, key=group), key=group
+    ):
         out.append(
             InstancesStatus(
                 item=Identity(id=item_id, type=kind),

@@ -1,0 +1,27 @@
+# The two commands of the README: `make demo` runs the main job, `make test` runs the tests.
+# Both install what they need first (Debian packages, the virtual environment), idempotently.
+
+.PHONY: setup demo test powercut bench lint format
+
+setup:
+	bash scripts/setup
+
+demo: setup
+	bash scripts/demo
+
+test: setup
+	bash scripts/test
+
+powercut: setup
+	bash -c 'scripts/engines start && trap "scripts/engines stop" EXIT && .venv/bin/aoscore powercut'
+
+bench: setup
+	bash -c 'scripts/engines start && trap "scripts/engines stop" EXIT && scripts/bench supersede --json bench-supersede.json'
+
+lint: setup
+	.venv/bin/ruff check aoscore_py statemachine tests scripts
+	.venv/bin/ruff format --check aoscore_py statemachine tests scripts
+
+format: setup
+	.venv/bin/ruff format aoscore_py statemachine tests scripts
+	.venv/bin/ruff check --fix aoscore_py statemachine tests scripts

@@ -1,0 +1,183 @@
+"""The agent end to end: real cloud process, registry, Docker engine and SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from aoscore_py.cloud.oci import OciImage
+from aoscore_py.protocol import DesiredInstance, Identity
+from aoscore_py.sm.docker_runtime import (
+    LABEL_IMAGE,
+    LABEL_INSTANCE,
+    LABEL_ITEM,
+    LABEL_NODE,
+    LABEL_SUBJECT,
+    LABEL_UNIT,
+    LABEL_VERSION,
+    ContainerSpec,
+    DockerRuntime,
+)
+from aoscore_py.storage import DB_NAME
+from aoscore_py.testbed import CloudProcess, push, read_timeline, scenario, wait_converged
+
+from .conftest import Agents
+
+pytestmark = pytest.mark.integration
+
+
+def journal(data_dir: Path) -> list[tuple[str, str, str, str]]:
+    with sqlite3.connect(f"file:{data_dir / DB_NAME}?mode=ro", uri=True) as conn:
+        return conn.execute(
+            "select from_phase, event, to_phase, note from sm_journal order by id"
+        ).fetchall()
+
+
+def test_converges_with_every_phase_journalled_and_labelled_containers(
+    agents: Agents,
+    cloud: CloudProcess,
+    images: dict[str, OciImage],
+    unit: str,
+    docker_runtime: DockerRuntime,
+) -> None:
+    ds = scenario([("svc-a", images["it-alpha"]), ("svc-b", images["it-beta"])])
+    _, log, data_dir = agents.start(unit)
+    log.wait_for("link.up")
+    answer = push(cloud, unit, ds)
+    assert answer["ok"], answer
+
+    result = wait_converged(unit, ds, cloud, data_dir, docker_runtime)
+    assert result.ok, result.problems
+
+    phases = [row[2] for row in journal(data_dir)]
+    assert phases == [
+        "downloading",
+        "pending",
+        "installing",
+        "launching",
+        "waitingActive",
+        "finalizing",
+        "none",
+    ]
+    stored = log.find("desired.stored")[0]
+    acked = [r for r in log.records() if r.get("event") == "message.received"]
+    assert stored and acked, "the desired status was stored on arrival"
+
+    containers = docker_runtime.list_containers({LABEL_UNIT: unit})
+    labels = sorted(
+        (
+            c.labels[LABEL_ITEM],
+            c.labels[LABEL_SUBJECT],
+            c.labels[LABEL_INSTANCE],
+            c.labels[LABEL_VERSION],
+            c.labels[LABEL_NODE],
+        )
+        for c in containers
+    )
+    assert labels == [
+        ("svc-a", "subj1", "0", "1.0.0", "node-1"),
+        ("svc-a", "subj1", "1", "1.0.0", "node-1"),
+        ("svc-b", "subj1", "0", "1.0.0", "node-1"),
+        ("svc-b", "subj1", "1", "1.0.0", "node-1"),
+    ]
+    last = read_timeline(cloud.state.timeline_path(unit))[-1]["unitStatus"]
+    assert last["isDeltaInfo"] is False
+    assert {i["state"] for i in last["items"]} == {"installed"}
+    assert last["unitConfig"] == [{"version": "1.0.0", "state": "installed"}]
+    assert isinstance(last["bootId"], str) and last["seq"] >= 2
+
+
+def test_identical_desired_status_is_ignored_and_still_reports(
+    agents: Agents,
+    cloud: CloudProcess,
+    images: dict[str, OciImage],
+    unit: str,
+    docker_runtime: DockerRuntime,
+) -> None:
+    ds = scenario([("svc-a", images["it-alpha"])], num_instances=1)
+    _, log, data_dir = agents.start(unit)
+    log.wait_for("link.up")
+    assert push(cloud, unit, ds)["ok"]
+    assert wait_converged(unit, ds, cloud, data_dir, docker_runtime).ok
+    before = len(journal(data_dir))
+    statuses = len(read_timeline(cloud.state.timeline_path(unit)))
+
+    assert push(cloud, unit, replace(ds, correlation_id="again"))["ok"]
+    log.wait_for("desired.ignored")
+    log.wait_for("status.full", reason="desired status needs no update")
+    assert len(journal(data_dir)) == before, "no new cycle"
+    timeline = read_timeline(cloud.state.timeline_path(unit))
+    assert len(timeline) > statuses
+    seqs = [r["unitStatus"]["seq"] for r in timeline]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def test_change_of_priority_alone_runs_a_cycle(
+    agents: Agents,
+    cloud: CloudProcess,
+    images: dict[str, OciImage],
+    unit: str,
+    docker_runtime: DockerRuntime,
+) -> None:
+    ds = scenario([("svc-a", images["it-alpha"])], num_instances=1)
+    _, log, data_dir = agents.start(unit)
+    log.wait_for("link.up")
+    assert push(cloud, unit, ds)["ok"]
+    assert wait_converged(unit, ds, cloud, data_dir, docker_runtime).ok
+    cycles = [r for r in journal(data_dir) if r[2] == "downloading"]
+
+    changed = replace(ds, instances=(replace(ds.instances[0], priority=99),))
+    assert push(cloud, unit, changed)["ok"]
+    record = log.wait_for("desired.stored", after=0, timeout_s=10)
+    assert record
+    assert wait_converged(unit, changed, cloud, data_dir, docker_runtime).ok
+    assert len([r for r in journal(data_dir) if r[2] == "downloading"]) == len(cycles) + 1
+    assert "instance.priority" in log.find("desired.stored")[-1]["changes"]
+
+
+def test_restart_adopts_containers_and_removes_what_is_not_desired(
+    agents: Agents,
+    cloud: CloudProcess,
+    images: dict[str, OciImage],
+    unit: str,
+    docker_runtime: DockerRuntime,
+) -> None:
+    ds = scenario([("svc-a", images["it-alpha"]), ("svc-b", images["it-beta"])])
+    proc, log, data_dir = agents.start(unit)
+    log.wait_for("link.up")
+    assert push(cloud, unit, ds)["ok"]
+    assert wait_converged(unit, ds, cloud, data_dir, docker_runtime).ok
+    ids = {c.id for c in docker_runtime.list_containers({LABEL_UNIT: unit})}
+    assert proc.stop() == 0
+
+    stray_labels = {
+        LABEL_UNIT: unit,
+        LABEL_NODE: "node-1",
+        LABEL_ITEM: "svc-old",
+        LABEL_SUBJECT: "subj1",
+        LABEL_INSTANCE: "0",
+        LABEL_VERSION: "0.1",
+        LABEL_IMAGE: images["it-alpha"].config_digest,
+    }
+    stray = docker_runtime.create_container(
+        ContainerSpec(f"stray-{unit}", images["it-alpha"].config_digest, stray_labels)
+    )
+    docker_runtime.start_container(stray)
+
+    fewer = replace(
+        ds,
+        instances=(
+            ds.instances[0],
+            DesiredInstance(Identity(id="svc-b"), Identity(id="subj1"), 10, 1),
+        ),
+    )
+    _, log2, _ = agents.start(unit)
+    log2.wait_for("link.up")
+    assert push(cloud, unit, fewer)["ok"]
+    assert wait_converged(unit, fewer, cloud, data_dir, docker_runtime).ok
+    after = {c.id for c in docker_runtime.list_containers({LABEL_UNIT: unit})}
+    assert stray not in after
+    assert len(after) == 3 and after < ids, "kept the three still desired, started nothing twice"

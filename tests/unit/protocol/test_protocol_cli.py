@@ -1,0 +1,134 @@
+"""`aoscore protocol check`: one clean line per file, exit 0 only when all are valid."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from protocol_support import CONFORMANCE_DIR, conformance_params, read_conformance
+
+from aoscore_py.protocol import MAX_MESSAGE_BYTES
+from aoscore_py.protocol.cli import protocol
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(protocol, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result.exit_code, result.stdout, result.stderr
+
+
+def expected_type(name: str) -> tuple[list[str], str]:
+    """Options and the `ok` type for a valid conformance file, from its name."""
+    if name.startswith("fragment-unitConfig"):
+        return ["--type", "unitConfig"], "unitConfig"
+    if name.endswith("toFromJSON.json"):
+        return ["--type", "desiredStatus"], "desiredStatus"
+    return [], name.split("-")[3]
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in conformance_params() if not str(n).startswith("invalid")]
+)
+def test_conformance_file_is_ok(name: str) -> None:
+    read_conformance(name)
+    options, kind = expected_type(name)
+    code, out, err = run("check", *options, str(CONFORMANCE_DIR / name))
+    assert (code, out, err) == (0, f"ok {kind}\n", "")
+
+
+def test_invalid_conformance_file() -> None:
+    read_conformance("invalid-nodeConfig-labelOverflow.json")
+    path = str(CONFORMANCE_DIR / "invalid-nodeConfig-labelOverflow.json")
+    code, out, err = run("check", "--type", "nodeConfig", path)
+    assert (code, out) == (2, "")
+    assert err == f"{path}: $.labels[0]: label too long (67 characters, limit 64)\n"
+    code, _, err = run("check", path)
+    assert (code, err) == (2, f"{path}: $.messageType: missing required field\n")
+
+
+def test_many_files_all_checked(tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    good.write_bytes(b'{"messageType":"ack"}')
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b'{"messageType":"nack","retryAfter":"soon"}')
+    code, out, err = run("check", str(bad), str(good), str(tmp_path / "missing.json"), str(good))
+    assert code == 2
+    assert out == "ok ack\nok ack\n"
+    assert err.splitlines() == [
+        f"{bad}: $.retryAfter: expected integer, got string",
+        f"{tmp_path / 'missing.json'}: cannot read: No such file or directory",
+    ]
+
+
+def test_frame_prints_its_data_type(tmp_path: Path) -> None:
+    frame = tmp_path / "frame.json"
+    frame.write_bytes(
+        b'{"header":{"version":7,"systemId":"u","txn":"t"},"data":{"messageType":"nack"}}'
+    )
+    assert run("check", str(frame)) == (0, "ok nack\n", "")
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (random.Random(7).randbytes(4096), "not UTF-8"),
+        (b'{"messageType": "\xc3\x28"}', "not UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "nesting too deep"),
+        (b"\x00\x01 hello", None),
+        (b"", None),
+    ],
+    ids=["random-bytes", "non-utf8", "deep-arrays", "binary-junk", "empty"],
+)
+def test_junk_files(tmp_path: Path, content: bytes, reason: str | None) -> None:
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(content)
+    code, out, err = run("check", str(junk))
+    assert (code, out) == (2, "")
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"{junk}: $: ")
+    if reason is not None:
+        assert err == f"{junk}: $: {reason}\n"
+    else:
+        assert err.startswith(f"{junk}: $: not valid JSON: ")
+
+
+def test_file_over_the_limit(tmp_path: Path) -> None:
+    big = tmp_path / "big.json"
+    size = 17 * 1024 * 1024
+    with big.open("wb") as handle:
+        handle.truncate(size)
+    code, out, err = run("check", str(big))
+    assert (code, out) == (2, "")
+    assert err == f"{big}: $: message too large ({size} bytes, limit {MAX_MESSAGE_BYTES})\n"
+
+
+def test_directory_cannot_be_read(tmp_path: Path) -> None:
+    code, _, err = run("check", str(tmp_path))
+    assert (code, err) == (2, f"{tmp_path}: cannot read: Is a directory\n")
+
+
+def test_usage_errors() -> None:
+    code, _, err = run("check", "--type", "bogus", "x.json")
+    assert code == 2
+    assert "Invalid value for '--type'" in err
+    code, _, err = run("check")
+    assert code == 2
+    assert "Missing argument" in err
+
+
+def test_runs_as_a_module(tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    good.write_bytes(b'{"messageType":"unitStatus"}')
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b"\xff")
+    command = [sys.executable, "-m", "aoscore_py.protocol.cli", "check", str(good), str(bad)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 2
+    assert result.stdout == "ok unitStatus\n"
+    assert result.stderr == f"{bad}: $: not UTF-8\n"
