@@ -387,3 +387,38 @@ def wait_converged(
         time.sleep(0.25)
         result = check_convergence(unit, ds, cloud.state, data_dir, runtime)
     return result
+
+
+@dataclass(frozen=True)
+class SupersedeRun:
+    """One supersede: the agent's own measure and whether the unit converged on the second."""
+
+    phase: str
+    latency_s: float
+    superseded_in: str
+    convergence: Convergence
+    log: AgentLog
+
+
+def supersede_run(cloud: CloudProcess, runtime: DockerRuntime, work: Path, unit: str,
+                  first: DesiredStatus, second: DesiredStatus, phase: str,
+                  timeout_s: float = 60.0) -> SupersedeRun:
+    """Push `first`, push `second` as soon as the agent enters `phase`, wait for convergence.
+
+    The latency is the agent's own log of "superseding message received -> old phase task
+    finished". The agent is stopped and the unit's containers removed before returning.
+    """
+    data_dir = work / unit / "data"
+    log = AgentLog(work / unit / "agent.log")
+    agent = start_agent(unit, cloud.ws_url, data_dir, log.path)
+    try:
+        log.wait_for("link.up")
+        push(cloud, unit, first)
+        log.wait_for("phase.entered", phase=phase, timeout_s=timeout_s)
+        push(cloud, unit, second)
+        record = log.wait_for("cycle.superseded", timeout_s=timeout_s)
+        convergence = wait_converged(unit, second, cloud, data_dir, runtime, timeout_s)
+    finally:
+        agent.stop()
+        remove_unit_containers(runtime, unit)
+    return SupersedeRun(phase, float(record["latency_s"]), str(record["phase"]), convergence, log)  # type: ignore[arg-type]

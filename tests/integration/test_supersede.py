@@ -8,6 +8,7 @@ second desired status while the agent reports being in that phase.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -15,18 +16,14 @@ from aoscore_py.cloud.oci import OciImage
 from aoscore_py.cloud.registry import Registry
 from aoscore_py.cloud.state import CloudState
 from aoscore_py.sm.docker_runtime import DockerRuntime
-from aoscore_py.testbed import CloudProcess, push, scenario, wait_converged
-
-from .conftest import Agents
+from aoscore_py.testbed import CloudProcess, scenario, supersede_run
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def slow_cloud(
-    tmp_path_factory: pytest.TempPathFactory,
-    registry: Registry,
-    cloud: CloudProcess,
+    tmp_path_factory: pytest.TempPathFactory, registry: Registry, cloud: CloudProcess,
     images: dict[str, OciImage],
 ) -> Iterator[CloudProcess]:
     """A cloud that answers requestBlobUrls only after 2 s, serving the same images."""
@@ -39,77 +36,43 @@ def slow_cloud(
     slow.stop()
 
 
-def superseded(log_records: list[dict], phase: str) -> dict:
-    found = [r for r in log_records if r.get("event") == "cycle.superseded"]
-    assert found, "no supersede happened"
-    assert found[0]["phase"] == phase, found[0]
-    return found[0]
-
-
 def test_during_downloading(
-    agents: Agents,
-    slow_cloud: CloudProcess,
-    images: dict[str, OciImage],
-    unit: str,
-    docker_runtime: DockerRuntime,
+    slow_cloud: CloudProcess, images: dict[str, OciImage], unit: str,
+    docker_runtime: DockerRuntime, tmp_path: Path,
 ) -> None:
     first = scenario([("svc-a", images["it-alpha"])])
     second = scenario([("svc-b", images["it-beta"])], num_instances=1)
-    _, log, data_dir = agents.start(unit, cloud_url=slow_cloud.ws_url)
-    log.wait_for("link.up")
-    assert push(slow_cloud, unit, first)["ok"]
-    log.wait_for("phase.entered", phase="downloading")
-    assert push(slow_cloud, unit, second)["ok"]
-
-    result = wait_converged(unit, second, slow_cloud, data_dir, docker_runtime, timeout_s=60)
-    assert result.ok, result.problems
-    record = superseded(log.records(), "downloading")
-    assert record["latency_s"] < 1.0
-    assert not log.find("item.ready", item="svc-a"), "the first item's download was abandoned"
+    run = supersede_run(slow_cloud, docker_runtime, tmp_path, unit, first, second, "downloading")
+    assert run.superseded_in == "downloading"
+    assert run.convergence.ok, run.convergence.problems
+    assert run.latency_s < 1.0
+    assert not run.log.find("item.ready", item="svc-a"), "the first item's download was abandoned"
 
 
 def test_during_launching(
-    agents: Agents,
-    cloud: CloudProcess,
-    images: dict[str, OciImage],
-    unit: str,
-    docker_runtime: DockerRuntime,
+    cloud: CloudProcess, images: dict[str, OciImage], unit: str,
+    docker_runtime: DockerRuntime, tmp_path: Path,
 ) -> None:
-    first = scenario(
-        [("svc-a", images["it-alpha"]), ("svc-c", images["it-gamma"])], num_instances=6
-    )
+    first = scenario([("svc-a", images["it-alpha"]), ("svc-c", images["it-gamma"])],
+                     num_instances=6)
     second = scenario([("svc-b", images["it-beta"])], num_instances=2)
-    _, log, data_dir = agents.start(unit)
-    log.wait_for("link.up")
-    assert push(cloud, unit, first)["ok"]
-    log.wait_for("phase.entered", phase="launching")
-    assert push(cloud, unit, second)["ok"]
-
-    result = wait_converged(unit, second, cloud, data_dir, docker_runtime, timeout_s=60)
-    assert result.ok, result.problems
-    record = superseded(log.records(), "launching")
-    assert record["latency_s"] < 1.0
-    first_cycle = log.records().index(record)
-    entered = [r["phase"] for r in log.records()[:first_cycle] if r.get("event") == "phase.entered"]
+    run = supersede_run(cloud, docker_runtime, tmp_path, unit, first, second, "launching")
+    assert run.superseded_in == "launching"
+    assert run.convergence.ok, run.convergence.problems
+    assert run.latency_s < 1.0
+    records = run.log.records()
+    cut = records.index(run.log.find("cycle.superseded")[0])
+    entered = [r["phase"] for r in records[:cut] if r.get("event") == "phase.entered"]
     assert "waitingActive" not in entered, "the first cycle never got past launching"
 
 
 def test_during_waiting_active(
-    agents: Agents,
-    cloud: CloudProcess,
-    images: dict[str, OciImage],
-    unit: str,
-    docker_runtime: DockerRuntime,
+    cloud: CloudProcess, images: dict[str, OciImage], unit: str,
+    docker_runtime: DockerRuntime, tmp_path: Path,
 ) -> None:
     first = scenario([("svc-stuck", images["it-stuck"])], num_instances=1)
     second = scenario([("svc-a", images["it-alpha"])], num_instances=1)
-    _, log, data_dir = agents.start(unit)
-    log.wait_for("link.up")
-    assert push(cloud, unit, first)["ok"]
-    log.wait_for("phase.entered", phase="waitingActive")
-    assert push(cloud, unit, second)["ok"]
-
-    result = wait_converged(unit, second, cloud, data_dir, docker_runtime, timeout_s=60)
-    assert result.ok, result.problems
-    record = superseded(log.records(), "waitingActive")
-    assert record["latency_s"] < 1.0, "no waiting out the activation timeout"
+    run = supersede_run(cloud, docker_runtime, tmp_path, unit, first, second, "waitingActive")
+    assert run.superseded_in == "waitingActive"
+    assert run.convergence.ok, run.convergence.problems
+    assert run.latency_s < 1.0, "no waiting out the activation timeout"

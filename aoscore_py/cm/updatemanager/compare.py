@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ...protocol import DesiredStatus, UnitConfig
 
@@ -24,7 +25,9 @@ class Change:
     detail: str
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.key}: {self.detail}"
+        return (
+            f"{self.kind} {self.key}: {self.detail}" if self.key else f"{self.kind}: {self.detail}"
+        )
 
 
 @dataclass(frozen=True)
@@ -43,15 +46,21 @@ class Changes:
         return head + (f"; and {more} more" if more > 0 else "") if self.changes else "none"
 
 
-def _diff_maps(kind: str, old: Mapping[str, Hashable], new: Mapping[str, Hashable]) -> list[Change]:
+def _diff_maps(kind: str, old: Mapping[Any, Hashable], new: Mapping[Any, Hashable]) -> list[Change]:
+    """Differences between two maps; a tuple key (instances) is shown joined by "/".
+
+    Instances are keyed by tuples, not by joined strings: ("a/b", "c") and ("a", "b/c") are two
+    instances, and must not collide into one entry.
+    """
     out = []
     for key in sorted(old.keys() | new.keys()):
+        name = "/".join(str(part) for part in key) if isinstance(key, tuple) else key
         if key not in old:
-            out.append(Change(kind, key, "added"))
+            out.append(Change(kind, name, "added"))
         elif key not in new:
-            out.append(Change(kind, key, "removed"))
+            out.append(Change(kind, name, "removed"))
         elif old[key] != new[key]:
-            out.append(Change(kind, key, f"{old[key]!r} -> {new[key]!r}"))
+            out.append(Change(kind, name, f"{old[key]!r} -> {new[key]!r}"))
     return out
 
 
@@ -75,11 +84,11 @@ def _unit_config_key(config: UnitConfig | None) -> Hashable:
     return (config.version, config.format_version, nodes)
 
 
-def _instance_indexes(ds: DesiredStatus) -> dict[str, Hashable]:
-    out: dict[str, Hashable] = {}
+def _instance_indexes(ds: DesiredStatus) -> dict[tuple[str, str, int], Hashable]:
+    out: dict[tuple[str, str, int], Hashable] = {}
     for inst in ds.instances:
         for index in range(inst.num_instances):
-            out[f"{inst.item.key}/{inst.subject.key}/{index}"] = True
+            out[(inst.item.key, inst.subject.key, index)] = True
     return out
 
 
@@ -100,21 +109,22 @@ def compare(current: DesiredStatus | None, new: DesiredStatus) -> Changes:
     if old_uc != new_uc:
         old_v = current.unit_config.version if current.unit_config else None
         new_v = new.unit_config.version if new.unit_config else None
-        changes.append(Change("unitConfig", "", f"{old_v!r} -> {new_v!r}"))
+        detail = f"{old_v!r} -> {new_v!r}" if old_v != new_v else f"{new_v!r}, content changed"
+        changes.append(Change("unitConfig", "", detail))
     changes += _diff_maps(
         "item",
         {
-            i.item.key or "": (i.item.type, i.version, i.index_digest, i.owner)
+            i.item.key or "": (i.item.type, i.version, i.index_digest)
             for i in current.items
         },
-        {i.item.key or "": (i.item.type, i.version, i.index_digest, i.owner) for i in new.items},
+        {i.item.key or "": (i.item.type, i.version, i.index_digest) for i in new.items},
     )
     changes += _diff_maps("instance", _instance_indexes(current), _instance_indexes(new))
     for field in ("priority", "labels"):
         changes += _diff_maps(
             f"instance.{field}",
-            {f"{i.item.key}/{i.subject.key}": _norm(getattr(i, field)) for i in current.instances},
-            {f"{i.item.key}/{i.subject.key}": _norm(getattr(i, field)) for i in new.instances},
+            {(i.item.key, i.subject.key): _norm(getattr(i, field)) for i in current.instances},
+            {(i.item.key, i.subject.key): _norm(getattr(i, field)) for i in new.instances},
         )
     changes += _diff_maps(
         "subject",

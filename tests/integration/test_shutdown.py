@@ -1,0 +1,77 @@
+"""SIGINT or SIGTERM: stop taking messages, cancel the running phase at its next await with the
+journal consistent, close the cloud link, exit 0. Containers keep running; the next start
+resumes at the interrupted phase."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from aoscore_py.cloud.oci import OciImage
+from aoscore_py.sm.docker_runtime import LABEL_UNIT, DockerRuntime
+from aoscore_py.storage import DB_NAME
+from aoscore_py.testbed import CloudProcess, push, scenario, wait_converged
+
+from .conftest import Agents
+
+pytestmark = pytest.mark.integration
+
+
+def phase_and_last_journal(data_dir: Path) -> tuple[str, tuple[str, str, str, str]]:
+    with sqlite3.connect(f"file:{data_dir / DB_NAME}?mode=ro", uri=True) as conn:
+        phase = conn.execute("select phase from sm_phase where machine = 'cycle'").fetchone()[0]
+        last = conn.execute(
+            "select from_phase, event, to_phase, note from sm_journal order by id desc limit 1"
+        ).fetchone()
+    return phase, last
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_in_the_middle_of_a_phase_and_resume(
+    agents: Agents, cloud: CloudProcess, images: dict[str, OciImage], unit: str,
+    docker_runtime: DockerRuntime, sig: signal.Signals,
+) -> None:
+    stuck = scenario([("svc-stuck", images["it-stuck"])], num_instances=1)
+    proc, log, data_dir = agents.start(unit)
+    log.wait_for("link.up")
+    assert push(cloud, unit, stuck)["ok"]
+    log.wait_for("phase.entered", phase="waitingActive")
+    running = [c.id for c in docker_runtime.list_containers({LABEL_UNIT: unit})]
+    assert len(running) == 1
+
+    proc.signal(sig)
+    assert proc.wait(15) == 0
+    log.wait_for("cycle.interrupted", phase="waitingActive")
+    log.wait_for("agent.stopped")
+    phase, last = phase_and_last_journal(data_dir)
+    assert phase == "waitingActive"
+    assert last[:3] == ("waitingActive", "interrupted", "waitingActive")
+    assert "shutting down" in last[3]
+    after = docker_runtime.list_containers({LABEL_UNIT: unit})
+    assert [c.id for c in after] == running and after[0].status == "running"
+
+    _, log2, _ = agents.start(unit)
+    log2.wait_for("cycle.resume", phase="waitingActive")
+    healthy = scenario([("svc-a", images["it-alpha"])], num_instances=1)
+    log2.wait_for("link.up")
+    assert push(cloud, unit, healthy)["ok"]
+    assert wait_converged(unit, healthy, cloud, data_dir, docker_runtime).ok
+
+
+def test_stop_when_idle_exits_zero_and_leaves_containers(
+    agents: Agents, cloud: CloudProcess, images: dict[str, OciImage], unit: str,
+    docker_runtime: DockerRuntime,
+) -> None:
+    ds = scenario([("svc-a", images["it-alpha"])], num_instances=2)
+    proc, log, data_dir = agents.start(unit)
+    log.wait_for("link.up")
+    assert push(cloud, unit, ds)["ok"]
+    assert wait_converged(unit, ds, cloud, data_dir, docker_runtime).ok
+    assert proc.stop() == 0
+    assert not log.find("cycle.interrupted")
+    states = [c.status for c in docker_runtime.list_containers({LABEL_UNIT: unit})]
+    assert states == ["running", "running"]
+    assert phase_and_last_journal(data_dir)[0] == "none"
