@@ -37,6 +37,7 @@ CRASH_POINTS: tuple[str, ...] = (
     "imagemanager.item.first_blob:1",
     "imagemanager.blob.stored:3",
     "imagemanager.item.first_blob:2",
+    "imagemanager.item.pending:2",
     "cycle.pending.committed",
     "cycle.installing.committed",
     "updatemanager.nodes.stored",

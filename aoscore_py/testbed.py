@@ -400,9 +400,16 @@ class SupersedeRun:
     log: AgentLog
 
 
-def supersede_run(cloud: CloudProcess, runtime: DockerRuntime, work: Path, unit: str,
-                  first: DesiredStatus, second: DesiredStatus, phase: str,
-                  timeout_s: float = 60.0) -> SupersedeRun:
+def supersede_run(
+    cloud: CloudProcess,
+    runtime: DockerRuntime,
+    work: Path,
+    unit: str,
+    first: DesiredStatus,
+    second: DesiredStatus,
+    phase: str,
+    timeout_s: float = 60.0,
+) -> SupersedeRun:
     """Push `first`, push `second` as soon as the agent enters `phase`, wait for convergence.
 
     The latency is the agent's own log of "superseding message received -> old phase task

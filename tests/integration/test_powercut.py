@@ -18,7 +18,9 @@ def test_every_crash_point_is_killed_and_converges(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
     proc = subprocess.run(
         aoscore_cmd("powercut", "--json", str(out), "--work-dir", str(tmp_path / "work")),
-        capture_output=True, text=True, timeout=1200,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = orjson.loads(out.read_bytes())
@@ -31,7 +33,11 @@ def test_every_crash_point_is_killed_and_converges(tmp_path: Path) -> None:
 
 
 def test_unknown_crash_point_is_a_usage_error() -> None:
-    proc = subprocess.run(aoscore_cmd("powercut", "--points", "no.such.point"),
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        aoscore_cmd("powercut", "--points", "no.such.point"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "no.such.point" in proc.stderr

@@ -31,8 +31,12 @@ def phase_and_last_journal(data_dir: Path) -> tuple[str, tuple[str, str, str, st
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stop_in_the_middle_of_a_phase_and_resume(
-    agents: Agents, cloud: CloudProcess, images: dict[str, OciImage], unit: str,
-    docker_runtime: DockerRuntime, sig: signal.Signals,
+    agents: Agents,
+    cloud: CloudProcess,
+    images: dict[str, OciImage],
+    unit: str,
+    docker_runtime: DockerRuntime,
+    sig: signal.Signals,
 ) -> None:
     stuck = scenario([("svc-stuck", images["it-stuck"])], num_instances=1)
     proc, log, data_dir = agents.start(unit)
@@ -62,7 +66,10 @@ def test_stop_in_the_middle_of_a_phase_and_resume(
 
 
 def test_stop_when_idle_exits_zero_and_leaves_containers(
-    agents: Agents, cloud: CloudProcess, images: dict[str, OciImage], unit: str,
+    agents: Agents,
+    cloud: CloudProcess,
+    images: dict[str, OciImage],
+    unit: str,
     docker_runtime: DockerRuntime,
 ) -> None:
     ds = scenario([("svc-a", images["it-alpha"])], num_instances=2)

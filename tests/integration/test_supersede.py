@@ -23,7 +23,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def slow_cloud(
-    tmp_path_factory: pytest.TempPathFactory, registry: Registry, cloud: CloudProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+    registry: Registry,
+    cloud: CloudProcess,
     images: dict[str, OciImage],
 ) -> Iterator[CloudProcess]:
     """A cloud that answers requestBlobUrls only after 2 s, serving the same images."""
@@ -37,8 +39,11 @@ def slow_cloud(
 
 
 def test_during_downloading(
-    slow_cloud: CloudProcess, images: dict[str, OciImage], unit: str,
-    docker_runtime: DockerRuntime, tmp_path: Path,
+    slow_cloud: CloudProcess,
+    images: dict[str, OciImage],
+    unit: str,
+    docker_runtime: DockerRuntime,
+    tmp_path: Path,
 ) -> None:
     first = scenario([("svc-a", images["it-alpha"])])
     second = scenario([("svc-b", images["it-beta"])], num_instances=1)
@@ -50,11 +55,15 @@ def test_during_downloading(
 
 
 def test_during_launching(
-    cloud: CloudProcess, images: dict[str, OciImage], unit: str,
-    docker_runtime: DockerRuntime, tmp_path: Path,
+    cloud: CloudProcess,
+    images: dict[str, OciImage],
+    unit: str,
+    docker_runtime: DockerRuntime,
+    tmp_path: Path,
 ) -> None:
-    first = scenario([("svc-a", images["it-alpha"]), ("svc-c", images["it-gamma"])],
-                     num_instances=6)
+    first = scenario(
+        [("svc-a", images["it-alpha"]), ("svc-c", images["it-gamma"])], num_instances=6
+    )
     second = scenario([("svc-b", images["it-beta"])], num_instances=2)
     run = supersede_run(cloud, docker_runtime, tmp_path, unit, first, second, "launching")
     assert run.superseded_in == "launching"
@@ -67,8 +76,11 @@ def test_during_launching(
 
 
 def test_during_waiting_active(
-    cloud: CloudProcess, images: dict[str, OciImage], unit: str,
-    docker_runtime: DockerRuntime, tmp_path: Path,
+    cloud: CloudProcess,
+    images: dict[str, OciImage],
+    unit: str,
+    docker_runtime: DockerRuntime,
+    tmp_path: Path,
 ) -> None:
     first = scenario([("svc-stuck", images["it-stuck"])], num_instances=1)
     second = scenario([("svc-a", images["it-alpha"])], num_instances=1)

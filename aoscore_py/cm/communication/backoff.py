@@ -23,7 +23,10 @@ class Backoff:
 
     def next(self) -> float:
         """The delay before the next attempt; each call counts one more failure."""
-        base = min(self.cap, self.initial * self.factor**self.attempts)
+        try:
+            base = min(self.cap, self.initial * self.factor**self.attempts)
+        except OverflowError:  # a long outage: factor**attempts outgrows a float, far past cap
+            base = self.cap
         self.attempts += 1
         spread = base * self.jitter
         return max(0.0, min(self.cap, base + self.rng.uniform(-spread, spread)))

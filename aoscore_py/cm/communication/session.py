@@ -131,16 +131,16 @@ class CloudSession:
             envelope = parse_frame(raw)
         except ProtocolError as exc:
             txn = _salvage_txn(raw)
-            return Refused(exc, txn, self.nack(txn or str(uuid.uuid4()), _error(exc)))
+            version = _salvage_header(raw, "version")
+            error = exc
+            # A frame of another version rarely parses as v7: name the version, the real problem.
+            if type(version) is int and version != PROTOCOL_VERSION:
+                error = _wrong_version(version)
+            return Refused(error, txn, self.nack(txn or str(uuid.uuid4()), _error(error)))
         header = envelope.header
         problem = None
         if header.version != PROTOCOL_VERSION:
-            problem = ProtocolError(
-                "$.header.version",
-                f"unsupported protocol version {header.version} "
-                f"(this unit speaks {PROTOCOL_VERSION})",
-                code=AosCode.NOT_SUPPORTED,
-            )
+            problem = _wrong_version(header.version)
         elif header.system_id != self.system_id:
             problem = ProtocolError(
                 "$.header.systemId",
@@ -195,8 +195,16 @@ def _error(exc: ProtocolError) -> ErrorInfo:
     return ErrorInfo(aos_code=int(exc.code), exit_code=0, message=exc.message)
 
 
-def _salvage_txn(raw: bytes | str) -> str | None:
-    """The txn of a frame we could not parse, when it can be read at all (to nack it)."""
+def _wrong_version(version: int) -> ProtocolError:
+    return ProtocolError(
+        "$.header.version",
+        f"unsupported protocol version {version} (this unit speaks {PROTOCOL_VERSION})",
+        code=AosCode.NOT_SUPPORTED,
+    )
+
+
+def _salvage_header(raw: bytes | str, name: str) -> object:
+    """A header field of a frame we could not parse, when it can be read at all."""
     try:
         doc = orjson.loads(raw)
     except (orjson.JSONDecodeError, TypeError):
@@ -206,6 +214,12 @@ def _salvage_txn(raw: bytes | str) -> str | None:
     for key, header in doc.items():
         if isinstance(key, str) and key.lower() == "header" and isinstance(header, dict):
             for k, v in header.items():
-                if isinstance(k, str) and k.lower() == "txn" and isinstance(v, str) and v:
+                if isinstance(k, str) and k.lower() == name.lower():
                     return v
     return None
+
+
+def _salvage_txn(raw: bytes | str) -> str | None:
+    """The txn of a frame we could not parse, when it can be read at all (to nack it)."""
+    txn = _salvage_header(raw, "txn")
+    return txn if isinstance(txn, str) and txn else None

@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import shutil
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -67,7 +68,8 @@ class BlobStore:
             BlobError: the bytes do not match the digest or the expected size (invalidChecksum).
         """
         want = digest_hex(digest)
-        tmp = self.tmp / f"{want}.{os.getpid()}.part"
+        # unique per write: two writes of one blob must never share (or unlink) a temporary file
+        tmp = self.tmp / f"{want}.{os.getpid()}.{uuid.uuid4().hex}.part"
         hasher = hashlib.sha256()
         size = 0
         try:

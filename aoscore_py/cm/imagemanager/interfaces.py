@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ...protocol import BlobUrlInfo, ErrorInfo, ItemState
+from ...protocol import ErrorInfo, ItemState
 
 
 @dataclass(frozen=True)
@@ -50,12 +49,6 @@ class ImageStorage(Protocol):
     def delete_item(self, item_id: str, version: str) -> None: ...
     def record_blob(self, digest: str, size: int) -> None: ...
     def blob(self, digest: str) -> BlobRecord | None: ...
-
-
-class BlobUrlSource(Protocol):
-    """Where blob URLs come from: the cloud, through requestBlobUrls."""
-
-    async def request_blob_urls(self, digests: Sequence[str]) -> list[BlobUrlInfo]: ...
 
 
 class BlobPaths(Protocol):

@@ -20,9 +20,10 @@ from statemachine import crashpoint
 from ...errors import AosCode, AosError, BlobError
 from ...logs import get_logger
 from ...protocol import BlobUrlInfo, DesiredItem, ErrorInfo, ItemState
+from ..communication.interfaces import BlobUrlSource
 from . import oci
 from .blobstore import BlobStore, digest_hex
-from .interfaces import BlobUrlSource, ImageLayout, ImageStorage, ItemRecord
+from .interfaces import ImageLayout, ImageStorage, ItemRecord
 
 log = get_logger("imagemanager")
 
@@ -118,6 +119,7 @@ class ImageManager:
         if state == ItemState.DOWNLOADING:
             record = ItemRecord(item_id, item.version, kind, item.index_digest, ItemState.PENDING)
             self._storage.upsert_item(record)
+            crashpoint("imagemanager.item.pending")
         log.info(
             "item.ready",
             item=item_id,
@@ -240,3 +242,4 @@ class ImageManager:
                     ItemRecord(*key, record.item_type, record.index_digest, ItemState.REMOVED)
                 )
                 log.info("item.removed", item=record.item_id, version=record.version)
+                crashpoint("imagemanager.item.removed")

@@ -38,8 +38,14 @@ def _digest_of(entry: Any, what: str) -> str:
     return entry["digest"]
 
 
+def _media_type(doc: dict[str, Any]) -> str | None:
+    """The document's mediaType; None when absent or not a string (a list would not hash)."""
+    value = doc.get("mediaType")
+    return value if isinstance(value, str) else None
+
+
 def is_index(doc: dict[str, Any]) -> bool:
-    return doc.get("mediaType") in INDEX_TYPES or ("manifests" in doc and "layers" not in doc)
+    return _media_type(doc) in INDEX_TYPES or ("manifests" in doc and "layers" not in doc)
 
 
 def choose_manifest(index_raw: bytes, os_name: str, arch: str) -> str:
@@ -52,7 +58,7 @@ def choose_manifest(index_raw: bytes, os_name: str, arch: str) -> str:
     manifests = doc.get("manifests")
     if not isinstance(manifests, list) or not manifests:
         raise BlobError("image index lists no manifests", code=AosCode.INVALID_ARGUMENT)
-    if len(manifests) == 1 and "platform" not in manifests[0]:
+    if len(manifests) == 1 and not (isinstance(manifests[0], dict) and "platform" in manifests[0]):
         return _digest_of(manifests[0], "image index entry")
     for entry in manifests:
         platform = entry.get("platform") if isinstance(entry, dict) else None
@@ -68,7 +74,7 @@ def choose_manifest(index_raw: bytes, os_name: str, arch: str) -> str:
 def parse_manifest(raw: bytes) -> tuple[dict[str, Any], str, tuple[str, ...]]:
     """The manifest document, its config digest, and its layer digests in order."""
     doc = _load(raw, "image manifest")
-    if doc.get("mediaType") not in MANIFEST_TYPES and "config" not in doc:
+    if _media_type(doc) not in MANIFEST_TYPES and "config" not in doc:
         raise BlobError("image manifest has no config", code=AosCode.INVALID_ARGUMENT)
     config = _digest_of(doc.get("config"), "image manifest config")
     layers = doc.get("layers")

@@ -3,8 +3,9 @@
 Rules, in order: a node must be provisioned (not paused), carry every label the instance asks
 for, and offer a runtime; an instance keeps its current node while that node still qualifies
 (no needless moves); otherwise it goes to the qualifying node with the highest priority, then
-the fewest instances placed so far, then the smallest name. Instances of higher priority are
-placed first. An instance no node can take is reported with the reason.
+the fewest instances (counting those that stay, then those placed so far), then the smallest
+name. Instances of higher priority are placed first. An instance no node can take is reported
+with the reason.
 """
 
 from __future__ import annotations
@@ -63,15 +64,24 @@ def place(
 ) -> list[Placement]:
     """Choose a node for every wanted instance; the result is sorted by instance key."""
     current = current or {}
-    load: Counter[str] = Counter()
+    order = sorted(wanted, key=lambda w: (-w.priority, w.key))
+    fits = {
+        w.key: [n for n in nodes if not n.paused and n.has_runtime and w.labels <= n.labels]
+        for w in order
+    }
+    keep = {w.key: n for w in order for n in fits[w.key] if n.node == current.get(w.key)}
+    # Instances that stay count toward their node's load before any other is placed, so new
+    # instances balance against what will really run, whatever the order of their keys.
+    load: Counter[str] = Counter(n.node for n in keep.values())
     out: list[Placement] = []
-    for w in sorted(wanted, key=lambda w: (-w.priority, w.key)):
-        fit = [n for n in nodes if not n.paused and n.has_runtime and w.labels <= n.labels]
+    for w in order:
+        fit = fits[w.key]
         if not fit:
             out.append(Placement(w.key, None, _refusal(w, nodes)))
             continue
-        keep = next((n for n in fit if n.node == current.get(w.key)), None)
-        chosen = keep or min(fit, key=lambda n: (-n.priority, load[n.node], n.node))
-        load[chosen.node] += 1
+        chosen = keep.get(w.key)
+        if chosen is None:
+            chosen = min(fit, key=lambda n: (-n.priority, load[n.node], n.node))
+            load[chosen.node] += 1
         out.append(Placement(w.key, chosen.node))
     return sorted(out, key=lambda p: p.key)

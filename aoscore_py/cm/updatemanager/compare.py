@@ -114,10 +114,10 @@ def compare(current: DesiredStatus | None, new: DesiredStatus) -> Changes:
     changes += _diff_maps(
         "item",
         {
-            i.item.key or "": (i.item.type, i.version, i.index_digest)
+            i.item.key or "": (i.item.type, i.version, i.index_digest, i.owner)
             for i in current.items
         },
-        {i.item.key or "": (i.item.type, i.version, i.index_digest) for i in new.items},
+        {i.item.key or "": (i.item.type, i.version, i.index_digest, i.owner) for i in new.items},
     )
     changes += _diff_maps("instance", _instance_indexes(current), _instance_indexes(new))
     for field in ("priority", "labels"):

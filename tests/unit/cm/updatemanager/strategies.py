@@ -17,6 +17,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from hypothesis import assume
 from hypothesis import strategies as st
 
 from aoscore_py.protocol import (
@@ -44,8 +45,10 @@ labels = st.lists(st.sampled_from(LABELS), unique=True, max_size=3).map(tuple)
 ITEM_TYPES = (ItemType.SERVICE, ItemType.COMPONENT, ItemType.LAYER)
 
 
-def unique(strategy: st.SearchStrategy[Any], key: Callable[[Any], Hashable], max_size: int = 4):
-    return st.lists(strategy, max_size=max_size, unique_by=key).map(tuple)
+def unique(
+    strategy: st.SearchStrategy[Any], key: Callable[[Any], Hashable], min_size: int = 0
+) -> st.SearchStrategy[tuple[Any, ...]]:
+    return st.lists(strategy, min_size=min_size, max_size=4, unique_by=key).map(tuple)
 
 
 def by_id(kind: str | None = None) -> st.SearchStrategy[Identity]:
@@ -99,6 +102,19 @@ desired_statuses = st.builds(
     unique(chains, lambda c: c.name),
 )
 
+# every section present, so that every kind of edit has something to work on
+full_desired_statuses = st.builds(
+    DesiredStatus,
+    st.none() | st.text(min_size=1, max_size=8),
+    unique(node_statuses, lambda n: n.item.key, 1),
+    st.builds(UnitConfig, versions, st.just("1"), unique(node_configs, lambda n: n.node.key, 1)),
+    unique(items, lambda i: i.item.key, 1),
+    unique(instances, lambda i: (i.item.key, i.subject.key), 1),
+    unique(subjects, lambda s: s.identity.key, 1),
+    unique(certificates, lambda c: c.fingerprint, 1),
+    unique(chains, lambda c: c.name, 1),
+)
+
 
 def reordered(ds: DesiredStatus, rnd: random.Random, correlation_id: str | None) -> DesiredStatus:
     """The same desired status with every list (and label list) shuffled."""
@@ -127,6 +143,9 @@ def reordered(ds: DesiredStatus, rnd: random.Random, correlation_id: str | None)
 
 
 # --- single mutations -----------------------------------------------------------------------------
+#
+# Each edit is a plain function (draw, ds) -> Mutation, or None when `ds` has nothing to edit
+# (no subjects to remove...). Tests run every edit by name, so none is left to chance.
 
 
 @dataclass(frozen=True)
@@ -139,318 +158,318 @@ class Mutation:
     key: str
 
 
+Draw = Callable[[st.SearchStrategy[Any]], Any]
+Edit = Callable[[Draw, DesiredStatus], "Mutation | None"]
+MUTATIONS: dict[str, Edit] = {}
+rep = dataclasses.replace
+
+
+def edit(name: str) -> Callable[[Edit], Edit]:
+    def register(fn: Edit) -> Edit:
+        MUTATIONS[name] = fn
+        return fn
+
+    return register
+
+
 def _replace_at(values: tuple[Any, ...], index: int, value: Any) -> tuple[Any, ...]:
-    return values[:index] + (value,) + values[index + 1 :]
+    return (*values[:index], value, *values[index + 1 :])
 
 
 def _drop_at(values: tuple[Any, ...], index: int) -> tuple[Any, ...]:
     return values[:index] + values[index + 1 :]
 
 
-def _fresh(draw: Any, taken: set[str]) -> str:
+def _index(draw: Draw, values: tuple[Any, ...]) -> int:
+    return draw(st.integers(0, len(values) - 1))
+
+
+def _fresh(draw: Draw, taken: set[str]) -> str:
     return draw(keys.filter(lambda k: k not in taken))
 
 
-def _other(draw: Any, strategy: st.SearchStrategy[Any], old: Any) -> Any:
+def _other(draw: Draw, strategy: st.SearchStrategy[Any], old: Any) -> Any:
     return draw(strategy.filter(lambda v: v != old))
 
 
-def _toggle_label(draw: Any, current: tuple[str, ...]) -> tuple[str, ...]:
+def _toggle_label(draw: Draw, current: tuple[str, ...]) -> tuple[str, ...]:
     """Add a label the list lacks, or drop one it has."""
     if current and draw(st.booleans()):
-        return _drop_at(current, draw(st.integers(0, len(current) - 1)))
+        return _drop_at(current, _index(draw, current))
     return (*current, draw(st.sampled_from([x for x in LABELS if x not in current])))
 
 
-@st.composite
-def mutations(draw: Any, ds: DesiredStatus) -> Mutation:  # noqa: C901 - one table of edits
-    """A single edit of `ds` in one compared field, keeping the value valid (keys unique)."""
-    rep = dataclasses.replace
-    options: list[Callable[[], Mutation]] = []
+# nodes
 
-    def pick(values: tuple[Any, ...]) -> int:
-        return draw(st.integers(0, len(values) - 1))
 
-    # nodes
-    def node_state() -> Mutation:
-        i = pick(ds.nodes)
-        n = ds.nodes[i]
-        other = next(s for s in DesiredNodeState if s != n.state)
-        return Mutation(
-            "node.state",
-            rep(ds, nodes=_replace_at(ds.nodes, i, rep(n, state=other))),
-            "node",
-            n.item.key,
-        )
+@edit("node.state")
+def _node_state(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+    if not ds.nodes:
+        return None
+    i = _index(draw, ds.nodes)
+    n = ds.nodes[i]
+    other = next(s for s in DesiredNodeState if s != n.state)
+    nodes = _replace_at(ds.nodes, i, rep(n, state=other))
+    return Mutation("node.state", rep(ds, nodes=nodes), "node", n.item.key)
 
-    def node_remove() -> Mutation:
-        i = pick(ds.nodes)
-        return Mutation(
-            "node.remove", rep(ds, nodes=_drop_at(ds.nodes, i)), "node", ds.nodes[i].item.key
-        )
 
-    def node_add() -> Mutation:
-        name = _fresh(draw, {n.item.key for n in ds.nodes})
-        node = DesiredNodeStatus(Identity(codename=name), draw(st.sampled_from(DesiredNodeState)))
-        return Mutation("node.add", rep(ds, nodes=(*ds.nodes, node)), "node", name)
+@edit("node.add")
+def _node_add(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+    name = _fresh(draw, {n.item.key for n in ds.nodes})
+    node = DesiredNodeStatus(Identity(codename=name), draw(st.sampled_from(DesiredNodeState)))
+    return Mutation("node.add", rep(ds, nodes=(*ds.nodes, node)), "node", name)
 
-    options.append(node_add)
-    if ds.nodes:
-        options += [node_state, node_remove]
 
-    # unit config
+@edit("node.remove")
+def _node_remove(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+    if not ds.nodes:
+        return None
+    i = _index(draw, ds.nodes)
+    return Mutation(
+        "node.remove", rep(ds, nodes=_drop_at(ds.nodes, i)), "node", ds.nodes[i].item.key
+    )
+
+
+# unit config
+
+
+def _with_config(name: str, ds: DesiredStatus, config: UnitConfig | None) -> Mutation:
+    return Mutation(name, rep(ds, unit_config=config), "unitConfig", "")
+
+
+@edit("unitConfig.presence")
+def _uc_presence(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+    new = None if ds.unit_config is not None else draw(unit_configs)
+    return _with_config("unitConfig.presence", ds, new)
+
+
+@edit("unitConfig.version")
+def _uc_version(draw: Draw, ds: DesiredStatus) -> Mutation | None:
     uc = ds.unit_config
+    if uc is None:
+        return None
+    return _with_config(
+        "unitConfig.version", ds, rep(uc, version=_other(draw, versions, uc.version))
+    )
 
-    def uc_toggle() -> Mutation:
-        new = None if uc is not None else draw(unit_configs)
-        return Mutation("unitConfig.presence", rep(ds, unit_config=new), "unitConfig", "")
 
-    def uc_with(name: str, new: UnitConfig) -> Mutation:
-        return Mutation(name, rep(ds, unit_config=new), "unitConfig", "")
+@edit("unitConfig.nodes.add")
+def _uc_node_add(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+    uc = ds.unit_config
+    if uc is None:
+        return None
+    name = _fresh(draw, {n.node.key for n in uc.nodes})
+    node = NodeConfig(Identity(codename=name), labels=draw(labels), priority=draw(priorities))
+    return _with_config("unitConfig.nodes.add", ds, rep(uc, nodes=(*uc.nodes, node)))
 
-    def uc_version() -> Mutation:
-        assert uc is not None
-        return uc_with("unitConfig.version", rep(uc, version=_other(draw, versions, uc.version)))
 
-    def uc_node(name: str, edit: Callable[[NodeConfig], NodeConfig]) -> Callable[[], Mutation]:
-        def run() -> Mutation:
-            assert uc is not None
-            i = pick(uc.nodes)
-            return uc_with(name, rep(uc, nodes=_replace_at(uc.nodes, i, edit(uc.nodes[i]))))
+@edit("unitConfig.nodes.remove")
+def _uc_node_remove(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+    uc = ds.unit_config
+    if uc is None or not uc.nodes:
+        return None
+    nodes = _drop_at(uc.nodes, _index(draw, uc.nodes))
+    return _with_config("unitConfig.nodes.remove", ds, rep(uc, nodes=nodes))
 
-        return run
 
-    def uc_node_add() -> Mutation:
-        assert uc is not None
-        name = _fresh(draw, {n.node.key for n in uc.nodes})
-        node = NodeConfig(Identity(codename=name), labels=draw(labels), priority=draw(priorities))
-        return uc_with("unitConfig.nodes.add", rep(uc, nodes=(*uc.nodes, node)))
+def _uc_node_edit(name: str, change: Callable[[Draw, NodeConfig], NodeConfig]) -> None:
+    @edit(name)
+    def run(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+        uc = ds.unit_config
+        if uc is None or not uc.nodes:
+            return None
+        i = _index(draw, uc.nodes)
+        nodes = _replace_at(uc.nodes, i, change(draw, uc.nodes[i]))
+        return _with_config(name, ds, rep(uc, nodes=nodes))
 
-    def uc_node_remove() -> Mutation:
-        assert uc is not None
-        return uc_with("unitConfig.nodes.remove", rep(uc, nodes=_drop_at(uc.nodes, pick(uc.nodes))))
 
-    options.append(uc_toggle)
-    if uc is not None:
-        options += [uc_version, uc_node_add]
-        if uc.nodes:
-            options += [
-                uc_node(
-                    "unitConfig.node.labels", lambda n: rep(n, labels=_toggle_label(draw, n.labels))
-                ),
-                uc_node("unitConfig.node.priority", lambda n: rep(n, priority=n.priority + 1)),
-                uc_node(
-                    "unitConfig.node.version",
-                    lambda n: rep(n, version=_other(draw, versions, n.version)),
-                ),
-                uc_node_remove,
-            ]
+_uc_node_edit("unitConfig.node.labels", lambda d, n: rep(n, labels=_toggle_label(d, n.labels)))
+_uc_node_edit("unitConfig.node.priority", lambda d, n: rep(n, priority=n.priority + 1))
+_uc_node_edit(
+    "unitConfig.node.version", lambda d, n: rep(n, version=_other(d, versions, n.version))
+)
 
-    # items
-    def item_edit(name: str, edit: Callable[[DesiredItem], DesiredItem]) -> Callable[[], Mutation]:
-        def run() -> Mutation:
-            i = pick(ds.items)
-            new = edit(ds.items[i])
-            return Mutation(
-                name, rep(ds, items=_replace_at(ds.items, i, new)), "item", new.item.key
-            )
 
-        return run
+# items
 
-    taken_items = {i.item.key for i in ds.items}
 
-    def item_add() -> Mutation:
-        new = rep(draw(items), item=Identity(id=_fresh(draw, taken_items), type=ItemType.SERVICE))
-        return Mutation("item.add", rep(ds, items=(*ds.items, new)), "item", new.item.key)
+@edit("item.add")
+def _item_add(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+    ident = Identity(id=_fresh(draw, {i.item.key for i in ds.items}), type=ItemType.SERVICE)
+    new = rep(draw(items), item=ident)
+    return Mutation("item.add", rep(ds, items=(*ds.items, new)), "item", ident.key)
 
-    def item_remove() -> Mutation:
-        i = pick(ds.items)
-        return Mutation(
-            "item.remove", rep(ds, items=_drop_at(ds.items, i)), "item", ds.items[i].item.key
-        )
 
-    options.append(item_add)
-    if ds.items:
-        options += [
-            item_remove,
-            item_edit("item.id", lambda i: rep(i, item=rep(i.item, id=_fresh(draw, taken_items)))),
-            item_edit(
-                "item.type",
-                lambda i: rep(
-                    i, item=rep(i.item, type=_other(draw, st.sampled_from(ITEM_TYPES), i.item.type))
-                ),
-            ),
-            item_edit("item.version", lambda i: rep(i, version=_other(draw, versions, i.version))),
-            item_edit(
-                "item.indexDigest",
-                lambda i: rep(i, index_digest=_other(draw, digests, i.index_digest)),
-            ),
-            item_edit(
-                "item.owner", lambda i: rep(i, owner=_other(draw, st.none() | by_id(), i.owner))
-            ),
-        ]
+@edit("item.remove")
+def _item_remove(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+    if not ds.items:
+        return None
+    i = _index(draw, ds.items)
+    return Mutation(
+        "item.remove", rep(ds, items=_drop_at(ds.items, i)), "item", ds.items[i].item.key
+    )
 
-    # instances
-    def inst_edit(
-        name: str, kind: str, edit: Callable[[DesiredInstance], tuple[DesiredInstance, str]]
-    ) -> Callable[[], Mutation]:
-        def run() -> Mutation:
-            i = pick(ds.instances)
-            new, suffix = edit(ds.instances[i])
-            key = f"{new.item.key}/{new.subject.key}{suffix}"
-            return Mutation(name, rep(ds, instances=_replace_at(ds.instances, i, new)), kind, key)
 
-        return run
+def _item_edit(
+    name: str, change: Callable[[Draw, DesiredStatus, DesiredItem], DesiredItem]
+) -> None:
+    @edit(name)
+    def run(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+        if not ds.items:
+            return None
+        i = _index(draw, ds.items)
+        new = change(draw, ds, ds.items[i])
+        return Mutation(name, rep(ds, items=_replace_at(ds.items, i, new)), "item", new.item.key)
 
-    if ds.instances:
-        options += [
-            inst_edit(
-                "instance.add",
-                "instance",
-                lambda i: (rep(i, num_instances=i.num_instances + 1), f"/{i.num_instances}"),
-            ),
-            inst_edit(
-                "instance.priority",
-                "instance.priority",
-                lambda i: (rep(i, priority=i.priority + 1), ""),
-            ),
-            inst_edit(
-                "instance.labels",
-                "instance.labels",
-                lambda i: (rep(i, labels=_toggle_label(draw, i.labels)), ""),
-            ),
-        ]
-        if any(i.num_instances for i in ds.instances):
-            running = [n for n, i in enumerate(ds.instances) if i.num_instances]
 
-            def inst_remove() -> Mutation:
-                n = draw(st.sampled_from(running))
-                old = ds.instances[n]
-                new = rep(old, num_instances=old.num_instances - 1)
-                key = f"{old.item.key}/{old.subject.key}/{old.num_instances - 1}"
-                return Mutation(
-                    "instance.remove",
-                    rep(ds, instances=_replace_at(ds.instances, n, new)),
-                    "instance",
-                    key,
-                )
+_item_edit(
+    "item.id",
+    lambda d, ds, i: rep(i, item=rep(i.item, id=_fresh(d, {x.item.key for x in ds.items}))),
+)
+_item_edit(
+    "item.type",
+    lambda d, ds, i: rep(
+        i, item=rep(i.item, type=_other(d, st.sampled_from(ITEM_TYPES), i.item.type))
+    ),
+)
+_item_edit("item.version", lambda d, ds, i: rep(i, version=_other(d, versions, i.version)))
+_item_edit(
+    "item.indexDigest", lambda d, ds, i: rep(i, index_digest=_other(d, digests, i.index_digest))
+)
+_item_edit("item.owner", lambda d, ds, i: rep(i, owner=_other(d, st.none() | by_id(), i.owner)))
 
-            options.append(inst_remove)
 
-    # subjects
-    taken_subjects = {s.identity.key for s in ds.subjects}
+# instances
 
-    def subject_add() -> Mutation:
-        new = rep(draw(subjects), identity=Identity(id=_fresh(draw, taken_subjects)))
-        return Mutation(
-            "subject.add", rep(ds, subjects=(*ds.subjects, new)), "subject", new.identity.key
-        )
 
-    def subject_edit(
-        name: str, edit: Callable[[DesiredSubject], DesiredSubject | None]
-    ) -> Callable[[], Mutation]:
-        def run() -> Mutation:
-            i = pick(ds.subjects)
-            new = edit(ds.subjects[i])
-            values = _drop_at(ds.subjects, i) if new is None else _replace_at(ds.subjects, i, new)
-            return Mutation(name, rep(ds, subjects=values), "subject", ds.subjects[i].identity.key)
+@edit("instance.add")
+def _instance_add(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+    if not ds.instances:
+        return None
+    i = _index(draw, ds.instances)
+    old = ds.instances[i]
+    new = rep(old, num_instances=old.num_instances + 1)
+    key = f"{old.item.key}/{old.subject.key}/{old.num_instances}"
+    return Mutation(
+        "instance.add", rep(ds, instances=_replace_at(ds.instances, i, new)), "instance", key
+    )
 
-        return run
 
-    options.append(subject_add)
-    if ds.subjects:
-        options += [
-            subject_edit("subject.remove", lambda s: None),
-            subject_edit(
-                "subject.type", lambda s: rep(s, type=next(t for t in SubjectType if t != s.type))
-            ),
-            subject_edit(
-                "subject.isReportedFromUnit",
-                lambda s: rep(s, is_reported_from_unit=not s.is_reported_from_unit),
-            ),
-        ]
+@edit("instance.remove")
+def _instance_remove(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+    running = [n for n, i in enumerate(ds.instances) if i.num_instances]
+    if not running:
+        return None
+    i = draw(st.sampled_from(running))
+    old = ds.instances[i]
+    new = rep(old, num_instances=old.num_instances - 1)
+    key = f"{old.item.key}/{old.subject.key}/{old.num_instances - 1}"
+    values = _replace_at(ds.instances, i, new)
+    return Mutation("instance.remove", rep(ds, instances=values), "instance", key)
 
-    # certificates and chains
-    taken_certs = {c.fingerprint for c in ds.certificates}
-    taken_chains = {c.name for c in ds.certificate_chains}
 
-    def cert_add() -> Mutation:
-        new = Certificate(draw(st.binary(min_size=1, max_size=4)), _fresh(draw, taken_certs))
-        return Mutation(
-            "certificate.add",
-            rep(ds, certificates=(*ds.certificates, new)),
-            "certificate",
-            new.fingerprint,
-        )
+def _instance_edit(name: str, change: Callable[[Draw, DesiredInstance], DesiredInstance]) -> None:
+    @edit(name)
+    def run(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+        if not ds.instances:
+            return None
+        i = _index(draw, ds.instances)
+        old = ds.instances[i]
+        values = _replace_at(ds.instances, i, change(draw, old))
+        return Mutation(name, rep(ds, instances=values), name, f"{old.item.key}/{old.subject.key}")
 
-    def cert_edit(
-        name: str, edit: Callable[[Certificate], Certificate | None]
-    ) -> Callable[[], Mutation]:
-        def run() -> Mutation:
-            i = pick(ds.certificates)
-            new = edit(ds.certificates[i])
-            values = (
-                _drop_at(ds.certificates, i)
-                if new is None
-                else _replace_at(ds.certificates, i, new)
-            )
-            return Mutation(
-                name, rep(ds, certificates=values), "certificate", ds.certificates[i].fingerprint
-            )
 
-        return run
+_instance_edit("instance.priority", lambda d, i: rep(i, priority=i.priority + 1))
+_instance_edit("instance.labels", lambda d, i: rep(i, labels=_toggle_label(d, i.labels)))
 
-    def chain_add() -> Mutation:
-        new = CertificateChain(_fresh(draw, taken_chains), (draw(keys),))
-        return Mutation(
-            "chain.add",
-            rep(ds, certificate_chains=(*ds.certificate_chains, new)),
-            "certificateChain",
-            new.name,
-        )
 
-    def chain_edit(
-        name: str, edit: Callable[[CertificateChain], CertificateChain | None]
-    ) -> Callable[[], Mutation]:
-        def run() -> Mutation:
-            i = pick(ds.certificate_chains)
-            new = edit(ds.certificate_chains[i])
-            old = ds.certificate_chains
-            values = _drop_at(old, i) if new is None else _replace_at(old, i, new)
-            return Mutation(
-                name, rep(ds, certificate_chains=values), "certificateChain", old[i].name
-            )
+# subjects
 
-        return run
 
-    options += [cert_add, chain_add]
-    if ds.certificates:
-        options += [
-            cert_edit("certificate.remove", lambda c: None),
-            cert_edit("certificate.bytes", lambda c: rep(c, certificate=c.certificate + b"\x00")),
-        ]
-    if ds.certificate_chains:
-        options += [
-            chain_edit("chain.remove", lambda c: None),
-            chain_edit(
-                "chain.fingerprints", lambda c: rep(c, fingerprints=(*c.fingerprints, "extra"))
-            ),
-        ]
-        reorderable = [
-            n for n, c in enumerate(ds.certificate_chains) if len(set(c.fingerprints)) > 1
-        ]
-        if reorderable:
+@edit("subject.add")
+def _subject_add(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+    ident = Identity(id=_fresh(draw, {s.identity.key for s in ds.subjects}))
+    new = rep(draw(subjects), identity=ident)
+    return Mutation("subject.add", rep(ds, subjects=(*ds.subjects, new)), "subject", ident.key)
 
-            def chain_order() -> Mutation:
-                n = draw(st.sampled_from(reorderable))
-                old = ds.certificate_chains[n]
-                # the signing certificate comes first: the order is part of the chain
-                new = rep(old, fingerprints=(*old.fingerprints[1:], old.fingerprints[0]))
-                values = _replace_at(ds.certificate_chains, n, new)
-                return Mutation(
-                    "chain.order", rep(ds, certificate_chains=values), "certificateChain", old.name
-                )
 
-            options.append(chain_order)
+def _subject_edit(name: str, change: Callable[[DesiredSubject], DesiredSubject | None]) -> None:
+    @edit(name)
+    def run(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+        if not ds.subjects:
+            return None
+        i = _index(draw, ds.subjects)
+        new = change(ds.subjects[i])
+        values = _drop_at(ds.subjects, i) if new is None else _replace_at(ds.subjects, i, new)
+        return Mutation(name, rep(ds, subjects=values), "subject", ds.subjects[i].identity.key)
 
-    return draw(st.sampled_from(options))()
+
+_subject_edit("subject.remove", lambda s: None)
+_subject_edit("subject.type", lambda s: rep(s, type=next(t for t in SubjectType if t != s.type)))
+_subject_edit(
+    "subject.isReportedFromUnit",
+    lambda s: rep(s, is_reported_from_unit=not s.is_reported_from_unit),
+)
+
+
+# certificates and chains
+
+
+@edit("certificate.add")
+def _cert_add(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+    fingerprint = _fresh(draw, {c.fingerprint for c in ds.certificates})
+    new = Certificate(draw(st.binary(min_size=1, max_size=4)), fingerprint)
+    values = (*ds.certificates, new)
+    return Mutation("certificate.add", rep(ds, certificates=values), "certificate", fingerprint)
+
+
+def _cert_edit(name: str, change: Callable[[Certificate], Certificate | None]) -> None:
+    @edit(name)
+    def run(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+        if not ds.certificates:
+            return None
+        i = _index(draw, ds.certificates)
+        old = ds.certificates
+        new = change(old[i])
+        values = _drop_at(old, i) if new is None else _replace_at(old, i, new)
+        return Mutation(name, rep(ds, certificates=values), "certificate", old[i].fingerprint)
+
+
+_cert_edit("certificate.remove", lambda c: None)
+_cert_edit("certificate.bytes", lambda c: rep(c, certificate=c.certificate + b"\x00"))
+
+
+@edit("chain.add")
+def _chain_add(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+    new = CertificateChain(_fresh(draw, {c.name for c in ds.certificate_chains}), (draw(keys),))
+    values = (*ds.certificate_chains, new)
+    return Mutation("chain.add", rep(ds, certificate_chains=values), "certificateChain", new.name)
+
+
+def _chain_edit(name: str, change: Callable[[CertificateChain], CertificateChain | None]) -> None:
+    @edit(name)
+    def run(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+        old = ds.certificate_chains
+        # an edit that leaves the chain as it was (rotating ("a", "a")) is no edit
+        candidates = [n for n, c in enumerate(old) if change(c) != c]
+        if not candidates:
+            return None
+        i = draw(st.sampled_from(candidates))
+        new = change(old[i])
+        values = _drop_at(old, i) if new is None else _replace_at(old, i, new)
+        return Mutation(name, rep(ds, certificate_chains=values), "certificateChain", old[i].name)
+
+
+_chain_edit("chain.remove", lambda c: None)
+_chain_edit("chain.fingerprints", lambda c: rep(c, fingerprints=(*c.fingerprints, "extra")))
+# the signing certificate comes first: the order of a chain is part of it
+_chain_edit("chain.order", lambda c: rep(c, fingerprints=(*c.fingerprints[1:], c.fingerprints[0])))
+
+
+@st.composite
+def mutations(draw: Draw, ds: DesiredStatus, name: str) -> Mutation:
+    """The edit `name` applied to `ds`; rejected (hypothesis `assume`) when it does not apply."""
+    mutation = MUTATIONS[name](draw, ds)
+    assume(mutation is not None)
+    assert mutation is not None
+    return mutation

@@ -1,0 +1,113 @@
+"""The `aoscore` command as an operator meets it: clear errors, exit 2 for bad usage or input,
+never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+
+from aoscore_py.cloud.oci import OciImage
+from aoscore_py.protocol import dump_message
+from aoscore_py.sm.docker_runtime import DockerRuntime
+from aoscore_py.testbed import CloudProcess, aoscore_cmd, scenario, wait_converged
+
+from .conftest import Agents
+
+pytestmark = pytest.mark.integration
+
+
+def aoscore(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(aoscore_cmd(*args), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["agent", "--cloud", "http://127.0.0.1:1", "--system-id", "u"], "--cloud"),
+        (["agent", "--cloud", "ws://127.0.0.1:1", "--system-id", "a b"], "--system-id"),
+        (
+            ["agent", "--cloud", "ws://127.0.0.1:1", "--system-id", "u", "--active-timeout", "-1"],
+            "--active-timeout",
+        ),
+        (["agent", "--system-id", "u"], "--cloud"),
+        (["cloud", "publish", "Not_A_Name"], "NAME"),
+        (["cloud", "serve", "--port", "70000"], "--port"),
+        (["cloud", "push", "--unit", "u", "/no/such/file.json"], "FILE"),
+        (["protocol", "check", "--type", "bogus", "x.json"], "--type"),
+        (["no-such-command"], "no-such-command"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_problem(args: list[str], names: str) -> None:
+    proc = aoscore(*args)
+    assert proc.returncode == 2, proc
+    assert names in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"{not json", "not valid JSON"),
+        (
+            b'{"messageType": "desiredStatus", "items": [{"item": {"id": "x"}}]}',
+            "$.items[0].item.type",
+        ),
+        (b'{"messageType": "unitStatus", "isDeltaInfo": false}', "desiredStatus"),
+        (b"\xff\xfe\x00", "UTF-8"),
+    ],
+)
+def test_push_refuses_a_bad_file_with_the_parsers_message(
+    tmp_path: Path, cloud: CloudProcess, content: bytes, reason: str
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(content)
+    proc = aoscore("cloud", "push", "--unit", "u1", str(bad), "--cloud-dir", str(cloud.cloud_dir))
+    assert proc.returncode == 2, proc
+    assert str(bad) in proc.stderr and reason in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_push_without_a_running_cloud(tmp_path: Path, images: dict[str, OciImage]) -> None:
+    good = tmp_path / "ds.json"
+    good.write_bytes(dump_message(scenario([("svc-a", images["it-alpha"])])))
+    proc = aoscore("cloud", "push", "--unit", "u1", str(good), "--cloud-dir", str(tmp_path))
+    assert proc.returncode == 2
+    assert "no reference cloud is running" in proc.stderr
+
+
+def test_publish_push_and_timeline_from_the_command_line(
+    tmp_path: Path,
+    agents: Agents,
+    cloud: CloudProcess,
+    unit: str,
+    docker_runtime: DockerRuntime,
+) -> None:
+    published = aoscore("cloud", "publish", "cli-image", "--cloud-dir", str(cloud.cloud_dir))
+    assert published.returncode == 0, published.stderr
+    digest = published.stdout.strip()
+    assert digest.startswith("sha256:") and len(digest) == 71
+
+    ds = scenario([("svc-cli", OciImage("cli-image", digest, {}))], num_instances=1)
+    frame = {
+        "header": {"version": 7, "systemId": unit, "txn": "t-1"},
+        "data": orjson.loads(dump_message(ds)),
+    }
+    path = tmp_path / "frame.json"
+    path.write_bytes(orjson.dumps(frame))
+    _, log, data_dir = agents.start(unit)
+    log.wait_for("link.up")
+    pushed = aoscore(
+        "cloud", "push", "--unit", unit, str(path), "--cloud-dir", str(cloud.cloud_dir)
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stdout.startswith(f"ack unit={unit} txn=")
+    assert wait_converged(unit, ds, cloud, data_dir, docker_runtime).ok
+
+    timeline = aoscore(
+        "cloud", "timeline", "--unit", unit, "--last", "--cloud-dir", str(cloud.cloud_dir)
+    )
+    last = orjson.loads(timeline.stdout)["unitStatus"]
+    assert last["items"][0]["item"]["id"] == "svc-cli" and last["items"][0]["state"] == "installed"

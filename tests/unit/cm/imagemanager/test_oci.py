@@ -1,0 +1,200 @@
+"""oci: reading image indexes and manifests, and refusing what cannot be read."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aoscore_py.cm.imagemanager import oci
+from aoscore_py.errors import AosCode, BlobError
+
+INDEX = "application/vnd.oci.image.index.v1+json"
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+D = {name: f"sha256:{n:064x}" for n, name in enumerate(["amd64", "arm64", "cfg", "l1", "l2"])}
+
+
+def raw(doc: Any) -> bytes:
+    return orjson.dumps(doc)
+
+
+def entry(digest: str, os_name: str | None = None, arch: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"mediaType": MANIFEST, "digest": digest, "size": 100}
+    if os_name is not None:
+        out["platform"] = {"os": os_name, "architecture": arch}
+    return out
+
+
+def index(*entries: dict[str, Any]) -> bytes:
+    return raw({"schemaVersion": 2, "mediaType": INDEX, "manifests": list(entries)})
+
+
+def refused(fn, *args) -> BlobError:
+    with pytest.raises(BlobError) as info:
+        fn(*args)
+    return info.value
+
+
+class TestChooseManifest:
+    def test_picks_the_entry_for_this_platform(self) -> None:
+        doc = index(entry(D["arm64"], "linux", "arm64"), entry(D["amd64"], "linux", "amd64"))
+        assert oci.choose_manifest(doc, "linux", "amd64") == D["amd64"]
+        assert oci.choose_manifest(doc, "linux", "arm64") == D["arm64"]
+
+    def test_os_must_match_too(self) -> None:
+        doc = index(entry(D["arm64"], "windows", "amd64"), entry(D["amd64"], "linux", "amd64"))
+        assert oci.choose_manifest(doc, "linux", "amd64") == D["amd64"]
+
+    def test_a_single_entry_without_platform_is_taken(self) -> None:
+        assert oci.choose_manifest(index(entry(D["amd64"])), "linux", "riscv64") == D["amd64"]
+
+    def test_a_single_entry_for_another_platform_is_not_supported(self) -> None:
+        err = refused(
+            oci.choose_manifest, index(entry(D["arm64"], "linux", "arm64")), "linux", "amd64"
+        )
+        assert err.code == AosCode.NOT_SUPPORTED
+        assert "linux/amd64" in err.message
+
+    def test_no_entry_for_this_platform_is_not_supported(self) -> None:
+        doc = index(entry(D["arm64"], "linux", "arm64"), entry(D["l1"], "linux", "s390x"))
+        err = refused(oci.choose_manifest, doc, "linux", "amd64")
+        assert err.code == AosCode.NOT_SUPPORTED
+        assert "linux/amd64" in err.message
+
+    @pytest.mark.parametrize(
+        "doc",
+        [
+            {"manifests": []},
+            {"schemaVersion": 2},
+            {"manifests": {"digest": "x"}},
+        ],
+    )
+    def test_an_index_without_manifests_is_refused(self, doc: dict[str, Any]) -> None:
+        err = refused(oci.choose_manifest, raw(doc), "linux", "amd64")
+        assert err.code == AosCode.INVALID_ARGUMENT
+        assert "no manifests" in err.message
+
+    @pytest.mark.parametrize("bad", [5, None, "platform", [], {"size": 3}, {"digest": 7}])
+    def test_a_single_unreadable_entry_is_refused_as_bad_input(self, bad: Any) -> None:
+        err = refused(oci.choose_manifest, raw({"manifests": [bad]}), "linux", "amd64")
+        assert err.code == AosCode.INVALID_ARGUMENT
+        assert "digest" in err.message
+
+    def test_the_matching_entry_must_name_a_digest(self) -> None:
+        doc = raw({"manifests": [{"platform": {"os": "linux", "architecture": "amd64"}}, 5]})
+        err = refused(oci.choose_manifest, doc, "linux", "amd64")
+        assert err.code == AosCode.INVALID_ARGUMENT
+
+    @pytest.mark.parametrize("text", [b"", b"{", b"not json", b"\xff"])
+    def test_not_json(self, text: bytes) -> None:
+        err = refused(oci.choose_manifest, text, "linux", "amd64")
+        assert err.code == AosCode.INVALID_ARGUMENT
+        assert "image index is not valid JSON" in err.message
+
+    @pytest.mark.parametrize("doc", [[], "index", 3, None])
+    def test_not_an_object(self, doc: Any) -> None:
+        err = refused(oci.choose_manifest, raw(doc), "linux", "amd64")
+        assert err.code == AosCode.INVALID_ARGUMENT
+        assert "not a JSON object" in err.message
+
+
+class TestParseManifest:
+    def test_config_and_layers_in_order(self) -> None:
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "config": {"digest": D["cfg"], "size": 10},
+            "layers": [{"digest": D["l2"]}, {"digest": D["l1"]}],
+        }
+        parsed, config, layers = oci.parse_manifest(raw(doc))
+        assert parsed == doc
+        assert config == D["cfg"]
+        assert layers == (D["l2"], D["l1"])
+
+    def test_docker_v2_media_type_and_no_layers(self) -> None:
+        doc = {
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"digest": D["cfg"]},
+            "layers": [],
+        }
+        assert oci.parse_manifest(raw(doc))[1:] == (D["cfg"], ())
+
+    @pytest.mark.parametrize(
+        ("doc", "words"),
+        [
+            ({"layers": []}, "no config"),
+            ({"mediaType": MANIFEST, "layers": []}, "config has no digest"),
+            ({"config": {"size": 1}, "layers": []}, "config has no digest"),
+            ({"config": "sha256:x", "layers": []}, "config has no digest"),
+            ({"config": {"digest": D["cfg"]}}, "no layers list"),
+            ({"config": {"digest": D["cfg"]}, "layers": {"digest": "x"}}, "no layers list"),
+            ({"config": {"digest": D["cfg"]}, "layers": [{"digest": D["l1"]}, {}]}, "layer"),
+            ({"config": {"digest": D["cfg"]}, "layers": [D["l1"]]}, "layer has no digest"),
+            ({"mediaType": ["x"], "layers": []}, "no config"),
+            ({"mediaType": {"a": 1}, "config": {"digest": 5}, "layers": []}, "config"),
+        ],
+    )
+    def test_malformed_manifests_are_refused(self, doc: dict[str, Any], words: str) -> None:
+        err = refused(oci.parse_manifest, raw(doc))
+        assert err.code == AosCode.INVALID_ARGUMENT
+        assert words in err.message
+
+    def test_not_json(self) -> None:
+        err = refused(oci.parse_manifest, b"\x00garbage")
+        assert "image manifest is not valid JSON" in err.message
+
+
+class TestIsIndex:
+    def test_by_media_type_or_shape(self) -> None:
+        assert oci.is_index({"mediaType": INDEX})
+        assert oci.is_index(
+            {"mediaType": "application/vnd.docker.distribution.manifest.list.v2+json"}
+        )
+        assert oci.is_index({"manifests": []})
+        assert not oci.is_index({"mediaType": MANIFEST, "config": {}, "layers": []})
+        assert not oci.is_index({"manifests": [], "layers": []})
+        assert not oci.is_index({"mediaType": ["list"], "layers": []})
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-1000, 1000) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "mediaType",
+                    "manifests",
+                    "platform",
+                    "os",
+                    "architecture",
+                    "digest",
+                    "config",
+                    "layers",
+                ]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+class TestAnyInput:
+    @settings(max_examples=100, deadline=None)
+    @given(json_values)
+    def test_only_blob_errors_come_out(self, doc: Any) -> None:
+        # bad documents from a registry end in a refused item, never in an agent crash
+        data = raw(doc)
+        for call in (
+            lambda: oci.choose_manifest(data, "linux", "amd64"),
+            lambda: oci.parse_manifest(data),
+            lambda: oci.is_index(oci.load_document(data)),
+        ):
+            with contextlib.suppress(BlobError):
+                call()
