@@ -82,6 +82,7 @@ def publish(
     name: str,
     *,
     registry_url: str | None = None,
+    command: list[str] | None = None,
     healthcheck: list[str] | None = None,
     health_start_period_s: float | None = None,
     health_interval_s: float | None = None,
@@ -92,6 +93,7 @@ def publish(
     registry = registry_of(cloud_dir, registry_url)
     image = build_test_image(
         name,
+        command=command,
         healthcheck=healthcheck,
         health_start_period_s=health_start_period_s,
         health_interval_s=health_interval_s,

@@ -79,6 +79,7 @@ class ContainerInfo:
     exit_code: int | None
     started_at: str | None
     image_id: str
+    restart_count: int = 0
 
 
 def container_name(unit: str, item: str, subject: str, index: int) -> str:
@@ -120,6 +121,7 @@ def _info(attrs: dict[str, Any]) -> ContainerInfo:
         exit_code=int(state["ExitCode"]) if status in _EXITED else None,
         started_at=started if started and started != _NEVER else None,
         image_id=str(attrs.get("Image", "")),
+        restart_count=int(attrs.get("RestartCount") or 0),
     )
 
 
@@ -229,6 +231,11 @@ class DockerRuntime:
         """Start a container; one already running is left as it is (the engine answers 304)."""
         with _engine_errors("start container", container_id):
             self._client.api.start(container_id)
+
+    def unpause_container(self, container_id: str) -> None:
+        """Resume a paused container (Docker refuses to `start` one)."""
+        with _engine_errors("unpause container", container_id):
+            self._client.api.unpause(container_id)
 
     def restart_container(self, container_id: str, *, timeout_s: float = 5) -> None:
         """Stop (if running) and start a container again."""

@@ -11,6 +11,7 @@ import asyncio
 import os
 import platform
 import re
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -164,6 +165,9 @@ class DockerServiceManager:
             ids[step.key] = await self._call(
                 self._create, ContainerSpec(name, spec.image.config_digest, self._labels(spec))
             )
+        elif step.action == "unpause":
+            assert step.container_id is not None
+            await self._call(self._runtime.unpause_container, step.container_id)
         elif step.action == "start":
             assert step.key is not None
             await self._call(self._start, step.container_id or ids[step.key])
@@ -228,7 +232,7 @@ class DockerServiceManager:
         containers = await self._call(self._runtime.list_containers, self._ours())
         out = []
         for key, info in states_by_key(containers).items():
-            state, error = instance_state(info)
+            state, error = instance_state(info, time.time())
             out.append(
                 InstanceStatus(key, info.labels.get(LABEL_VERSION, ""), self.node_id, state, error)
             )

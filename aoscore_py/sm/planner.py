@@ -4,13 +4,15 @@ steps, each a frozen record with an action name (balena's composition steps).
 Level-triggered: every run starts from what the engine reports, so an interrupted run simply
 plans again. Rules: a container whose labels name no wanted instance, an older version, another
 image, or a duplicate is removed; a wanted instance with no container gets load-image, create,
-start; one whose container is not running gets start.
+start; one whose container is stopped gets start, a paused one unpause; one the engine is
+restarting under its restart policy is left to the engine (and reported failed).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from ..cm.launcher.interfaces import InstanceKey
 from ..errors import AosCode
@@ -25,12 +27,15 @@ from .docker_runtime import (
 )
 from .interfaces import InstanceSpec
 
+# Seconds a container without a health check must run before its instance counts as active.
+SETTLE_S = 1.0
+
 
 @dataclass(frozen=True)
 class Step:
     """One thing to do on the engine."""
 
-    action: str  # "remove", "load_image", "create", "start"
+    action: str  # "remove", "load_image", "create", "start", "unpause"
     key: InstanceKey | None = None
     container_id: str | None = None
     reason: str = ""
@@ -76,23 +81,59 @@ def plan(specs: Sequence[InstanceSpec], containers: Sequence[ContainerInfo]) -> 
                 steps.append(Step("load_image", key, reason=spec.image.config_digest))
             steps.append(Step("create", key))
             steps.append(Step("start", key))
-        elif info.status != "running":
+        elif info.status == "paused":
+            steps.append(Step("unpause", key, info.id, "was paused"))
+        elif info.status not in ("running", "restarting"):
             steps.append(Step("start", key, info.id, f"was {info.status}"))
     return steps
 
 
-def instance_state(info: ContainerInfo | None) -> tuple[InstanceState, ErrorInfo | None]:
-    """An instance's state as the engine shows its container."""
+def running_for(info: ContainerInfo, now: float) -> float | None:
+    """Seconds since the container last started, from the engine's RFC 3339 StartedAt."""
+    if not info.started_at:
+        return None
+    stamp = info.started_at.rstrip("Z")
+    whole, _, fraction = stamp.partition(".")
+    try:
+        started = datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+    return now - started - float(f"0.{fraction or 0}")
+
+
+def instance_state(
+    info: ContainerInfo | None, now: float | None = None, settle_s: float = SETTLE_S
+) -> tuple[InstanceState, ErrorInfo | None]:
+    """An instance's state as the engine shows its container.
+
+    Running means active only once it has run `settle_s` (or passes its health check): a
+    container that exits at once must not be reported active. One the engine has restarted
+    that has not yet run `settle_s` is crash-looping, so failed. `now=None` skips the settle
+    check (the container is taken as running for long).
+    """
     if info is None:
         return InstanceState.FAILED, ErrorInfo(int(AosCode.NOT_FOUND), 0, "container not found")
     if info.status == "running":
-        if info.health == "starting":
-            return InstanceState.ACTIVATING, None
         if info.health == "unhealthy":
             return InstanceState.FAILED, ErrorInfo(int(AosCode.FAILED), 0, "health check failing")
+        age = None if now is None else running_for(info, now)
+        settling = age is not None and age < settle_s
+        if settling and info.restart_count > 0:
+            return InstanceState.FAILED, ErrorInfo(
+                int(AosCode.RUNTIME),
+                info.exit_code or 0,
+                f"container keeps exiting (restarted {info.restart_count} times)",
+            )
+        if info.health == "starting" or (settling and info.health is None):
+            return InstanceState.ACTIVATING, None
         return InstanceState.ACTIVE, None
-    if info.status in ("created", "restarting"):
+    if info.status == "created":
         return InstanceState.ACTIVATING, None
+    if info.status == "restarting":
+        code = info.exit_code or 0
+        return InstanceState.FAILED, ErrorInfo(
+            int(AosCode.RUNTIME), code, f"container keeps exiting (last exit code {code})"
+        )
     if info.status == "paused":
         return InstanceState.INACTIVE, None
     code = info.exit_code or 0

@@ -46,7 +46,7 @@ def _connect(path: Path) -> peewee.SqliteDatabase:
 
 
 def _move_aside(path: Path, reason: str) -> Path:
-    aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    aside = path.with_name(f"{path.name}.corrupt-{time.time_ns()}")
     for suffix in ("", "-wal", "-shm"):
         part = Path(str(path) + suffix)
         if part.exists():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from aoscore_py.cloud.oci import OciImage
+from aoscore_py.cloud.service import publish
 from aoscore_py.protocol import DesiredInstance, Identity
 from aoscore_py.sm.docker_runtime import (
     LABEL_IMAGE,
@@ -181,3 +182,29 @@ def test_restart_adopts_containers_and_removes_what_is_not_desired(
     after = {c.id for c in docker_runtime.list_containers({LABEL_UNIT: unit})}
     assert stray not in after
     assert len(after) == 3 and after < ids, "kept the three still desired, started nothing twice"
+
+
+def test_a_crash_looping_instance_is_reported_failed_without_waiting_out_the_timeout(
+    agents: Agents,
+    cloud: CloudProcess,
+    unit: str,
+    docker_runtime: DockerRuntime,
+) -> None:
+    crashing = publish(
+        cloud.cloud_dir,
+        "it-crash",
+        registry_url=cloud.endpoints["registry"],
+        command=["/bin/sh", "-c", "sleep 0.2; exit 3"],
+    )
+    ds = scenario([("svc-crash", crashing)], num_instances=1)
+    _, log, _ = agents.start(unit)
+    log.wait_for("link.up")
+    assert push(cloud, unit, ds)["ok"]
+    ended = log.wait_for("cycle.ended", timeout_s=60)
+    assert ended["phase"] == "none"
+    assert not log.find("wait_active.timeout")
+    log.wait_for("status.full", reason="cycle ended in none")
+    last = read_timeline(cloud.state.timeline_path(unit))[-1]["unitStatus"]
+    (instance,) = last["instances"][0]["instances"]
+    assert instance["state"] == "failed"
+    assert "keeps exiting" in instance["errorInfo"]["message"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
@@ -159,6 +160,15 @@ class TestStarts:
         steps = plan([want], [container("c1", want, status=status)])
         assert steps == [Step("start", want.key, "c1", f"was {status}")]
 
+    def test_a_paused_container_is_unpaused(self) -> None:
+        want = spec("svc")
+        steps = plan([want], [container("c1", want, status="paused")])
+        assert steps == [Step("unpause", want.key, "c1", "was paused")]
+
+    def test_a_container_the_engine_restarts_is_left_to_the_engine(self) -> None:
+        want = spec("svc")
+        assert plan([want], [container("c1", want, status="restarting")]) == []
+
     def test_a_running_container_needs_nothing(self) -> None:
         specs = [spec("a"), spec("b", image=IMG2)]
         assert plan(specs, [container("c1", specs[0]), container("c2", specs[1])]) == []
@@ -172,7 +182,6 @@ class TestInstanceState:
             ("running", "healthy", InstanceState.ACTIVE),
             ("running", "starting", InstanceState.ACTIVATING),
             ("created", None, InstanceState.ACTIVATING),
-            ("restarting", None, InstanceState.ACTIVATING),
             ("paused", None, InstanceState.INACTIVE),
         ],
     )
@@ -194,6 +203,32 @@ class TestInstanceState:
         assert error.exit_code == 137
         assert error.aos_code == AosCode.RUNTIME
         assert "137" in error.message and "exited" in error.message
+
+    @pytest.mark.parametrize(
+        ("started", "restarts", "health", "state"),
+        [
+            ("2026-11-22T10:00:09.500000000Z", 0, None, InstanceState.ACTIVATING),
+            ("2026-11-22T10:00:08.900000000Z", 0, None, InstanceState.ACTIVE),
+            ("2026-11-22T10:00:09.500000000Z", 2, None, InstanceState.FAILED),
+            ("2026-11-22T10:00:01.000000000Z", 2, None, InstanceState.ACTIVE),
+            ("2026-11-22T10:00:09.500000000Z", 0, "healthy", InstanceState.ACTIVE),
+            ("2026-11-22T10:00:01.000000000Z", 0, "starting", InstanceState.ACTIVATING),
+        ],
+    )
+    def test_running_counts_as_active_only_once_settled(
+        self, started: str, restarts: int, health: str | None, state: InstanceState
+    ) -> None:
+        now = datetime(2026, 11, 22, 10, 0, 10, tzinfo=UTC).timestamp()
+        info = replace(
+            container("c", spec("a"), health=health), started_at=started, restart_count=restarts
+        )
+        assert instance_state(info, now, settle_s=1.0)[0] == state
+
+    def test_a_crash_looping_container_is_failed_not_activating(self) -> None:
+        info = container("c", spec("a"), status="restarting", exit_code=3)
+        state, error = instance_state(info)
+        assert state == InstanceState.FAILED
+        assert error is not None and error.exit_code == 3 and "keeps exiting" in error.message
 
     def test_no_container_is_failed_not_found(self) -> None:
         state, error = instance_state(None)
@@ -234,7 +269,7 @@ class FakeEngine:
                 cid = f"new{next(self.ids)}"
                 self.containers[cid] = container(cid, s, status="created")
                 created[step.key] = cid
-            elif step.action == "start":
+            elif step.action in ("start", "unpause"):
                 assert step.key is not None
                 cid = step.container_id or created[step.key]
                 self.containers[cid] = replace(self.containers[cid], status="running")
