@@ -1,8 +1,8 @@
 """Where the AosCore v7 conformance data lives, and how tests reach it.
 
-The folder sits outside the repository (/work/shared/conformance/aoscore-v7 beside /work/main);
-AOSCORE_CONFORMANCE_DIR overrides it. Tests skip, saying why, only when the folder is missing:
-a missing file inside a present folder is a failure.
+A copy of the shared folder is kept in the repository, `fixtures/conformance/aoscore-v7` (with
+its INDEX.md giving each file's source), so CI runs every case; AOSCORE_CONFORMANCE_DIR points
+the tests at another copy. A missing folder or file is a failure, never a skip.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 CONFORMANCE_DIR = Path(
     os.environ.get("AOSCORE_CONFORMANCE_DIR")
-    or Path(__file__).resolve().parents[4] / "shared" / "conformance" / "aoscore-v7"
+    or Path(__file__).resolve().parents[3] / "fixtures" / "conformance" / "aoscore-v7"
 )
 MISSING_REASON = (
     f"conformance data not found at {CONFORMANCE_DIR} (set AOSCORE_CONFORMANCE_DIR to its folder)"
@@ -29,15 +29,15 @@ def conformance_names(prefix: str = "") -> list[str]:
 
 
 def conformance_params(prefix: str = "") -> list[object]:
-    """Like `conformance_names`, but a single skipped case, with the reason, when missing."""
+    """Like `conformance_names`, but a single failing case, with the reason, when missing."""
     names = conformance_names(prefix)
     if names:
         return list(names)
-    return [pytest.param("missing", marks=pytest.mark.skip(reason=MISSING_REASON))]
+    return ["missing"]  # read_conformance fails it, naming the folder
 
 
 def read_conformance(name: str) -> bytes:
-    """The bytes of one conformance file; skips the test if the folder is missing."""
+    """The bytes of one conformance file; fails the test if the folder is missing."""
     if not CONFORMANCE_DIR.is_dir():
-        pytest.skip(MISSING_REASON)
+        pytest.fail(MISSING_REASON)
     return (CONFORMANCE_DIR / name).read_bytes()
