@@ -222,6 +222,26 @@ def scenario(
     )
 
 
+NEVER_HEALTHY = ["/bin/sh", "-c", "test -f /never"]
+
+
+def publish_test_set(cloud_dir: Path, registry_url: str, prefix: str) -> dict[str, OciImage]:
+    """`<prefix>-alpha`, `-beta`, `-gamma` (active at once) and `-stuck` (stays activating)."""
+    out = {
+        f"{prefix}-{name}": publish(cloud_dir, f"{prefix}-{name}", registry_url=registry_url)
+        for name in ("alpha", "beta", "gamma")
+    }
+    out[f"{prefix}-stuck"] = publish(
+        cloud_dir,
+        f"{prefix}-stuck",
+        registry_url=registry_url,
+        healthcheck=NEVER_HEALTHY,
+        health_start_period_s=3600,
+        health_interval_s=1,
+    )
+    return out
+
+
 def publish_images(
     cloud_dir: Path, registry_url: str, names: Sequence[str], **kw: object
 ) -> list[OciImage]:

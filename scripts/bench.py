@@ -16,10 +16,9 @@ import click
 import orjson
 
 from aoscore_py.cloud.registry import Registry
-from aoscore_py.cloud.service import publish
 from aoscore_py.cloud.state import CloudState
 from aoscore_py.sm.docker_runtime import DockerRuntime
-from aoscore_py.testbed import CloudProcess, scenario, supersede_run
+from aoscore_py.testbed import CloudProcess, publish_test_set, scenario, supersede_run
 
 
 @click.group()
@@ -47,17 +46,7 @@ def supersede(json_path: Path, runs: int) -> None:
         cloud = CloudProcess(work / "cloud", registry.url).start()
         slow = CloudProcess(work / "slow-cloud", registry.url, blob_urls_delay_s=2.0)
         try:
-            images = {
-                name: publish(cloud.cloud_dir, name, registry_url=registry.url)
-                for name in ("bench-alpha", "bench-beta", "bench-gamma")
-            }
-            images["bench-stuck"] = publish(
-                cloud.cloud_dir,
-                "bench-stuck",
-                registry_url=registry.url,
-                healthcheck=["/bin/sh", "-c", "test -f /never"],
-                health_start_period_s=3600,
-            )
+            images = publish_test_set(cloud.cloud_dir, registry.url, "bench")
             for name, image in images.items():
                 CloudState(slow.cloud_dir).add_blobs(name, image.blobs)
             slow.start()

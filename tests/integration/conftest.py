@@ -11,10 +11,18 @@ import pytest
 
 from aoscore_py.cloud.oci import OciImage
 from aoscore_py.cloud.registry import Registry
-from aoscore_py.cloud.service import publish
 from aoscore_py.errors import AosError
+from aoscore_py.protocol import DesiredStatus
 from aoscore_py.sm.docker_runtime import LABEL_UNIT, DockerRuntime
-from aoscore_py.testbed import AgentLog, CloudProcess, Process, start_agent
+from aoscore_py.testbed import (
+    AgentLog,
+    CloudProcess,
+    Process,
+    publish_test_set,
+    push,
+    start_agent,
+    wait_converged,
+)
 
 
 @pytest.fixture(scope="session")
@@ -71,19 +79,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> Itera
 @pytest.fixture(scope="session")
 def images(cloud: CloudProcess, registry: Registry) -> dict[str, OciImage]:
     """Published test images: two that become active at once, one that stays activating."""
-    out = {
-        name: publish(cloud.cloud_dir, name, registry_url=registry.url)
-        for name in ("it-alpha", "it-beta", "it-gamma")
-    }
-    out["it-stuck"] = publish(
-        cloud.cloud_dir,
-        "it-stuck",
-        registry_url=registry.url,
-        healthcheck=["/bin/sh", "-c", "test -f /never"],
-        health_start_period_s=3600,
-        health_interval_s=1,
-    )
-    return out
+    return publish_test_set(cloud.cloud_dir, registry.url, "it")
 
 
 @dataclass
@@ -114,6 +110,18 @@ class Agents:
         )
         self.started.append(proc)
         return proc, AgentLog(log_path), data_dir
+
+    def converged(
+        self, unit: str, ds: DesiredStatus, runtime: DockerRuntime
+    ) -> tuple[Process, AgentLog, Path]:
+        """Start an agent for `unit`, push `ds` once it is connected, wait until it converged."""
+        proc, log, data_dir = self.start(unit)
+        log.wait_for("link.up")
+        answer = push(self.cloud, unit, ds)
+        assert answer["ok"], answer
+        result = wait_converged(unit, ds, self.cloud, data_dir, runtime)
+        assert result.ok, result.problems
+        return proc, log, data_dir
 
     def stop_all(self) -> None:
         for proc in self.started:

@@ -99,10 +99,7 @@ def test_identical_desired_status_is_ignored_and_still_reports(
     docker_runtime: DockerRuntime,
 ) -> None:
     ds = scenario([("svc-a", images["it-alpha"])], num_instances=1)
-    _, log, data_dir = agents.start(unit)
-    log.wait_for("link.up")
-    assert push(cloud, unit, ds)["ok"]
-    assert wait_converged(unit, ds, cloud, data_dir, docker_runtime).ok
+    _, log, data_dir = agents.converged(unit, ds, docker_runtime)
     before = len(journal(data_dir))
     statuses = len(read_timeline(cloud.state.timeline_path(unit)))
 
@@ -124,10 +121,7 @@ def test_change_of_priority_alone_runs_a_cycle(
     docker_runtime: DockerRuntime,
 ) -> None:
     ds = scenario([("svc-a", images["it-alpha"])], num_instances=1)
-    _, log, data_dir = agents.start(unit)
-    log.wait_for("link.up")
-    assert push(cloud, unit, ds)["ok"]
-    assert wait_converged(unit, ds, cloud, data_dir, docker_runtime).ok
+    _, log, data_dir = agents.converged(unit, ds, docker_runtime)
     cycles = [r for r in journal(data_dir) if r[2] == "downloading"]
 
     changed = replace(ds, instances=(replace(ds.instances[0], priority=99),))
@@ -147,10 +141,7 @@ def test_restart_adopts_containers_and_removes_what_is_not_desired(
     docker_runtime: DockerRuntime,
 ) -> None:
     ds = scenario([("svc-a", images["it-alpha"]), ("svc-b", images["it-beta"])])
-    proc, log, data_dir = agents.start(unit)
-    log.wait_for("link.up")
-    assert push(cloud, unit, ds)["ok"]
-    assert wait_converged(unit, ds, cloud, data_dir, docker_runtime).ok
+    proc, _, data_dir = agents.converged(unit, ds, docker_runtime)
     ids = {c.id for c in docker_runtime.list_containers({LABEL_UNIT: unit})}
     assert proc.stop() == 0
 

@@ -13,7 +13,7 @@ from aoscore_py.cloud.oci import OciImage
 from aoscore_py.protocol import dump_message
 from aoscore_py.sm.docker_runtime import LABEL_UNIT, DockerRuntime
 from aoscore_py.storage import DB_NAME
-from aoscore_py.testbed import CloudProcess, operate, push, scenario, wait_converged
+from aoscore_py.testbed import CloudProcess, operate, scenario, wait_converged
 
 from .conftest import Agents
 
@@ -68,10 +68,7 @@ def test_each_malformed_desired_status_is_nacked_and_changes_nothing(
     docker_runtime: DockerRuntime,
 ) -> None:
     ds = scenario([("svc-a", images["it-alpha"])], num_instances=2)
-    _, log, data_dir = agents.start(unit)
-    log.wait_for("link.up")
-    assert push(cloud, unit, ds)["ok"]
-    assert wait_converged(unit, ds, cloud, data_dir, docker_runtime).ok
+    _, log, data_dir = agents.converged(unit, ds, docker_runtime)
     running = {
         (c.id, c.status, c.started_at) for c in docker_runtime.list_containers({LABEL_UNIT: unit})
     }

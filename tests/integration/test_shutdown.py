@@ -73,10 +73,7 @@ def test_stop_when_idle_exits_zero_and_leaves_containers(
     docker_runtime: DockerRuntime,
 ) -> None:
     ds = scenario([("svc-a", images["it-alpha"])], num_instances=2)
-    proc, log, data_dir = agents.start(unit)
-    log.wait_for("link.up")
-    assert push(cloud, unit, ds)["ok"]
-    assert wait_converged(unit, ds, cloud, data_dir, docker_runtime).ok
+    proc, log, data_dir = agents.converged(unit, ds, docker_runtime)
     assert proc.stop() == 0
     assert not log.find("cycle.interrupted")
     states = [c.status for c in docker_runtime.list_containers({LABEL_UNIT: unit})]
