@@ -21,7 +21,7 @@ from .cm.imagemanager.manager import ImageManager
 from .cm.launcher.launcher import Launcher
 from .cm.updatemanager.handler import DesiredStatusHandler
 from .cm.updatemanager.unitstatus import UnitStatusHandler
-from .errors import AosCode, AosError
+from .errors import AosCode, AosError, LinkError
 from .logs import get_logger
 from .protocol import DesiredStatus, Message
 from .sm.docker_runtime import DockerRuntime
@@ -71,6 +71,7 @@ class Agent:
             self.storage,
             self.images.records,
             self.launcher.refresh,
+            self.launcher.records,
             nodes,
             self.link.send,
             lambda: self.handler.desired,
@@ -112,8 +113,14 @@ class Agent:
         link_task = asyncio.create_task(self.link.run(), name="link")
         stop_task = asyncio.create_task(stop.wait(), name="stop")
         done, _ = await asyncio.wait({link_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        link_error = None
         if link_task in done and link_task.exception() is not None:
-            log.error("agent.link_failed", error=str(link_task.exception()))
+            link_error = link_task.exception()
+            log.error(
+                "agent.link_failed",
+                error=f"{type(link_error).__name__}: {link_error}",
+                next="shutting down; the supervisor should restart the agent",
+            )
         started = time.monotonic()
         self.link.stop_accepting()
         await self.handler.stop()
@@ -127,6 +134,8 @@ class Agent:
         phase = self.handler.machine.phase
         self.storage.close()
         log.info("agent.stopped", phase=phase, seconds=round(time.monotonic() - started, 3))
+        if link_error is not None:
+            raise LinkError(f"the cloud link failed: {link_error}") from link_error
 
 
 async def run_agent(config: AgentConfig) -> None:

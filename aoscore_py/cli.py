@@ -329,7 +329,12 @@ def powercut(json_path: Path | None, points: str | None, work_dir: Path | None) 
         if unknown:
             raise click.BadParameter(f"unknown crash points {unknown}", param_hint="--points")
     logs.configure("warning")
-    ok = _run(run_matrix(selected, json_path, work_dir))
+    try:
+        ok = run_matrix(selected, json_path, work_dir)
+    except KeyboardInterrupt:
+        _fail("interrupted; what the matrix started was stopped", 130)
+    except AosError as exc:
+        _fail(exc.message)
     sys.exit(0 if ok else 1)
 
 

@@ -8,7 +8,6 @@ and data directory, so rows are independent.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import tempfile
 import time
@@ -88,10 +87,12 @@ def run_point(
     data_dir = work / unit / "data"
     save_desired(cloud.state, unit, ds)
     agent = start_agent(unit, cloud.ws_url, data_dir, work / unit / "agent-1.log", crashpoint=point)
-    code = agent.wait(KILL_TIMEOUT_S)
+    try:
+        code = agent.wait(KILL_TIMEOUT_S)
+    finally:
+        if agent.proc.returncode is None:
+            agent.stop()
     killed = code == -signal.SIGKILL
-    if code is None:
-        agent.stop()
     started = time.monotonic()
     agent = start_agent(unit, cloud.ws_url, data_dir, work / unit / "agent-2.log")
     result = None
@@ -115,12 +116,17 @@ def run_point(
     return Row(point, killed, converged and exit_code == 0, round(seconds, 2), detail)
 
 
-async def run_matrix(points: list[str], json_path: Path | None, work_dir: Path | None) -> bool:
-    """Run the matrix over `points`; print one row each; True when every row converged."""
-    return await asyncio.to_thread(_run_matrix, points, json_path, work_dir)
+def _interrupted(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _run_matrix(points: list[str], json_path: Path | None, work_dir: Path | None) -> bool:
+def run_matrix(points: list[str], json_path: Path | None, work_dir: Path | None) -> bool:
+    """Run the matrix over `points`; print one row each; True when every row converged.
+
+    SIGTERM is turned into KeyboardInterrupt, like SIGINT, so that an interrupted matrix still
+    stops the agent, cloud and registry it started and removes the unit's containers.
+    """
+    signal.signal(signal.SIGTERM, _interrupted)
     work = work_dir or Path(tempfile.mkdtemp(prefix="aoscore-powercut-"))
     work.mkdir(parents=True, exist_ok=True)
     runtime = DockerRuntime()

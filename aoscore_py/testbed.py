@@ -449,3 +449,15 @@ def supersede_run(
         agent.stop()
         remove_unit_containers(runtime, unit)
     return SupersedeRun(phase, float(record["latency_s"]), str(record["phase"]), convergence, log)  # type: ignore[arg-type]
+
+
+def timeline_until(cloud: CloudProcess, unit: str, seq: int, timeout_s: float = 10.0) -> list[dict]:
+    """The unit's timeline once the cloud has recorded the status numbered `seq`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = read_timeline(cloud.state.timeline_path(unit))
+        if any(r["unitStatus"].get("seq") == seq for r in records):
+            return records
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"the cloud did not record status seq {seq} of {unit}")
+        time.sleep(0.02)

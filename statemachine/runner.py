@@ -96,7 +96,11 @@ class PhaseRunner:
                     raise
                 outcome = Outcome(
                     self._crash_event,
-                    {"error": f"{type(exc).__name__}: {exc}", "phase": phase},
+                    {
+                        **(machine.payload or {}),
+                        "error": f"{type(exc).__name__}: {exc}",
+                        "phase": phase,
+                    },
                     note=f"unexpected error in {phase}",
                 )
             finally:

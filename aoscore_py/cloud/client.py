@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import orjson
 from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LinkError
 from ..protocol import DesiredStatus, dump_message
 from .state import CloudState
 
@@ -28,10 +30,21 @@ def operator_url(cloud_dir: Path) -> str:
 
 
 async def operate(url: str, request: dict[str, Any], timeout_s: float = 60.0) -> dict[str, Any]:
-    """Send one operator request and return the cloud's answer."""
-    async with connect(url, proxy=None, open_timeout=10, close_timeout=2) as ws:
-        await ws.send(orjson.dumps(request))
-        return orjson.loads(await ws.recv())
+    """Send one operator request and return the cloud's answer.
+
+    Raises:
+        LinkError: the cloud cannot be reached or did not answer in `timeout_s`.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with connect(url, proxy=None, open_timeout=10, close_timeout=2) as ws:
+                await ws.send(orjson.dumps(request))
+                return orjson.loads(await ws.recv())
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        raise LinkError(
+            f"cannot reach the reference cloud at {url} ({type(exc).__name__}: {exc}); "
+            "is `aoscore cloud serve` running?"
+        ) from exc
 
 
 async def push(

@@ -145,9 +145,10 @@ class CloudServer:
                     w.set_result(result)
             unit.next_reply.clear()
             return
-        await self._send(unit_id, unit, Ack(), txn=txn)
         if isinstance(data, UnitStatus):
             self.state.append_status(unit_id, txn, orjson.loads(raw)["data"])
+        await self._send(unit_id, unit, Ack(), txn=txn)
+        if isinstance(data, UnitStatus):
             log.info("unit.status", unit=unit_id, delta=data.is_delta_info, seq=data.seq)
             if not unit.sent_desired:
                 unit.sent_desired = True

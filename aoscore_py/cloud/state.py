@@ -88,9 +88,16 @@ class CloudState:
         return self.unit_dir(unit_id) / "timeline.jsonl"
 
     def append_status(self, unit_id: str, txn: str, data: dict[str, Any]) -> None:
-        """Append one received unitStatus to the unit's timeline, durably."""
+        """Append one received unitStatus to the unit's timeline, durably (before it is acked).
+
+        A last line torn by a cut is ended first, so the new record stays readable.
+        """
         line = orjson.dumps({"receivedAt": time.time(), "txn": txn, "unitStatus": data}) + b"\n"
-        with open(self.timeline_path(unit_id), "ab") as f:
+        with open(self.timeline_path(unit_id), "a+b") as f:
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
             f.write(line)
             f.flush()
             os.fsync(f.fileno())

@@ -80,6 +80,7 @@ class ContainerInfo:
     started_at: str | None
     image_id: str
     restart_count: int = 0
+    error: str | None = None
 
 
 def container_name(unit: str, item: str, subject: str, index: int) -> str:
@@ -118,10 +119,11 @@ def _info(attrs: dict[str, Any]) -> ContainerInfo:
         labels=dict((attrs.get("Config") or {}).get("Labels") or {}),
         status=status,
         health=str(health["Status"]) if health else None,
-        exit_code=int(state["ExitCode"]) if status in _EXITED else None,
+        exit_code=int(state["ExitCode"]) if status in _EXITED or state.get("Error") else None,
         started_at=started if started and started != _NEVER else None,
         image_id=str(attrs.get("Image", "")),
         restart_count=int(attrs.get("RestartCount") or 0),
+        error=str(state["Error"]) if state.get("Error") else None,
     )
 
 

@@ -26,6 +26,7 @@ from ..protocol import (
     CpuInfo,
     ErrorInfo,
     Identity,
+    InstanceState,
     NodeInfo,
     NodeState,
     OsInfo,
@@ -211,7 +212,9 @@ class DockerServiceManager:
         out = []
         for s in statuses:
             if s.key in failed:
-                s = InstanceStatus(s.key, s.version, self.node_id, s.state, failed[s.key])
+                s = InstanceStatus(
+                    s.key, s.version, self.node_id, InstanceState.FAILED, failed[s.key]
+                )
             out.append(s)
         for key, error in failed.items():
             if key not in seen:

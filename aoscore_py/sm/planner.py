@@ -128,6 +128,10 @@ def instance_state(
             return InstanceState.ACTIVATING, None
         return InstanceState.ACTIVE, None
     if info.status == "created":
+        if info.error:
+            return InstanceState.FAILED, ErrorInfo(
+                int(AosCode.RUNTIME), info.exit_code or 0, f"container did not start: {info.error}"
+            )
         return InstanceState.ACTIVATING, None
     if info.status == "restarting":
         code = info.exit_code or 0

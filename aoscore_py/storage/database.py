@@ -21,7 +21,9 @@ from . import models
 log = get_logger("storage")
 
 DB_NAME = "aoscore.db"
-PRAGMAS = {"journal_mode": "wal", "synchronous": "full", "foreign_keys": 1, "busy_timeout": 5000}
+PRAGMAS = {"journal_mode": "wal", "synchronous": "full", "foreign_keys": 1}
+# How long a statement waits for another connection's lock before it fails.
+BUSY_TIMEOUT_S = 5.0
 
 
 def _v1_initial(db: peewee.Database, bound: dict[str, type[peewee.Model]]) -> None:
@@ -35,13 +37,30 @@ MIGRATIONS: tuple[Migration, ...] = (_v1_initial,)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+class _Corrupt(Exception):
+    """SQLite says the file is not a database, or its integrity check fails."""
+
+
 def _connect(path: Path) -> peewee.SqliteDatabase:
-    db = peewee.SqliteDatabase(str(path), pragmas=PRAGMAS)
-    db.connect()
-    row = db.execute_sql("PRAGMA quick_check").fetchone()
+    """Open the file and check it.
+
+    Raises:
+        _Corrupt: the file is damaged (only then may it be moved aside).
+        StorageError: anything else (locked, I/O error, disk full): nothing is touched.
+    """
+    db = peewee.SqliteDatabase(str(path), pragmas=PRAGMAS, timeout=BUSY_TIMEOUT_S)
+    try:
+        db.connect()
+        row = db.execute_sql("PRAGMA quick_check").fetchone()
+    except peewee.OperationalError as exc:
+        db.close()
+        raise StorageError(f"{path}: cannot open the store ({exc}); it was left as it is") from exc
+    except peewee.DatabaseError as exc:
+        db.close()
+        raise _Corrupt(str(exc)) from exc
     if row is None or row[0] != "ok":
         db.close()
-        raise peewee.DatabaseError(f"quick_check: {row[0] if row else 'no answer'}")
+        raise _Corrupt(f"quick_check: {row[0] if row else 'no answer'}")
     return db
 
 
@@ -64,14 +83,17 @@ def _move_aside(path: Path, reason: str) -> Path:
 def open_database(data_dir: Path) -> tuple[peewee.SqliteDatabase, dict[str, type[peewee.Model]]]:
     """Open (or create) the store in `data_dir` and bring its schema up to date.
 
+    A damaged file is moved aside and a new store made; a file that merely cannot be opened now
+    (locked, I/O error) is left alone and the agent stops with the reason.
+
     Raises:
-        StorageError: the file holds a newer schema than this agent knows.
+        StorageError: the file cannot be opened, or holds a newer schema than this agent knows.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / DB_NAME
     try:
         db = _connect(path)
-    except peewee.DatabaseError as exc:
+    except _Corrupt as exc:
         _move_aside(path, str(exc))
         db = _connect(path)
     bound = models.bind(db)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from aoscore_py.cloud.oci import OciImage
+from aoscore_py.cloud.registry import Registry
 from aoscore_py.cloud.service import publish
 from aoscore_py.protocol import DesiredInstance, Identity
 from aoscore_py.sm.docker_runtime import (
@@ -23,7 +24,14 @@ from aoscore_py.sm.docker_runtime import (
     DockerRuntime,
 )
 from aoscore_py.storage import DB_NAME
-from aoscore_py.testbed import CloudProcess, push, read_timeline, scenario, wait_converged
+from aoscore_py.testbed import (
+    CloudProcess,
+    push,
+    read_timeline,
+    scenario,
+    timeline_until,
+    wait_converged,
+)
 
 from .conftest import Agents
 
@@ -105,9 +113,9 @@ def test_identical_desired_status_is_ignored_and_still_reports(
 
     assert push(cloud, unit, replace(ds, correlation_id="again"))["ok"]
     log.wait_for("desired.ignored")
-    log.wait_for("status.full", reason="desired status needs no update")
+    sent = log.wait_for("status.full", reason="desired status needs no update")
     assert len(journal(data_dir)) == before, "no new cycle"
-    timeline = read_timeline(cloud.state.timeline_path(unit))
+    timeline = timeline_until(cloud, unit, sent["seq"])
     assert len(timeline) > statuses
     seqs = [r["unitStatus"]["seq"] for r in timeline]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
@@ -194,8 +202,63 @@ def test_a_crash_looping_instance_is_reported_failed_without_waiting_out_the_tim
     ended = log.wait_for("cycle.ended", timeout_s=60)
     assert ended["phase"] == "none"
     assert not log.find("wait_active.timeout")
-    log.wait_for("status.full", reason="cycle ended in none")
-    last = read_timeline(cloud.state.timeline_path(unit))[-1]["unitStatus"]
+    sent = log.wait_for("status.full", reason="cycle ended in none")
+    last = timeline_until(cloud, unit, sent["seq"])[-1]["unitStatus"]
     (instance,) = last["instances"][0]["instances"]
     assert instance["state"] == "failed"
     assert "keeps exiting" in instance["errorInfo"]["message"]
+
+
+def test_a_cycle_that_failed_on_a_passing_outage_is_retried_until_it_converges(
+    agents: Agents,
+    tmp_path: Path,
+    unit: str,
+    docker_runtime: DockerRuntime,
+) -> None:
+    own = Registry(tmp_path / "registry").start()
+    cloud = CloudProcess(tmp_path / "cloud", own.url).start()
+    agents.cloud = cloud
+    try:
+        image = publish(cloud.cloud_dir, "it-retry", registry_url=own.url)
+        port = own.port
+        own.stop()
+        ds = scenario([("svc-retry", image)], num_instances=1)
+        _, log, data_dir = agents.start(unit)
+        log.wait_for("link.up")
+        assert push(cloud, unit, ds)["ok"]
+        log.wait_for("item.failed", item="svc-retry")
+        log.wait_for("cycle.retry_scheduled", reason="the cycle failed")
+
+        own = Registry(tmp_path / "registry", port=port).start()
+        result = wait_converged(unit, ds, cloud, data_dir, docker_runtime, timeout_s=60)
+        assert result.ok, result.problems
+    finally:
+        agents.stop_all()
+        cloud.stop()
+        own.stop()
+
+
+def test_an_instance_that_cannot_start_is_failed_at_once(
+    agents: Agents,
+    cloud: CloudProcess,
+    unit: str,
+    docker_runtime: DockerRuntime,
+) -> None:
+    broken = publish(
+        cloud.cloud_dir,
+        "it-noexec",
+        registry_url=cloud.endpoints["registry"],
+        command=["/bin/no-such-program"],
+    )
+    ds = scenario([("svc-noexec", broken)], num_instances=1)
+    _, log, _ = agents.start(unit, extra=("--active-timeout", "120"))
+    log.wait_for("link.up")
+    assert push(cloud, unit, ds)["ok"]
+    ended = log.wait_for("cycle.ended", timeout_s=60)
+    assert ended["phase"] == "none"
+    assert not log.find("wait_active.timeout")
+    sent = log.wait_for("status.full", reason="cycle ended in none")
+    last = timeline_until(cloud, unit, sent["seq"])[-1]["unitStatus"]
+    (instance,) = last["instances"][0]["instances"]
+    assert instance["state"] == "failed"
+    assert "no-such-program" in instance["errorInfo"]["message"]

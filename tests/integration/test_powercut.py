@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import orjson
@@ -14,6 +16,7 @@ from aoscore_py.testbed import aoscore_cmd
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(1300)
 def test_every_crash_point_is_killed_and_converges(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
     proc = subprocess.run(
@@ -41,3 +44,23 @@ def test_unknown_crash_point_is_a_usage_error() -> None:
     )
     assert proc.returncode == 2
     assert "no.such.point" in proc.stderr
+
+
+def test_an_interrupted_matrix_leaves_no_process_behind(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        aoscore_cmd(
+            "powercut", "--points", "cycle.launching.committed", "--work-dir", str(tmp_path)
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(tmp_path.glob("pc-*/agent-*.log")):
+        time.sleep(0.1)
+    assert list(tmp_path.glob("pc-*/agent-*.log")), "the matrix started an agent"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert left.stdout == "", f"processes left: {left.stdout}"

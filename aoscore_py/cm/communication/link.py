@@ -5,6 +5,7 @@ reconnects with backoff. Every protocol rule lives in `session.CloudSession`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 import uuid
@@ -13,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from ...backoff import Backoff
 from ...errors import AosCode, AosError, LinkError, is_retryable
 from ...logs import get_logger
 from ...protocol import (
@@ -23,7 +25,6 @@ from ...protocol import (
     Message,
     RequestBlobUrls,
 )
-from .backoff import Backoff
 from .session import Acked, CloudSession, Nacked, Received, Refused
 
 log = get_logger("communication")
@@ -70,6 +71,7 @@ class CloudLink:
         self._stopping = False
         self._accepting = True
         self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
 
     async def run(self) -> None:
         """Connect, serve, and reconnect until `close()`."""
@@ -131,9 +133,13 @@ class CloudLink:
         task.add_done_callback(self._tasks.discard)
 
     async def _resend_loop(self, ws: ClientConnection) -> None:
+        """Resend what is due; woken early by every send and nack, which move deadlines."""
         while True:
             deadline = self.session.next_deadline()
-            await asyncio.sleep(1.0 if deadline is None else max(0.05, deadline - time.monotonic()))
+            timeout = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
             frames, gave_up = self.session.due()
             for g in gave_up:
                 log.warning(
@@ -159,6 +165,7 @@ class CloudLink:
         elif isinstance(event, Acked):
             log.debug("message.acked", txn=event.txn)
         elif isinstance(event, Nacked):
+            self._wake.set()
             log.warning(
                 "message.nacked",
                 txn=event.txn,
@@ -189,17 +196,32 @@ class CloudLink:
         try:
             await self._on_message(message, arrived)
         except AosError as exc:
-            log.warning(
-                "message.rejected",
+            await self._refuse(ws, event, message, exc.message, exc.code)
+            return
+        except Exception as exc:
+            log.error(
+                "message.handler_error",
                 txn=event.txn,
                 type=message.MESSAGE_TYPE,
-                error=exc.message,
-                next="nacked; what runs keeps running",
+                exc_info=True,
+                next="nacked; the link stays up",
             )
-            error = ErrorInfo(aos_code=int(exc.code), exit_code=0, message=exc.message)
-            await ws.send(self.session.nack(event.txn, error))
+            await self._refuse(ws, event, message, f"{type(exc).__name__}: {exc}", AosCode.FAILED)
             return
         await ws.send(self.session.ack(event.txn))
+
+    async def _refuse(
+        self, ws: ClientConnection, event: Received, message: Message, reason: str, code: AosCode
+    ) -> None:
+        log.warning(
+            "message.rejected",
+            txn=event.txn,
+            type=message.MESSAGE_TYPE,
+            error=reason,
+            next="nacked; what runs keeps running",
+        )
+        error = ErrorInfo(aos_code=int(code), exit_code=0, message=reason)
+        await ws.send(self.session.nack(event.txn, error))
 
     async def send(self, message: Message) -> str | None:
         """Send `message` expecting an ack; returns its txn, or None when the link is down."""
@@ -208,6 +230,7 @@ class CloudLink:
             log.debug("message.not_sent", type=message.MESSAGE_TYPE, reason="link down")
             return None
         txn, frame = self.session.send(message)
+        self._wake.set()
         try:
             await ws.send(frame)
         except websockets.exceptions.ConnectionClosed:

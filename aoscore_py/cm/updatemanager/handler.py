@@ -10,7 +10,9 @@ engines report, so resuming a phase after a cut simply does it again.
 
 The cycle's payload names the digest of the desired status it applies. If the stored desired
 status differs at start-up (a cut after it was stored, before the cycle was moved), the cycle
-restarts with it.
+restarts with it. A cycle that ended with a failure the unit may overcome (an item that did not
+download, a phase that failed, an unexpected error) is tried again with backoff (5 s doubling
+to 5 min), at once when the agent starts or the cloud sends the same desired status again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import peewee
 
 from statemachine import UPDATE_CYCLE, DurableMachine, Outcome, PhaseRunner, crashpoint
 
+from ...backoff import Backoff
 from ...errors import AosCode, AosError, ProtocolError
 from ...logs import get_logger
 from ...protocol import (
@@ -120,6 +123,8 @@ class DesiredStatusHandler:
         self._active_timeout_s = active_timeout_s
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._retry = Backoff(initial=5.0, factor=2.0, cap=300.0, jitter=0.2)
+        self._retry_task: asyncio.Task[None] | None = None
         self.machine = DurableMachine(MACHINE, UPDATE_CYCLE, db)
         self.runner = PhaseRunner(
             self.machine,
@@ -163,8 +168,34 @@ class DesiredStatusHandler:
             elif not self.machine.resting:
                 log.info("cycle.resume", phase=phase, next=f"running {phase} again")
                 self._run()
+            elif self._needs_retry():
+                self._schedule_retry(0.0, "the last cycle failed")
             else:
                 log.info("cycle.idle", phase=phase)
+
+    def _needs_retry(self) -> bool:
+        """The resting cycle applied the stored desired status and something failed."""
+        payload = self.machine.payload or {}
+        if self._desired is None or payload.get("ds") != self._digest:
+            return False
+        return self.machine.phase == "failed" or bool(
+            payload.get("error") or payload.get("failed_items")
+        )
+
+    def _schedule_retry(self, delay_s: float, reason: str) -> None:
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+        log.info("cycle.retry_scheduled", delay_s=round(delay_s, 1), reason=reason)
+        self._retry_task = asyncio.create_task(self._retry_later(delay_s), name="cycle.retry")
+
+    async def _retry_later(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        async with self._lock:
+            if self.runner.running or not self._needs_retry():
+                return
+            self._retry_task = None
+            self._fire("start", {"ds": self._digest}, "retry after a failed cycle")
+            self._run()
 
     async def accept(self, ds: DesiredStatus, arrived: float) -> None:
         """Take a desired status from the cloud; returns once it is stored (then it is acked).
@@ -181,9 +212,15 @@ class DesiredStatusHandler:
                     reason="no change from the desired status in force",
                     phase=self.machine.phase,
                 )
-                if self.idle:
+                if self.idle and self._needs_retry():
+                    self._schedule_retry(0.0, "the same desired status arrived again")
+                elif self.idle:
                     self._spawn(self._status.send_full("desired status needs no update"))
                 return
+            if self._retry_task is not None:
+                self._retry_task.cancel()
+                self._retry_task = None
+            self._retry.reset()
             body = dump_message(ds)
             self._storage.save_desired_status(body)
             crashpoint("updatemanager.desired.stored")
@@ -214,6 +251,8 @@ class DesiredStatusHandler:
                     seconds=round(elapsed, 3),
                     next="resumes at this phase on the next start",
                 )
+        if self._retry_task is not None:
+            self._retry_task.cancel()
         for task in list(self._tasks):
             task.cancel()
 
@@ -228,6 +267,10 @@ class DesiredStatusHandler:
         if exc is not None:
             log.error("cycle.error", error=f"{type(exc).__name__}: {exc}", phase=self.machine.phase)
             return
+        if self._needs_retry():
+            self._schedule_retry(self._retry.next(), "the cycle failed")
+        else:
+            self._retry.reset()
         log.info(
             "cycle.ended",
             phase=task.result(),
@@ -256,7 +299,9 @@ class DesiredStatusHandler:
         records = await self._images.download(self._ds().items)
         failed = [r.item_id for r in records if r.error is not None]
         return Outcome(
-            "done", payload, note=f"{len(records) - len(failed)} items ready, failed: {failed}"
+            "done",
+            {**payload, "failed_items": failed},
+            note=f"{len(records) - len(failed)} items ready, failed: {failed}",
         )
 
     async def _pending(self, payload: dict[str, Any]) -> Outcome:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from itertools import groupby
 
+from ...errors import AosError
 from ...logs import get_logger
 from ...protocol import (
     DesiredStatus,
+    ErrorInfo,
     Identity,
     InstancesStatus,
     InstanceStatusInfo,
@@ -95,6 +98,7 @@ class UnitStatusHandler:
         storage: unit config, node states and sequence numbers.
         items: the item records (image manager).
         instances: refreshes and returns the instance records (launcher).
+        recorded: the instance records as last stored, without asking the nodes.
         nodes: node codename -> service manager.
         send: sends a message to the cloud.
         desired: the desired status in force (for subjects).
@@ -106,6 +110,7 @@ class UnitStatusHandler:
         seq_storage: SequenceStorage,
         items: Callable[[], list[ItemRecord]],
         instances: Callable[[], Awaitable[list[InstanceRecord]]],
+        recorded: Callable[[], list[InstanceRecord]],
         nodes: Mapping[str, ServiceManager],
         send: Callable[[UnitStatus], Awaitable[str | None]],
         desired: Callable[[], DesiredStatus | None],
@@ -115,6 +120,7 @@ class UnitStatusHandler:
         self._seq = SequenceNumbers(seq_storage)
         self._items = items
         self._instances = instances
+        self._recorded = recorded
         self._nodes = dict(nodes)
         self._send = send
         self._desired = desired
@@ -129,6 +135,20 @@ class UnitStatusHandler:
             out.append(info)
         return tuple(out)
 
+    async def _instance_records(self) -> list[InstanceRecord]:
+        """The instances as the nodes report them now; the last recorded ones, each marked with
+        the error, when a node cannot be asked (a status still goes out)."""
+        try:
+            return await self._instances()
+        except AosError as exc:
+            log.warning(
+                "status.degraded",
+                error=exc.message,
+                next="reporting the last recorded instance states",
+            )
+            error = ErrorInfo(int(exc.code), 0, f"node not reachable: {exc.message}")
+            return [replace(r, error=r.error or error) for r in self._recorded()]
+
     async def full_status(self) -> UnitStatus:
         config = self._storage.unit_config()
         desired = self._desired()
@@ -139,7 +159,7 @@ class UnitStatusHandler:
             else (UnitConfigStatus(config.version, config.state, config.error),),
             nodes=await self._node_infos(),
             items=items_status(self._items()),
-            instances=instances_status(await self._instances()),
+            instances=instances_status(await self._instance_records()),
             subjects=tuple(Identity(codename=s.identity.key) for s in desired.subjects)
             if desired
             else (),
@@ -148,8 +168,17 @@ class UnitStatusHandler:
         )
 
     async def send_full(self, reason: str) -> None:
-        """Send a full unit status now."""
-        status = await self.full_status()
+        """Send a full unit status now; never raises (a status that cannot be built is logged)."""
+        try:
+            status = await self.full_status()
+        except Exception:
+            log.error(
+                "status.failed",
+                reason=reason,
+                exc_info=True,
+                next="the next cycle or reconnect sends a full status",
+            )
+            return
         txn = await self._send(status)
         log.info(
             "status.full",
@@ -162,6 +191,4 @@ class UnitStatusHandler:
 
 
 def _with_state(info: NodeInfo, state: NodeState) -> NodeInfo:
-    from dataclasses import replace
-
     return replace(info, state=state)

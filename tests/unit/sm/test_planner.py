@@ -224,6 +224,15 @@ class TestInstanceState:
         )
         assert instance_state(info, now, settle_s=1.0)[0] == state
 
+    def test_a_container_that_could_not_start_is_failed(self) -> None:
+        info = replace(
+            container("c", spec("a"), status="created", exit_code=127),
+            error='exec: "/bin/nope": no such file or directory',
+        )
+        state, error = instance_state(info)
+        assert state == InstanceState.FAILED
+        assert error is not None and error.exit_code == 127 and "/bin/nope" in error.message
+
     def test_a_crash_looping_container_is_failed_not_activating(self) -> None:
         info = container("c", spec("a"), status="restarting", exit_code=3)
         state, error = instance_state(info)

@@ -99,7 +99,7 @@ async def test_cancel_then_supersede_restarts_at_downloading(tmp_path: Path) -> 
 
 async def test_unexpected_error_moves_to_sticky_failed(tmp_path: Path) -> None:
     m = DurableMachine("c", UPDATE_CYCLE, open_db(tmp_path / "db"))
-    m.fire("start", {})
+    m.fire("start", {"ds": "d1"})
     handlers = Recorder().handlers()
 
     async def broken(payload: Any) -> Outcome:
@@ -107,7 +107,9 @@ async def test_unexpected_error_moves_to_sticky_failed(tmp_path: Path) -> None:
 
     handlers["installing"] = broken
     assert await PhaseRunner(m, handlers).run() == "failed"
-    assert m.payload == {"error": "KeyError: 'lost'", "phase": "installing"}
+    assert m.payload is not None
+    assert m.payload["ds"] == "d1", "the failure keeps what the cycle was applying"
+    assert (m.payload["error"], m.payload["phase"]) == ("KeyError: 'lost'", "installing")
     assert m.journal()[-1].note == "unexpected error in installing"
 
 

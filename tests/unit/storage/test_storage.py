@@ -149,6 +149,30 @@ class TestCorruption:
             again.close()
         assert len(list(data_dir.glob(f"{DB_NAME}.corrupt-*"))) == 1
 
+    def test_a_locked_store_is_refused_and_left_untouched(
+        self, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store = Storage(data_dir)
+        store.save_desired_status(b'{"messageType":"desiredStatus"}')
+        store.close()
+        monkeypatch.setattr(database, "BUSY_TIMEOUT_S", 0.05)
+        holder = sqlite3.connect(data_dir / DB_NAME, isolation_level=None)
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        holder.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
+        try:
+            with pytest.raises(StorageError, match="cannot open the store"):
+                Storage(data_dir)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert not list(data_dir.glob(f"{DB_NAME}.corrupt-*")), "nothing was moved aside"
+        again = Storage(data_dir)
+        try:
+            assert again.load_desired_status() == b'{"messageType":"desiredStatus"}'
+        finally:
+            again.close()
+
 
 class TestPragmas:
     def test_wal_and_synchronous_full(self, store: Storage) -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aoscore_py.cm.communication.backoff import Backoff
+from aoscore_py.backoff import Backoff
 
 
 def steady(**kw: float) -> Backoff:

@@ -1,7 +1,8 @@
-"""Reconnect delays: exponential with jitter, capped; a pure schedule, no sleeping here.
+"""Retry delays: exponential with jitter, capped; a pure schedule, no sleeping here.
 
-websockets' `async for connect()` retries a dropped connection with no delay at all, which on a
-fleet turns one cloud restart into a thundering herd. Every reconnect waits `next()` seconds.
+Used for reconnects (websockets' `async for connect()` retries a dropped connection with no
+delay at all, which on a fleet turns one cloud restart into a thundering herd) and for retrying
+an update cycle that failed.
 """
 
 from __future__ import annotations

@@ -1,0 +1,110 @@
+"""The cloud link over a real WebSocket: a nack's retryAfter is honoured, and a message whose
+handler fails unexpectedly is nacked while the link stays up."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from aoscore_py.cm.communication.link import CloudLink
+from aoscore_py.protocol import (
+    DesiredStatus,
+    Envelope,
+    Nack,
+    UnitStatus,
+    dump_frame,
+    new_header,
+    parse_frame,
+)
+
+pytestmark = pytest.mark.integration
+
+
+class Cloud:
+    """A scripted peer: nacks the first unitStatus, records every frame with its time."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[float, Envelope]] = []
+        self.ws: ServerConnection | None = None
+        self.connected = asyncio.Event()
+
+    async def handler(self, ws: ServerConnection) -> None:
+        self.ws = ws
+        self.connected.set()
+        async for raw in ws:
+            env = parse_frame(raw)
+            self.frames.append((time.monotonic(), env))
+            statuses = [e for _, e in self.frames if isinstance(e.data, UnitStatus)]
+            if isinstance(env.data, UnitStatus) and len(statuses) == 1:
+                nack = Nack(retry_after=100)
+                await ws.send(dump_frame(Envelope(new_header("u1", txn=env.header.txn), nack)))
+
+
+async def start_link(cloud: Cloud, on_message: Any) -> tuple[CloudLink, asyncio.Task[None], Any]:
+    server = await serve(cloud.handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def on_connect() -> None:
+        return None
+
+    link = CloudLink(f"ws://127.0.0.1:{port}", "u1", on_message=on_message, on_connect=on_connect)
+    task = asyncio.create_task(link.run())
+    await asyncio.wait_for(link.connected.wait(), 10)
+    return link, task, server
+
+
+async def stop_link(link: CloudLink, task: asyncio.Task[None], server: Any) -> None:
+    await link.close()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    server.close()
+    await server.wait_closed()
+
+
+async def test_a_nacked_message_is_resent_after_retry_after() -> None:
+    cloud = Cloud()
+
+    async def ignore(message: Any, arrived: float) -> None:
+        return None
+
+    link, task, server = await start_link(cloud, ignore)
+    try:
+        txn = await link.send(UnitStatus(is_delta_info=False))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(cloud.frames) < 2:
+            await asyncio.sleep(0.02)
+        (first, _), (second, again) = cloud.frames[:2]
+        assert again.header.txn == txn, "the same message, sent again"
+        assert 0.09 <= second - first < 1.0, "after retryAfter (100 ms), not the 10 s ack timeout"
+    finally:
+        await stop_link(link, task, server)
+
+
+async def test_an_unexpected_handler_error_is_nacked_and_the_link_stays_up() -> None:
+    cloud = Cloud()
+
+    async def broken(message: Any, arrived: float) -> None:
+        raise OSError(28, "No space left on device")
+
+    link, task, server = await start_link(cloud, broken)
+    try:
+        await cloud.connected.wait()
+        assert cloud.ws is not None
+        frame = dump_frame(Envelope(new_header("u1", txn="t-ds"), DesiredStatus()))
+        await cloud.ws.send(frame)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not cloud.frames:
+            await asyncio.sleep(0.02)
+        (_, reply), *_ = cloud.frames
+        assert isinstance(reply.data, Nack) and reply.header.txn == "t-ds"
+        assert reply.data.error_info is not None
+        assert "No space left" in reply.data.error_info.message
+        assert not task.done() and link.connected.is_set()
+        assert orjson.loads(dump_frame(reply))["data"]["errorInfo"]["aosCode"] == 1
+    finally:
+        await stop_link(link, task, server)
