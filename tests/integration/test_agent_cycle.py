@@ -183,20 +183,27 @@ def test_restart_adopts_containers_and_removes_what_is_not_desired(
     assert len(after) == 3 and after < ids, "kept the three still desired, started nothing twice"
 
 
-def test_a_crash_looping_instance_is_reported_failed_without_waiting_out_the_timeout(
+@pytest.mark.parametrize(
+    ("image", "command", "reason"),
+    [
+        ("it-crash", ["/bin/sh", "-c", "sleep 0.2; exit 3"], "keeps exiting"),
+        ("it-noexec", ["/bin/no-such-program"], "no-such-program"),
+    ],
+    ids=["crash-loop", "cannot-start"],
+)
+def test_a_failing_instance_is_reported_failed_without_waiting_out_the_timeout(
     agents: Agents,
     cloud: CloudProcess,
     unit: str,
-    docker_runtime: DockerRuntime,
+    image: str,
+    command: list[str],
+    reason: str,
 ) -> None:
-    crashing = publish(
-        cloud.cloud_dir,
-        "it-crash",
-        registry_url=cloud.endpoints["registry"],
-        command=["/bin/sh", "-c", "sleep 0.2; exit 3"],
+    failing = publish(
+        cloud.cloud_dir, image, registry_url=cloud.endpoints["registry"], command=command
     )
-    ds = scenario([("svc-crash", crashing)], num_instances=1)
-    _, log, _ = agents.start(unit)
+    ds = scenario([("svc-failing", failing)], num_instances=1)
+    _, log, _ = agents.start(unit, extra=("--active-timeout", "120"))
     log.wait_for("link.up")
     assert push(cloud, unit, ds)["ok"]
     ended = log.wait_for("cycle.ended", timeout_s=60)
@@ -206,7 +213,7 @@ def test_a_crash_looping_instance_is_reported_failed_without_waiting_out_the_tim
     last = timeline_until(cloud, unit, sent["seq"])[-1]["unitStatus"]
     (instance,) = last["instances"][0]["instances"]
     assert instance["state"] == "failed"
-    assert "keeps exiting" in instance["errorInfo"]["message"]
+    assert reason in instance["errorInfo"]["message"]
 
 
 def test_a_cycle_that_failed_on_a_passing_outage_is_retried_until_it_converges(
@@ -236,29 +243,3 @@ def test_a_cycle_that_failed_on_a_passing_outage_is_retried_until_it_converges(
         agents.stop_all()
         cloud.stop()
         own.stop()
-
-
-def test_an_instance_that_cannot_start_is_failed_at_once(
-    agents: Agents,
-    cloud: CloudProcess,
-    unit: str,
-    docker_runtime: DockerRuntime,
-) -> None:
-    broken = publish(
-        cloud.cloud_dir,
-        "it-noexec",
-        registry_url=cloud.endpoints["registry"],
-        command=["/bin/no-such-program"],
-    )
-    ds = scenario([("svc-noexec", broken)], num_instances=1)
-    _, log, _ = agents.start(unit, extra=("--active-timeout", "120"))
-    log.wait_for("link.up")
-    assert push(cloud, unit, ds)["ok"]
-    ended = log.wait_for("cycle.ended", timeout_s=60)
-    assert ended["phase"] == "none"
-    assert not log.find("wait_active.timeout")
-    sent = log.wait_for("status.full", reason="cycle ended in none")
-    last = timeline_until(cloud, unit, sent["seq"])[-1]["unitStatus"]
-    (instance,) = last["instances"][0]["instances"]
-    assert instance["state"] == "failed"
-    assert "no-such-program" in instance["errorInfo"]["message"]
