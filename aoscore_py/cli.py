@@ -7,8 +7,10 @@ Exit codes: 0 success; 1 the operation failed (the message says why); 2 bad usag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +31,22 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-def _run(coro: Any) -> Any:
+@contextlib.contextmanager
+def _exit_codes(interrupted: str = "interrupted") -> Iterator[None]:
+    """Turn our errors into the exit codes above, with one line on stderr and no traceback."""
     try:
-        return asyncio.run(coro)
+        yield
     except ConfigError as exc:
         _fail(exc.message, 2)
     except AosError as exc:
         _fail(exc.message)
     except KeyboardInterrupt:
-        sys.exit(130)
+        _fail(interrupted, 130)
+
+
+def _run(coro: Any) -> Any:
+    with _exit_codes():
+        return asyncio.run(coro)
 
 
 def _ws_url(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -220,7 +229,7 @@ def cloud_publish(
         )
     logs.configure("warning")
     check = ["/bin/sh", "-c", healthcheck] if healthcheck else None
-    try:
+    with _exit_codes():
         image = publish(
             cloud_dir,
             name,
@@ -229,10 +238,6 @@ def cloud_publish(
             health_start_period_s=start_period,
             extra_layer_bytes=size,
         )
-    except ConfigError as exc:
-        _fail(exc.message, 2)
-    except AosError as exc:
-        _fail(exc.message)
     click.echo(image.index_digest)
 
 
@@ -274,10 +279,8 @@ def cloud_push(unit: str, file: Path, cloud_dir: Path, timeout: float) -> None:
         _fail(f"{file}: {exc.path}: {exc.reason}", 2)
     except OSError as exc:
         _fail(f"{file}: cannot read: {exc.strerror}", 2)
-    try:
+    with _exit_codes():
         url = operator_url(cloud_dir)
-    except ConfigError as exc:
-        _fail(exc.message, 2)
     reply = _run(push(url, unit, ds, timeout))
     if reply.get("ok"):
         click.echo(f"ack unit={unit} txn={reply['txn']}")
@@ -329,12 +332,8 @@ def powercut(json_path: Path | None, points: str | None, work_dir: Path | None) 
         if unknown:
             raise click.BadParameter(f"unknown crash points {unknown}", param_hint="--points")
     logs.configure("warning")
-    try:
+    with _exit_codes("interrupted; what the matrix started was stopped"):
         ok = run_matrix(selected, json_path, work_dir)
-    except KeyboardInterrupt:
-        _fail("interrupted; what the matrix started was stopped", 130)
-    except AosError as exc:
-        _fail(exc.message)
     sys.exit(0 if ok else 1)
 
 

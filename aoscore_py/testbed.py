@@ -6,6 +6,7 @@ that a unit has converged on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -20,9 +21,11 @@ import orjson
 
 from statemachine import ENV_VAR
 
+from .cloud import client
 from .cloud.oci import OciImage
 from .cloud.service import publish
 from .cloud.state import CloudState, read_timeline
+from .cm.updatemanager.handler import MACHINE
 from .protocol import (
     DesiredInstance,
     DesiredItem,
@@ -288,13 +291,32 @@ def check_convergence(
     return Convergence(not problems, tuple(problems))
 
 
+def query_store(data_dir: Path, sql: str, *params: object) -> list[tuple]:
+    """Rows of a read-only query on an agent's store; it may be running (WAL lets readers in)."""
+    uri = f"file:{data_dir / DB_NAME}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def cycle_phase(data_dir: Path) -> str:
+    """The update cycle's committed phase."""
+    return query_store(data_dir, "select phase from sm_phase where machine = ?", MACHINE)[0][0]
+
+
+def cycle_journal(data_dir: Path) -> list[tuple[str, str, str, str]]:
+    """The update cycle's journal: (from phase, event, to phase, note), oldest first."""
+    return query_store(
+        data_dir,
+        "select from_phase, event, to_phase, note from sm_journal where machine = ? order by id",
+        MACHINE,
+    )
+
+
 def _items_installed(data_dir: Path, versions: dict[str | None, str]) -> list[str]:
-    path = data_dir / DB_NAME
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
-            rows = conn.execute("select item_id, version, state from item").fetchall()
+        rows = query_store(data_dir, "select item_id, version, state from item")
     except sqlite3.Error as exc:
-        return [f"cannot read {path}: {exc}"]
+        return [f"cannot read {data_dir / DB_NAME}: {exc}"]
     states = {(r[0], r[1]): r[2] for r in rows}
     return [
         f"item {item} {version} is {states.get((item, version), 'unknown')}"
@@ -376,20 +398,12 @@ class AgentLog:
 
 def operate(cloud: CloudProcess, request: dict[str, object], timeout_s: float = 60.0) -> dict:
     """One operator request to a running cloud, from synchronous code."""
-    from .cloud.client import operate as _operate
-
-    return asyncio.run(_operate(cloud.operator_url, request, timeout_s))
+    return asyncio.run(client.operate(cloud.operator_url, request, timeout_s))
 
 
 def push(cloud: CloudProcess, unit: str, ds: DesiredStatus, timeout_s: float = 30.0) -> dict:
     """Push `ds` to `unit` through the cloud's operator API; returns the unit's answer."""
-    request = {
-        "op": "push",
-        "unit": unit,
-        "desiredStatus": orjson.loads(dump_message(ds)),
-        "timeout": timeout_s,
-    }
-    return operate(cloud, request, timeout_s + 10)
+    return asyncio.run(client.push(cloud.operator_url, unit, ds, timeout_s))
 
 
 def wait_converged(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -22,10 +21,10 @@ import orjson
 from aoscore_py.cloud.registry import Registry
 from aoscore_py.cloud.state import read_timeline
 from aoscore_py.sm.docker_runtime import LABEL_UNIT, DockerRuntime
-from aoscore_py.storage import DB_NAME
 from aoscore_py.testbed import (
     AgentLog,
     CloudProcess,
+    cycle_phase,
     publish_images,
     push,
     remove_unit_containers,
@@ -88,11 +87,6 @@ class Tail(threading.Thread):
         time.sleep(0.1)
         self.stopped.set()
         self.join()
-
-
-def cycle_phase(data_dir: Path) -> str:
-    with sqlite3.connect(f"file:{data_dir / DB_NAME}?mode=ro", uri=True) as conn:
-        return conn.execute("select phase from sm_phase where machine='cycle'").fetchone()[0]
 
 
 def main() -> int:

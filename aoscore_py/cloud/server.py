@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,10 +200,10 @@ class CloudServer:
                 await self._event(unit_id).wait()
                 unit = self._units[unit_id]
                 waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-                header = new_header(unit_id)
-                unit.waiters[header.txn] = waiter
-                await unit.ws.send(dump_frame(Envelope(header, message)))
-                log.info("desired.sent", unit=unit_id, txn=header.txn)
+                txn = str(uuid.uuid4())
+                unit.waiters[txn] = waiter
+                await self._send(unit_id, unit, message, txn)
+                log.info("desired.sent", unit=unit_id, txn=txn)
                 return await waiter
         except (TimeoutError, ConnectionClosed, KeyError):
             waited = round(timeout_s - max(0.0, deadline - time.monotonic()), 1)

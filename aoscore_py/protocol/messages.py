@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar, TypeAlias
 
+from aoscore_py.errors import AosCode, AosError
 from aoscore_py.protocol.enums import (
     DesiredNodeState,
     InstanceState,
@@ -62,6 +63,16 @@ class ErrorInfo:
     aos_code: int = 1
     exit_code: int = 0
     message: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        """The errorInfo that reports `exc`: its own code and message for our errors, `failed`
+        with the exception's type and text for anything else."""
+        if isinstance(exc, AosError):
+            return cls(aos_code=int(exc.code), exit_code=0, message=exc.message)
+        return cls(
+            aos_code=int(AosCode.FAILED), exit_code=0, message=f"{type(exc).__name__}: {exc}"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -239,11 +239,6 @@ class DockerRuntime:
         with _engine_errors("unpause container", container_id):
             self._client.api.unpause(container_id)
 
-    def restart_container(self, container_id: str, *, timeout_s: float = 5) -> None:
-        """Stop (if running) and start a container again."""
-        with _engine_errors("restart container", container_id):
-            self._client.api.restart(container_id, timeout=math.ceil(timeout_s))
-
     def stop_container(self, container_id: str, *, timeout_s: float = 5) -> None:
         """Stop a container: SIGTERM, then SIGKILL after `timeout_s`; a stopped one is fine."""
         with _engine_errors("stop container", container_id):

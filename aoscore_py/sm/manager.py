@@ -65,12 +65,6 @@ def _total_ram() -> int | None:
     return None
 
 
-def _error(exc: BaseException) -> ErrorInfo:
-    if isinstance(exc, AosError):
-        return ErrorInfo(int(exc.code), 0, exc.message)
-    return ErrorInfo(1, 0, f"{type(exc).__name__}: {exc}")
-
-
 class DockerServiceManager:
     """Runs the instances the CM assigns to `node_id` on a Docker engine.
 
@@ -198,7 +192,7 @@ class DockerServiceManager:
                     next="instance reported failed; others go on",
                 )
                 for k in keys:
-                    failed.setdefault(k, _error(exc))
+                    failed.setdefault(k, ErrorInfo.from_exception(exc))
             else:
                 log.info(
                     "step.done",

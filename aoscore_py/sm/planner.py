@@ -41,6 +41,11 @@ class Step:
     reason: str = ""
 
 
+def _running_first(info: ContainerInfo) -> tuple[bool, str, str]:
+    """Which container of an instance to keep when there are several: a running one."""
+    return (info.status != "running", info.name, info.id)
+
+
 def container_key(info: ContainerInfo) -> InstanceKey | None:
     """The instance a container belongs to, from its labels; None if they are unreadable."""
     labels = info.labels
@@ -55,7 +60,7 @@ def plan(specs: Sequence[InstanceSpec], containers: Sequence[ContainerInfo]) -> 
     wanted = {s.key: s for s in specs}
     keep: dict[InstanceKey, ContainerInfo] = {}
     removals: list[Step] = []
-    for info in sorted(containers, key=lambda c: (c.status != "running", c.name, c.id)):
+    for info in sorted(containers, key=_running_first):
         key = container_key(info)
         spec = wanted.get(key) if key else None
         if spec is None:
@@ -151,7 +156,7 @@ def states_by_key(
 ) -> Mapping[InstanceKey, ContainerInfo]:
     """The best container per instance (running ones first)."""
     out: dict[InstanceKey, ContainerInfo] = {}
-    for info in sorted(containers, key=lambda c: (c.status != "running", c.name, c.id)):
+    for info in sorted(containers, key=_running_first):
         key = container_key(info)
         if key is not None and key not in out:
             out[key] = info

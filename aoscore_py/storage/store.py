@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import peewee
@@ -124,19 +125,25 @@ class Storage:
                 updated_at=time.time(),
             ).on_conflict_replace().execute()
 
+    @staticmethod
+    def _item_record(r: Any) -> ItemRecord:
+        return ItemRecord(
+            item_id=r.item_id,
+            version=r.version,
+            item_type=r.item_type,
+            index_digest=r.index_digest,
+            state=ItemState(r.state),
+            error=_error_in(r.error),
+        )
+
     def items(self) -> list[ItemRecord]:
         rows = self._item.select().order_by(self._item.item_id, self._item.version)
-        return [
-            ItemRecord(
-                item_id=r.item_id,
-                version=r.version,
-                item_type=r.item_type,
-                index_digest=r.index_digest,
-                state=ItemState(r.state),
-                error=_error_in(r.error),
-            )
-            for r in rows
-        ]
+        return [self._item_record(r) for r in rows]
+
+    def item(self, item_id: str, version: str) -> ItemRecord | None:
+        t = self._item
+        row = t.get_or_none((t.item_id == item_id) & (t.version == version))
+        return None if row is None else self._item_record(row)
 
     def delete_item(self, item_id: str, version: str) -> None:
         with self._tx():

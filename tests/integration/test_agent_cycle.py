@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,9 +22,9 @@ from aoscore_py.sm.docker_runtime import (
     ContainerSpec,
     DockerRuntime,
 )
-from aoscore_py.storage import DB_NAME
 from aoscore_py.testbed import (
     CloudProcess,
+    cycle_journal,
     push,
     read_timeline,
     scenario,
@@ -36,13 +35,6 @@ from aoscore_py.testbed import (
 from .conftest import Agents
 
 pytestmark = pytest.mark.integration
-
-
-def journal(data_dir: Path) -> list[tuple[str, str, str, str]]:
-    with sqlite3.connect(f"file:{data_dir / DB_NAME}?mode=ro", uri=True) as conn:
-        return conn.execute(
-            "select from_phase, event, to_phase, note from sm_journal order by id"
-        ).fetchall()
 
 
 def test_converges_with_every_phase_journalled_and_labelled_containers(
@@ -61,7 +53,7 @@ def test_converges_with_every_phase_journalled_and_labelled_containers(
     result = wait_converged(unit, ds, cloud, data_dir, docker_runtime)
     assert result.ok, result.problems
 
-    phases = [row[2] for row in journal(data_dir)]
+    phases = [row[2] for row in cycle_journal(data_dir)]
     assert phases == [
         "downloading",
         "pending",
@@ -108,13 +100,13 @@ def test_identical_desired_status_is_ignored_and_still_reports(
 ) -> None:
     ds = scenario([("svc-a", images["it-alpha"])], num_instances=1)
     _, log, data_dir = agents.converged(unit, ds, docker_runtime)
-    before = len(journal(data_dir))
+    before = len(cycle_journal(data_dir))
     statuses = len(read_timeline(cloud.state.timeline_path(unit)))
 
     assert push(cloud, unit, replace(ds, correlation_id="again"))["ok"]
     log.wait_for("desired.ignored")
     sent = log.wait_for("status.full", reason="desired status needs no update")
-    assert len(journal(data_dir)) == before, "no new cycle"
+    assert len(cycle_journal(data_dir)) == before, "no new cycle"
     timeline = timeline_until(cloud, unit, sent["seq"])
     assert len(timeline) > statuses
     seqs = [r["unitStatus"]["seq"] for r in timeline]
@@ -130,14 +122,14 @@ def test_change_of_priority_alone_runs_a_cycle(
 ) -> None:
     ds = scenario([("svc-a", images["it-alpha"])], num_instances=1)
     _, log, data_dir = agents.converged(unit, ds, docker_runtime)
-    cycles = [r for r in journal(data_dir) if r[2] == "downloading"]
+    cycles = [r for r in cycle_journal(data_dir) if r[2] == "downloading"]
 
     changed = replace(ds, instances=(replace(ds.instances[0], priority=99),))
     assert push(cloud, unit, changed)["ok"]
     record = log.wait_for("desired.stored", after=0, timeout_s=10)
     assert record
     assert wait_converged(unit, changed, cloud, data_dir, docker_runtime).ok
-    assert len([r for r in journal(data_dir) if r[2] == "downloading"]) == len(cycles) + 1
+    assert len([r for r in cycle_journal(data_dir) if r[2] == "downloading"]) == len(cycles) + 1
     assert "instance.priority" in log.find("desired.stored")[-1]["changes"]
 
 

@@ -3,7 +3,6 @@ what was running keeps running, and the stored desired status stays as it was.""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import orjson
@@ -12,8 +11,7 @@ import pytest
 from aoscore_py.cloud.oci import OciImage
 from aoscore_py.protocol import dump_message
 from aoscore_py.sm.docker_runtime import LABEL_UNIT, DockerRuntime
-from aoscore_py.storage import DB_NAME
-from aoscore_py.testbed import CloudProcess, operate, scenario, wait_converged
+from aoscore_py.testbed import CloudProcess, operate, query_store, scenario, wait_converged
 
 from .conftest import Agents
 
@@ -56,8 +54,7 @@ def bad_frames(unit: str, images: dict[str, OciImage]) -> dict[str, tuple[str, s
 
 
 def stored_desired(data_dir: Path) -> bytes:
-    with sqlite3.connect(f"file:{data_dir / DB_NAME}?mode=ro", uri=True) as conn:
-        return conn.execute("select body from desired_status").fetchone()[0]
+    return query_store(data_dir, "select body from desired_status")[0][0]
 
 
 def test_each_malformed_desired_status_is_nacked_and_changes_nothing(

@@ -5,28 +5,23 @@ resumes at the interrupted phase."""
 from __future__ import annotations
 
 import signal
-import sqlite3
-from pathlib import Path
 
 import pytest
 
 from aoscore_py.cloud.oci import OciImage
 from aoscore_py.sm.docker_runtime import LABEL_UNIT, DockerRuntime
-from aoscore_py.storage import DB_NAME
-from aoscore_py.testbed import CloudProcess, push, scenario, wait_converged
+from aoscore_py.testbed import (
+    CloudProcess,
+    cycle_journal,
+    cycle_phase,
+    push,
+    scenario,
+    wait_converged,
+)
 
 from .conftest import Agents
 
 pytestmark = pytest.mark.integration
-
-
-def phase_and_last_journal(data_dir: Path) -> tuple[str, tuple[str, str, str, str]]:
-    with sqlite3.connect(f"file:{data_dir / DB_NAME}?mode=ro", uri=True) as conn:
-        phase = conn.execute("select phase from sm_phase where machine = 'cycle'").fetchone()[0]
-        last = conn.execute(
-            "select from_phase, event, to_phase, note from sm_journal order by id desc limit 1"
-        ).fetchone()
-    return phase, last
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -50,7 +45,7 @@ def test_stop_in_the_middle_of_a_phase_and_resume(
     assert proc.wait(15) == 0
     log.wait_for("cycle.interrupted", phase="waitingActive")
     log.wait_for("agent.stopped")
-    phase, last = phase_and_last_journal(data_dir)
+    phase, last = cycle_phase(data_dir), cycle_journal(data_dir)[-1]
     assert phase == "waitingActive"
     assert last[:3] == ("waitingActive", "interrupted", "waitingActive")
     assert "shutting down" in last[3]
@@ -78,4 +73,4 @@ def test_stop_when_idle_exits_zero_and_leaves_containers(
     assert not log.find("cycle.interrupted")
     states = [c.status for c in docker_runtime.list_containers({LABEL_UNIT: unit})]
     assert states == ["running", "running"]
-    assert phase_and_last_journal(data_dir)[0] == "none"
+    assert cycle_phase(data_dir) == "none"

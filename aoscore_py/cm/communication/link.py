@@ -196,7 +196,7 @@ class CloudLink:
         try:
             await self._on_message(message, arrived)
         except AosError as exc:
-            await self._refuse(ws, event, message, exc.message, exc.code)
+            await self._refuse(ws, event, message, exc)
             return
         except Exception as exc:
             log.error(
@@ -206,21 +206,21 @@ class CloudLink:
                 exc_info=True,
                 next="nacked; the link stays up",
             )
-            await self._refuse(ws, event, message, f"{type(exc).__name__}: {exc}", AosCode.FAILED)
+            await self._refuse(ws, event, message, exc)
             return
         await ws.send(self.session.ack(event.txn))
 
     async def _refuse(
-        self, ws: ClientConnection, event: Received, message: Message, reason: str, code: AosCode
+        self, ws: ClientConnection, event: Received, message: Message, exc: Exception
     ) -> None:
+        error = ErrorInfo.from_exception(exc)
         log.warning(
             "message.rejected",
             txn=event.txn,
             type=message.MESSAGE_TYPE,
-            error=reason,
+            error=error.message,
             next="nacked; what runs keeps running",
         )
-        error = ErrorInfo(aos_code=int(code), exit_code=0, message=reason)
         await ws.send(self.session.nack(event.txn, error))
 
     async def send(self, message: Message) -> str | None:

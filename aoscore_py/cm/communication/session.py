@@ -136,7 +136,9 @@ class CloudSession:
             # A frame of another version rarely parses as v7: name the version, the real problem.
             if type(version) is int and version != PROTOCOL_VERSION:
                 error = _wrong_version(version)
-            return Refused(error, txn, self.nack(txn or str(uuid.uuid4()), _error(error)))
+            return Refused(
+                error, txn, self.nack(txn or str(uuid.uuid4()), ErrorInfo.from_exception(error))
+            )
         header = envelope.header
         problem = None
         if header.version != PROTOCOL_VERSION:
@@ -148,7 +150,9 @@ class CloudSession:
                 code=AosCode.WRONG_STATE,
             )
         if problem is not None:
-            return Refused(problem, header.txn, self.nack(header.txn, _error(problem)))
+            return Refused(
+                problem, header.txn, self.nack(header.txn, ErrorInfo.from_exception(problem))
+            )
         data = envelope.data
         if isinstance(data, Ack):
             self._pending.pop(header.txn, None)
@@ -189,10 +193,6 @@ class CloudSession:
     def pending_frames(self) -> list[bytes]:
         """Every unacknowledged frame, to send again on a new connection."""
         return [p.frame for p in self._pending.values()]
-
-
-def _error(exc: ProtocolError) -> ErrorInfo:
-    return ErrorInfo(aos_code=int(exc.code), exit_code=0, message=exc.message)
 
 
 def _wrong_version(version: int) -> ProtocolError:

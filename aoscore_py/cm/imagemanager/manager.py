@@ -17,7 +17,7 @@ import httpx
 
 from statemachine import crashpoint
 
-from ...errors import AosCode, AosError, BlobError
+from ...errors import AosCode, BlobError
 from ...logs import get_logger
 from ...protocol import BlobUrlInfo, DesiredItem, ErrorInfo, ItemState
 from ..communication.interfaces import BlobUrlSource
@@ -34,15 +34,6 @@ def host_platform() -> tuple[str, str]:
     """The OCI (os, architecture) of this machine."""
     machine = platform.machine()
     return "linux", _ARCH.get(machine, machine)
-
-
-def error_info(exc: BaseException) -> ErrorInfo:
-    """The errorInfo that reports `exc` for an item or an instance."""
-    if isinstance(exc, AosError):
-        return ErrorInfo(aos_code=int(exc.code), exit_code=0, message=exc.message)
-    return ErrorInfo(
-        aos_code=int(AosCode.FAILED), exit_code=0, message=f"{type(exc).__name__}: {exc}"
-    )
 
 
 class ImageManager:
@@ -68,18 +59,11 @@ class ImageManager:
         self._http = http
         self._platform = host_platform()
 
-    @property
-    def store(self) -> BlobStore:
-        return self._store
-
     def records(self) -> list[ItemRecord]:
         return self._storage.items()
 
     def record(self, item_id: str, version: str) -> ItemRecord | None:
-        for r in self._storage.items():
-            if (r.item_id, r.version) == (item_id, version):
-                return r
-        return None
+        return self._storage.item(item_id, version)
 
     async def download(self, items: Sequence[DesiredItem]) -> list[ItemRecord]:
         """Make every item's blobs present; returns each item's record (pending or failed)."""
@@ -105,7 +89,12 @@ class ImageManager:
             raise
         except Exception as exc:
             failed = ItemRecord(
-                item_id, item.version, kind, item.index_digest, ItemState.FAILED, error_info(exc)
+                item_id,
+                item.version,
+                kind,
+                item.index_digest,
+                ItemState.FAILED,
+                ErrorInfo.from_exception(exc),
             )
             self._storage.upsert_item(failed)
             log.error(
@@ -155,14 +144,9 @@ class ImageManager:
         item_id = item.item.key or ""
         fetched: list[str] = []
         await self._ensure(item_id, [item.index_digest], fetched)
-        top = self._store.read(item.index_digest)
-        if oci.is_index(oci.load_document(top)):
-            manifest_digest = oci.choose_manifest(top, *self._platform)
-            await self._ensure(item_id, [manifest_digest], fetched)
-            manifest_raw = self._store.read(manifest_digest)
-        else:
-            manifest_raw = top
-        _, config, layers = oci.parse_manifest(manifest_raw)
+        manifest_digest = self._manifest_digest(item.index_digest)
+        await self._ensure(item_id, [manifest_digest], fetched)
+        _, config, layers = oci.parse_manifest(self._store.read(manifest_digest))
         await self._ensure(item_id, [config, *layers], fetched)
         return len(fetched)
 
@@ -205,6 +189,14 @@ class ImageManager:
             async for chunk in response.aiter_bytes(1 << 20):
                 yield chunk
 
+    def _manifest_digest(self, index_digest: str) -> str:
+        """The manifest for this platform named by the stored index (an item may also point
+        straight at a manifest: then it is its own)."""
+        top = self._store.read(index_digest)
+        if oci.is_index(oci.load_document(top)):
+            return oci.choose_manifest(top, *self._platform)
+        return index_digest
+
     def layout(self, item_id: str, version: str) -> ImageLayout:
         """How the stored blobs of an item version make an image.
 
@@ -214,10 +206,7 @@ class ImageManager:
         record = self.record(item_id, version)
         if record is None:
             raise BlobError(f"item {item_id} {version} is not known", code=AosCode.NOT_FOUND)
-        top = self._store.read(record.index_digest)
-        manifest_digest = record.index_digest
-        if oci.is_index(oci.load_document(top)):
-            manifest_digest = oci.choose_manifest(top, *self._platform)
+        manifest_digest = self._manifest_digest(record.index_digest)
         doc, config, layers = oci.parse_manifest(self._store.read(manifest_digest))
         return ImageLayout(record.index_digest, manifest_digest, doc, config, layers)
 

@@ -105,6 +105,12 @@ class Launcher:
     ) -> list[InstanceRecord]:
         """Place every desired instance, tell each node its list, record the answers."""
         versions = runnable_versions(desired, items)
+        layouts: dict[str, ImageLayout | AosError] = {}
+        for item_id, item in versions.items():
+            try:
+                layouts[item_id] = self._layout_of(item.item_id, item.version)
+            except AosError as exc:
+                layouts[item_id] = exc
         wanted: list[WantedInstance] = []
         records: dict[InstanceKey, InstanceRecord] = {}
         meta: dict[InstanceKey, tuple[ItemRecord | None, int]] = {}
@@ -136,11 +142,10 @@ class Launcher:
                     p.key, kind, version, "", priority, AosCode.NOT_FOUND, p.reason
                 )
             else:
-                try:
-                    layout = self._layout_of(item.item_id, item.version)
-                except AosError as exc:
+                layout = layouts[item.item_id]
+                if isinstance(layout, AosError):
                     records[p.key] = self._failed(
-                        p.key, kind, version, p.node, priority, exc.code, exc.message
+                        p.key, kind, version, p.node, priority, layout.code, layout.message
                     )
                     continue
                 per_node[p.node].append(InstanceSpec(p.key, kind, version, layout, priority))

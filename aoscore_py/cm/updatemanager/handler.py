@@ -159,12 +159,10 @@ class DesiredStatusHandler:
             phase = self.machine.phase
             applied = (self.machine.payload or {}).get("ds")
             if self._desired is not None and applied != self._digest:
-                event = "supersede" if self.machine.can("supersede") else "start"
                 log.info(
                     "cycle.restart", phase=phase, reason="stored desired status not yet applied"
                 )
-                self._fire(event, {"ds": self._digest}, "stored desired status not applied")
-                self._run()
+                self._restart("stored desired status not applied")
             elif not self.machine.resting:
                 log.info("cycle.resume", phase=phase, next=f"running {phase} again")
                 self._run()
@@ -182,9 +180,13 @@ class DesiredStatusHandler:
             payload.get("error") or payload.get("failed_items")
         )
 
-    def _schedule_retry(self, delay_s: float, reason: str) -> None:
+    def _cancel_retry(self) -> None:
         if self._retry_task is not None:
             self._retry_task.cancel()
+            self._retry_task = None
+
+    def _schedule_retry(self, delay_s: float, reason: str) -> None:
+        self._cancel_retry()
         log.info("cycle.retry_scheduled", delay_s=round(delay_s, 1), reason=reason)
         self._retry_task = asyncio.create_task(self._retry_later(delay_s), name="cycle.retry")
 
@@ -194,8 +196,7 @@ class DesiredStatusHandler:
             if self.runner.running or not self._needs_retry():
                 return
             self._retry_task = None
-            self._fire("start", {"ds": self._digest}, "retry after a failed cycle")
-            self._run()
+            self._restart("retry after a failed cycle")
 
     async def accept(self, ds: DesiredStatus, arrived: float) -> None:
         """Take a desired status from the cloud; returns once it is stored (then it is acked).
@@ -217,9 +218,7 @@ class DesiredStatusHandler:
                 elif self.idle:
                     self._spawn(self._status.send_full("desired status needs no update"))
                 return
-            if self._retry_task is not None:
-                self._retry_task.cancel()
-                self._retry_task = None
+            self._cancel_retry()
             self._retry.reset()
             body = dump_message(ds)
             self._storage.save_desired_status(body)
@@ -235,9 +234,7 @@ class DesiredStatusHandler:
                     latency_s=round(time.monotonic() - arrived, 6),
                     next="restarting at downloading",
                 )
-            event = "supersede" if self.machine.can("supersede") else "start"
-            self._fire(event, {"ds": self._digest}, changes.summary())
-            self._run()
+            self._restart(changes.summary())
 
     async def stop(self) -> None:
         """Cancel the running phase at its next await; it stays committed for the next start."""
@@ -251,10 +248,16 @@ class DesiredStatusHandler:
                     seconds=round(elapsed, 3),
                     next="resumes at this phase on the next start",
                 )
-        if self._retry_task is not None:
-            self._retry_task.cancel()
+        self._cancel_retry()
         for task in list(self._tasks):
             task.cancel()
+
+    def _restart(self, note: str) -> None:
+        """Begin a cycle at downloading for the stored desired status, from wherever it rests
+        (`supersede` from a working phase, `start` from none or failed)."""
+        event = "supersede" if self.machine.can("supersede") else "start"
+        self._fire(event, {"ds": self._digest}, note)
+        self._run()
 
     def _run(self) -> None:
         task = self.runner.start()
