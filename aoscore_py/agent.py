@@ -14,14 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from cryptography import x509
 
 from .cm.communication.link import CloudLink
 from .cm.imagemanager.blobstore import BlobStore
-from .cm.imagemanager.manager import ImageManager
+from .cm.imagemanager.download import DownloadPolicy
+from .cm.imagemanager.manager import DAY_S, ImageManager, ImagePolicy
 from .cm.launcher.launcher import Launcher
 from .cm.updatemanager.handler import DesiredStatusHandler
 from .cm.updatemanager.unitstatus import UnitStatusHandler
-from .errors import AosCode, AosError, LinkError
+from .crypto.signing import load_pem_certificates
+from .errors import AosCode, AosError, ConfigError, LinkError
 from .logs import get_logger
 from .protocol import DesiredStatus, Message
 from .sm.docker_runtime import DockerRuntime
@@ -41,6 +44,31 @@ class AgentConfig:
     node_id: str = "node-1"
     docker_url: str | None = None
     active_timeout_s: float = 600.0
+    trusted_ca: Path | None = None
+    allow_unsigned: bool = False
+    removed_ttl_s: float = 30 * DAY_S
+    download_parallel: int = 4
+    download_timeout_s: float = 30.0
+
+    def image_policy(self) -> ImagePolicy:
+        """The image manager's rules from this configuration.
+
+        Raises:
+            ConfigError: the trusted CA file cannot be read or holds no certificate.
+        """
+        roots: tuple[x509.Certificate, ...] = ()
+        if self.trusted_ca is not None:
+            try:
+                pem = self.trusted_ca.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"trusted CA {self.trusted_ca}: {exc.strerror}") from None
+            roots = tuple(load_pem_certificates(pem))
+        return ImagePolicy(
+            trusted_roots=roots,
+            allow_unsigned=self.allow_unsigned,
+            removed_ttl_s=self.removed_ttl_s,
+            download=DownloadPolicy(parallel=self.download_parallel),
+        )
 
 
 class Agent:
@@ -49,8 +77,12 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.storage = Storage(config.data_dir)
+        policy = config.image_policy()
         self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=True
+            timeout=httpx.Timeout(config.download_timeout_s, connect=10.0),
+            limits=httpx.Limits(max_connections=max(10, 2 * config.download_parallel)),
+            trust_env=False,
+            follow_redirects=True,
         )
         self.link = CloudLink(
             config.cloud_url,
@@ -59,7 +91,7 @@ class Agent:
             on_connect=self._on_connect,
         )
         self.blobs = BlobStore(config.data_dir)
-        self.images = ImageManager(self.storage, self.blobs, self.link, self.http)
+        self.images = ImageManager(self.storage, self.blobs, self.link, self.http, policy)
         self.runtime = DockerRuntime(config.docker_url)
         self.sm = DockerServiceManager(
             config.node_id, config.system_id, self.runtime, self.blobs.path
@@ -109,6 +141,8 @@ class Agent:
             phase=self.handler.machine.phase,
             boot_id=self.status.boot_id,
         )
+        if self.handler.machine.phase in ("none", "failed"):
+            self.images.collect()  # a removed item's TTL also runs out between cycles
         await self.handler.start()
         link_task = asyncio.create_task(self.link.run(), name="link")
         stop_task = asyncio.create_task(stop.wait(), name="stop")

@@ -107,6 +107,25 @@ cloud_dir_option = click.option(
 )
 
 
+def blob_serving_options(fn: Any) -> Any:
+    """How the cloud serves blobs: normally, or with a fault for tests and demos."""
+    options = [
+        click.option(
+            "--signing",
+            type=click.Choice(["valid", "unsigned", "wrong"]),
+            default="valid",
+            show_default=True,
+            help="Sign blobs, leave them unsigned, or sign other bytes.",
+        ),
+        click.option("--alg", default=None, help="Signature algorithm, e.g. RSA/SHA384/PSS."),
+        click.option("--base", default=None, help="Serve blob URLs from this base URL."),
+        click.option("--dead-first", is_flag=True, help="Put a dead URL first in each list."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="aoscore-py")
 def cli() -> None:
@@ -133,6 +152,42 @@ def cli() -> None:
     callback=_positive,
     help="Seconds waitingActive waits for instances to activate.",
 )
+@click.option(
+    "--ca",
+    "trusted_ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="AOSCORE_CA",
+    default=None,
+    help="PEM file of the CA(s) that blob signing chains must lead to.",
+)
+@click.option(
+    "--allow-unsigned",
+    is_flag=True,
+    envvar="AOSCORE_ALLOW_UNSIGNED",
+    help="Accept blobs that come without a signature (refused by default).",
+)
+@click.option(
+    "--removed-ttl",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    help="Days a removed item version is kept before it and its blobs are collected.",
+)
+@click.option(
+    "--download-parallel",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Blobs downloaded at once.",
+)
+@click.option(
+    "--download-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    callback=_positive,
+    help="Seconds without a byte before a blob transfer is retried.",
+)
 @with_logs
 def agent(
     cloud: str,
@@ -141,14 +196,32 @@ def agent(
     node_id: str,
     docker_url: str | None,
     active_timeout: float,
+    trusted_ca: Path | None,
+    allow_unsigned: bool,
+    removed_ttl: float,
+    download_parallel: int,
+    download_timeout: float,
     log_level: str,
     log_format: str,
 ) -> None:
     """Run the agent (CM with its local SM) until SIGINT or SIGTERM."""
     from .agent import AgentConfig, run_agent
+    from .cm.imagemanager.manager import DAY_S
 
     logs.configure(log_level, log_format)
-    config = AgentConfig(cloud, system_id, data_dir, node_id, docker_url, active_timeout)
+    config = AgentConfig(
+        cloud,
+        system_id,
+        data_dir,
+        node_id,
+        docker_url,
+        active_timeout,
+        trusted_ca=trusted_ca,
+        allow_unsigned=allow_unsigned,
+        removed_ttl_s=removed_ttl * DAY_S,
+        download_parallel=download_parallel,
+        download_timeout_s=download_timeout,
+    )
     _run(run_agent(config))
 
 
@@ -173,22 +246,75 @@ def cloud() -> None:
     default=0.0,
     help="Answer requestBlobUrls after this many seconds (a slow cloud, for tests).",
 )
+@blob_serving_options
 @with_logs
 def cloud_serve(
     cloud_dir: Path,
     port: int,
     registry: str | None,
     blob_urls_delay: float,
+    signing: str,
+    alg: str | None,
+    base: str | None,
+    dead_first: bool,
     log_level: str,
     log_format: str,
 ) -> None:
     """Serve units on loopback until SIGINT or SIGTERM."""
+    from .cloud.server import BlobServing
     from .cloud.service import serve_cloud
 
     logs.configure(log_level, log_format)
+    with _exit_codes():
+        serving = BlobServing(signing, alg, base, dead_first)
     _run(
-        serve_cloud(cloud_dir, port=port, registry_url=registry, blob_urls_delay_s=blob_urls_delay)
+        serve_cloud(
+            cloud_dir,
+            port=port,
+            registry_url=registry,
+            blob_urls_delay_s=blob_urls_delay,
+            serving=serving,
+        )
     )
+
+
+@cloud.command("blobs")
+@cloud_dir_option
+@blob_serving_options
+def cloud_blobs(
+    cloud_dir: Path, signing: str, alg: str | None, base: str | None, dead_first: bool
+) -> None:
+    """Change how the running cloud serves blobs (signing, URLs); prints the new setting."""
+    from .cloud.client import operate, operator_url
+    from .cloud.server import BlobServing
+
+    with _exit_codes():
+        serving = BlobServing(signing, alg, base, dead_first)
+        url = operator_url(cloud_dir)
+    reply = _run(operate(url, {"op": "blobs", **serving.describe()}))
+    if not reply.get("ok"):
+        _fail(str(reply.get("error")))
+    click.echo(orjson.dumps(reply["serving"]).decode())
+
+
+@cloud.group("pki")
+def cloud_pki() -> None:
+    """The test PKI that signs the blobs the reference cloud serves."""
+
+
+@cloud_pki.command("init")
+@cloud_dir_option
+@click.option("--key-type", type=click.Choice(["ec", "rsa"]), default="ec", show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing PKI.")
+def cloud_pki_init(cloud_dir: Path, key_type: str, force: bool) -> None:
+    """Make a root CA, an intermediate and a signer; print the root CA's path for units."""
+    from .cloud.state import CloudState
+    from .crypto.pki import ROOT_FILE, init_pki
+
+    folder = CloudState(cloud_dir).pki_dir
+    with _exit_codes():
+        pki = init_pki(folder, key_type, force=force)
+    click.echo(f"{folder / ROOT_FILE}  (chain {pki.chain_name}, {pki.alg})")
 
 
 @cloud.command("publish")
@@ -335,6 +461,88 @@ def powercut(json_path: Path | None, points: str | None, work_dir: Path | None) 
     with _exit_codes("interrupted; what the matrix started was stopped"):
         ok = run_matrix(selected, json_path, work_dir)
     sys.exit(0 if ok else 1)
+
+
+@cli.group()
+def images() -> None:
+    """The unit's items and blobs: status of downloads, verification on demand."""
+
+
+def _open_store(data_dir: Path) -> Any:
+    from .storage import DB_NAME, Storage
+
+    if not (data_dir / DB_NAME).exists():
+        _fail(f"{data_dir}: no agent store here (is --data-dir right?)", 2)
+    with _exit_codes():
+        return Storage(data_dir)
+
+
+@images.command("status")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def images_status(data_dir: Path, as_json: bool) -> None:
+    """Items with their states, and the downloads under way (bytes, rate)."""
+    from .cm.imagemanager.manager import read_progress
+
+    storage = _open_store(data_dir)
+    try:
+        items = storage.items()
+        blobs = storage.blobs()
+    finally:
+        storage.close()
+    progress = read_progress(data_dir)
+    if as_json:
+        body = {
+            "items": [
+                {
+                    "id": r.item_id,
+                    "version": r.version,
+                    "state": r.state.value,
+                    "error": r.error.message if r.error else None,
+                }
+                for r in items
+            ],
+            "blobs": {"count": len(blobs), "bytes": sum(b.size for b in blobs)},
+            "transfers": progress["transfers"],
+        }
+        click.echo(orjson.dumps(body).decode())
+        return
+    click.echo(f"{'item':<24} {'version':<12} {'state':<12} error")
+    for r in items:
+        error = r.error.message if r.error else ""
+        click.echo(f"{r.item_id:<24} {r.version:<12} {r.state.value:<12} {error}")
+    click.echo(f"\nblobs: {len(blobs)} verified, {sum(b.size for b in blobs) / (1 << 20):.1f} MiB")
+    transfers = progress["transfers"]
+    if transfers:
+        click.echo(f"\n{'downloading':<20} {'present':>12} {'size':>12} {'%':>6} {'MiB/s':>7}")
+        for t in transfers:
+            pct = 100 * t["present"] / t["size"] if t["size"] else 0.0
+            rate = t["bytesPerSecond"] / (1 << 20)
+            digest, present, size = t["digest"][:19], t["present"], t["size"]
+            click.echo(f"{digest:<20} {present:>12} {size:>12} {pct:>6.1f} {rate:>7.1f}")
+
+
+@images.command("verify")
+@data_dir_option
+def images_verify(data_dir: Path) -> None:
+    """Hash every stored blob again; remove the corrupt ones so they are fetched again.
+
+    Exits 1 when any blob was corrupt or missing.
+    """
+    from .cm.imagemanager.audit import audit
+    from .cm.imagemanager.blobstore import BlobStore
+
+    storage = _open_store(data_dir)
+    try:
+        rows = audit(storage, BlobStore(data_dir))
+    finally:
+        storage.close()
+    for row in rows:
+        size = "-" if row.size is None else str(row.size)
+        click.echo(f"{row.digest}  {size:>12}  {row.verdict:<10}  {row.action}")
+    bad = [r for r in rows if r.verdict in ("corrupt", "missing")]
+    click.echo(f"{len(rows)} blobs checked, {len(bad)} corrupt or missing")
+    sys.exit(1 if bad else 0)
 
 
 def _add_protocol() -> None:

@@ -1,7 +1,8 @@
 """The power-cut matrix: kill the agent with SIGKILL at every crash point, start it again, and
 check that the unit still converges on its desired status.
 
-Scenario: two items, two desired instances with numInstances 2 (four containers), one node,
+Scenario: two items (one with a 6 MiB layer, so that a transfer has a middle to be killed in),
+two desired instances with numInstances 2 (four containers), one node,
 against the real reference cloud, registry and Docker engine. Each row uses its own unit id
 and data directory, so rows are independent.
 """
@@ -18,11 +19,11 @@ from pathlib import Path
 import orjson
 
 from .cloud.registry import Registry
+from .cloud.service import publish
 from .sm.docker_runtime import DockerRuntime
 from .testbed import (
     CloudProcess,
     check_convergence,
-    publish_images,
     remove_unit_containers,
     save_desired,
     scenario,
@@ -34,7 +35,9 @@ CRASH_POINTS: tuple[str, ...] = (
     "updatemanager.desired.stored",
     "cycle.downloading.committed",
     "imagemanager.item.first_blob:1",
-    "imagemanager.blob.stored:3",
+    "imagemanager.blob.verified:1",
+    "imagemanager.blob.transfer:1",
+    "imagemanager.blob.verified:3",
     "imagemanager.item.first_blob:2",
     "imagemanager.item.pending:2",
     "cycle.pending.committed",
@@ -86,7 +89,14 @@ def run_point(
     ds = scenario(ds_images)
     data_dir = work / unit / "data"
     save_desired(cloud.state, unit, ds)
-    agent = start_agent(unit, cloud.ws_url, data_dir, work / unit / "agent-1.log", crashpoint=point)
+    agent = start_agent(
+        unit,
+        cloud.ws_url,
+        data_dir,
+        work / unit / "agent-1.log",
+        ca=cloud.trusted_ca,
+        crashpoint=point,
+    )
     try:
         code = agent.wait(KILL_TIMEOUT_S)
     finally:
@@ -94,7 +104,9 @@ def run_point(
             agent.stop()
     killed = code == -signal.SIGKILL
     started = time.monotonic()
-    agent = start_agent(unit, cloud.ws_url, data_dir, work / unit / "agent-2.log")
+    agent = start_agent(
+        unit, cloud.ws_url, data_dir, work / unit / "agent-2.log", ca=cloud.trusted_ca
+    )
     result = None
     try:
         deadline = started + CONVERGE_TIMEOUT_S
@@ -135,8 +147,12 @@ def run_matrix(points: list[str], json_path: Path | None, work_dir: Path | None)
     with Registry(work / "registry") as registry:
         cloud = CloudProcess(work / "cloud", registry.url).start()
         try:
-            images = publish_images(cloud.cloud_dir, registry.url, ["pc-alpha", "pc-beta"])
-            ds_images = [("svc-alpha", images[0]), ("svc-beta", images[1])]
+            alpha = publish(cloud.cloud_dir, "pc-alpha", registry_url=registry.url)
+            # beta has a layer large enough to be killed in the middle of its transfer
+            beta = publish(
+                cloud.cloud_dir, "pc-beta", registry_url=registry.url, extra_layer_bytes=6 << 20
+            )
+            ds_images = [("svc-alpha", alpha), ("svc-beta", beta)]
             width = max(len(p) for p in points)
             print(f"{'point':<{width}}  killed  converged  seconds", flush=True)
             for point in points:

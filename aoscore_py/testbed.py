@@ -147,6 +147,11 @@ class CloudProcess:
         return self.endpoints["operator"]
 
     @property
+    def trusted_ca(self) -> Path:
+        """The root CA of the cloud's blob signers, for units to trust."""
+        return Path(self.endpoints["trustedCa"])
+
+    @property
     def state(self) -> CloudState:
         return CloudState(self.cloud_dir)
 
@@ -162,12 +167,15 @@ def start_agent(
     data_dir: Path,
     log_path: Path,
     *,
+    ca: Path | None = None,
     crashpoint: str | None = None,
     extra: Sequence[str] = (),
     env: dict[str, str] | None = None,
 ) -> Process:
-    """`aoscore agent` as a child process, optionally armed with a crash point."""
+    """`aoscore agent` as a child process trusting `ca`, optionally armed with a crash point."""
     full_env = dict(env or {})
+    if ca is not None:
+        extra = ("--ca", str(ca), *extra)
     if crashpoint:
         full_env[ENV_VAR] = crashpoint
     args = aoscore_cmd(
@@ -451,7 +459,7 @@ def supersede_run(
     """
     data_dir = work / unit / "data"
     log = AgentLog(work / unit / "agent.log")
-    agent = start_agent(unit, cloud.ws_url, data_dir, log.path)
+    agent = start_agent(unit, cloud.ws_url, data_dir, log.path, ca=cloud.trusted_ca)
     try:
         log.wait_for("link.up")
         push(cloud, unit, first)

@@ -108,7 +108,7 @@ def main() -> int:
             ds = scenario([("web", web), ("worker", worker)], num_instances=2)
 
             log = AgentLog(WORK / "agent-1.log")
-            agent = start_agent(UNIT, cloud.ws_url, data_dir, log.path)
+            agent = start_agent(UNIT, cloud.ws_url, data_dir, log.path, ca=cloud.trusted_ca)
             tail = Tail(log, "agent#1")
             tail.start()
             log.wait_for("link.up")
@@ -125,7 +125,7 @@ def main() -> int:
             say(f"journal says phase={cycle_phase(data_dir)}; {len(running)} of 4 containers exist")
 
             log = AgentLog(WORK / "agent-2.log")
-            agent = start_agent(UNIT, cloud.ws_url, data_dir, log.path)
+            agent = start_agent(UNIT, cloud.ws_url, data_dir, log.path, ca=cloud.trusted_ca)
             tail = Tail(log, "agent#2")
             tail.start()
             result = wait_converged(UNIT, ds, cloud, data_dir, runtime, timeout_s=90)

@@ -1,15 +1,20 @@
 """The reference cloud's WebSocket server: units on `/`, operators on `/operator`.
 
 Units: every message is acknowledged by txn; every unitStatus is appended to the unit's
-timeline; requestBlobUrls is answered with URLs into the loopback registry; after a unit's
-first status on a connection, its stored desired status is sent (the unit ignores one it
-already has). Operators: JSON requests `{"op": "push", "unit": ..., "desiredStatus": {...}}`,
-answered with the unit's ack or nack, and `{"op": "units"}`.
+timeline; requestBlobUrls is answered with URLs into the loopback registry, each blob signed by
+the test PKI; after a unit's first status on a connection, its stored desired status is sent
+(the unit ignores one it already has). Every desired status pushed carries the PKI's
+certificates and chain. Operators: JSON requests `{"op": "push", "unit": ..., "desiredStatus":
+{...}}`, answered with the unit's ack or nack; `{"op": "units"}`; `{"op": "blobs", ...}` to
+serve blobs unsigned, with a wrong signature, through another base URL (a test proxy) or
+behind a dead first URL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import time
 import uuid
 from collections.abc import Coroutine
@@ -20,6 +25,8 @@ import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from ..crypto.pki import Pki
+from ..crypto.signing import parse_alg
 from ..errors import ConfigError, ProtocolError
 from ..logs import get_logger
 from ..protocol import (
@@ -31,6 +38,7 @@ from ..protocol import (
     Envelope,
     Nack,
     RequestBlobUrls,
+    SignInfo,
     UnitStatus,
     dump_frame,
     dump_message,
@@ -39,9 +47,48 @@ from ..protocol import (
     parse_message,
 )
 from .oci import blob_url
-from .state import CloudState, check_unit_id
+from .state import EXTRA_HASHES, CloudState, check_unit_id
 
 log = get_logger("cloud")
+
+SIGNING_MODES = ("valid", "unsigned", "wrong")
+# Nothing listens on port 1 of loopback: a URL that fails at once, for tests of URL fallback.
+DEAD_BASE = "http://127.0.0.1:1"
+
+
+@dataclass(frozen=True)
+class BlobServing:
+    """How requestBlobUrls is answered: normally, or with a fault to test units against."""
+
+    signing: str = "valid"
+    alg: str | None = None
+    base: str | None = None
+    dead_first: bool = False
+
+    def __post_init__(self) -> None:
+        if self.signing not in SIGNING_MODES:
+            raise ConfigError(f"signing {self.signing!r}: use one of {', '.join(SIGNING_MODES)}")
+        if self.alg is not None:
+            parse_alg(self.alg)
+        if self.base is not None and not self.base.startswith(("http://", "https://")):
+            raise ConfigError(f"base {self.base!r} is not an http(s) URL")
+
+    @classmethod
+    def from_request(cls, request: dict[str, Any]) -> BlobServing:
+        return cls(
+            signing=str(request.get("signing", "valid")),
+            alg=request.get("alg"),
+            base=request.get("base"),
+            dead_first=bool(request.get("deadFirst", False)),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "signing": self.signing,
+            "alg": self.alg,
+            "base": self.base,
+            "deadFirst": self.dead_first,
+        }
 
 
 @dataclass
@@ -63,9 +110,19 @@ class CloudServer:
         blob_urls_delay_s: wait this long before answering requestBlobUrls (a slow cloud).
     """
 
-    def __init__(self, state: CloudState, registry: str, *, blob_urls_delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        state: CloudState,
+        registry: str,
+        *,
+        pki: Pki | None = None,
+        serving: BlobServing | None = None,
+        blob_urls_delay_s: float = 0.0,
+    ) -> None:
         self.state = state
         self.registry = registry.rstrip("/")
+        self.pki = pki
+        self.serving = serving or BlobServing()
         self.blob_urls_delay_s = blob_urls_delay_s
         self._units: dict[str, _Unit] = {}
         self._connected: dict[str, asyncio.Event] = {}
@@ -173,20 +230,53 @@ class CloudServer:
             if entry is None:
                 log.warning("blob.unknown", unit=unit_id, digest=digest)
                 continue
-            url = blob_url(self.registry, entry["repository"], digest)
-            items.append(
-                BlobUrlInfo(
-                    digest=digest,
-                    urls=(url,),
-                    sha256=bytes.fromhex(digest.split(":", 1)[1]),
-                    size=entry["size"],
-                )
-            )
+            items.append(self._blob_info(digest, entry))
         try:
             await self._send(unit_id, unit, BlobUrls(req.correlation_id, tuple(items)))
         except ConnectionClosed:
             return
         log.info("blob_urls.sent", unit=unit_id, asked=len(req.digests), known=len(items))
+
+    def _blob_info(self, digest: str, entry: dict[str, Any]) -> BlobUrlInfo:
+        serving = self.serving
+        url = blob_url(serving.base or self.registry, entry["repository"], digest)
+        urls = (
+            (blob_url(DEAD_BASE, entry["repository"], digest), url)
+            if serving.dead_first
+            else (url,)
+        )
+        sha256 = bytes.fromhex(digest.split(":", 1)[1])
+        return BlobUrlInfo(
+            digest=digest,
+            urls=urls,
+            sha256=sha256,
+            size=entry["size"],
+            sign_info=self._sign(digest, sha256, entry),
+        )
+
+    def _sign(self, digest: str, sha256: bytes, entry: dict[str, Any]) -> SignInfo | None:
+        if self.pki is None or self.serving.signing == "unsigned":
+            return None
+        hashes = {"sha256": sha256}
+        hashes.update({n: bytes.fromhex(entry[n]) for n in EXTRA_HASHES if n in entry})
+        if self.serving.signing == "wrong":
+            # A well-formed signature by the right key, over other bytes.
+            hashes = {n: hashlib.new(n, b"not " + digest.encode()).digest() for n in hashes}
+        return self.pki.sign(hashes, alg=self.serving.alg)
+
+    def with_trust(self, ds: DesiredStatus) -> DesiredStatus:
+        """`ds` with the PKI's certificates and chain added (those it has are kept)."""
+        if self.pki is None:
+            return ds
+        have = {c.fingerprint.upper() for c in ds.certificates}
+        certificates = ds.certificates + tuple(
+            c for c in self.pki.certificates() if c.fingerprint.upper() not in have
+        )
+        chain = self.pki.chain()
+        chains = ds.certificate_chains
+        if all(c.name != chain.name for c in chains):
+            chains = (*chains, chain)
+        return dataclasses.replace(ds, certificates=certificates, certificate_chains=chains)
 
     async def deliver(self, unit_id: str, timeout_s: float) -> dict[str, Any]:
         """Send the unit its stored desired status once it is connected; wait for its answer."""
@@ -194,6 +284,8 @@ class CloudServer:
         if body is None:
             return {"ok": False, "error": f"no desired status for unit {unit_id}"}
         message = parse_message(body, message_type="desiredStatus")
+        if isinstance(message, DesiredStatus):
+            message = self.with_trust(message)
         deadline = time.monotonic() + timeout_s
         try:
             async with asyncio.timeout(timeout_s):
@@ -254,6 +346,11 @@ class CloudServer:
                 str(request["frame"]),
                 float(request.get("timeout", 10.0)),
             )
+        if op == "blobs":
+            if len(request) > 1:
+                self.serving = BlobServing.from_request(request)
+                log.info("blobs.serving", **self.serving.describe())
+            return {"ok": True, "serving": self.serving.describe()}
         if op == "units":
             return {"ok": True, "units": {u: u in self._units for u in self.state.units()}}
         return {"ok": False, "error": f"unknown op {op!r}"}

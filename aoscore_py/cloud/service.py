@@ -7,11 +7,12 @@ import os
 import signal
 from pathlib import Path
 
+from ..crypto.pki import META_FILE, ROOT_FILE, Pki, init_pki, load_pki
 from ..errors import ConfigError
 from ..logs import get_logger
 from .oci import OciImage, build_test_image, push_image
 from .registry import Registry
-from .server import CloudServer
+from .server import BlobServing, CloudServer
 from .state import CloudState
 
 log = get_logger("cloud")
@@ -23,16 +24,21 @@ async def serve_cloud(
     port: int = 0,
     registry_url: str | None = None,
     blob_urls_delay_s: float = 0.0,
+    serving: BlobServing | None = None,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM (or `stop`); starts its own registry unless given one."""
+    """Serve until SIGINT/SIGTERM (or `stop`); starts its own registry unless given one, and
+    makes a test PKI (EC) unless `cloud pki init` made one."""
     state = CloudState(cloud_dir)
+    pki = ensure_pki(state)
     registry: Registry | None = None
     if registry_url is None:
         registry = Registry(cloud_dir / "registry").start()
         registry_url = registry.url
-    server = CloudServer(state, registry_url, blob_urls_delay_s=blob_urls_delay_s)
+    server = CloudServer(
+        state, registry_url, pki=pki, serving=serving, blob_urls_delay_s=blob_urls_delay_s
+    )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -45,6 +51,7 @@ async def serve_cloud(
                 "ws": ws_url,
                 "operator": f"{ws_url}/operator",
                 "registry": registry_url,
+                "trustedCa": str(state.pki_dir / ROOT_FILE),
                 "pid": os.getpid(),
             }
         )
@@ -58,6 +65,20 @@ async def serve_cloud(
         if registry is not None:
             registry.stop()
         log.info("cloud.stopped", dir=str(cloud_dir))
+
+
+def ensure_pki(state: CloudState) -> Pki:
+    """The cloud's test PKI, made (EC P-256) on first use."""
+    if (state.pki_dir / META_FILE).exists():
+        return load_pki(state.pki_dir)
+    pki = init_pki(state.pki_dir, "ec")
+    log.info(
+        "pki.created",
+        dir=str(state.pki_dir),
+        key_type="ec",
+        trusted_ca=str(state.pki_dir / ROOT_FILE),
+    )
+    return pki
 
 
 def registry_of(cloud_dir: Path, registry_url: str | None) -> str:

@@ -1,13 +1,15 @@
 """The reference cloud's durable state, all under one folder:
 
 cloud.json                  where the running cloud listens (written by `cloud serve`)
-catalog.json                published blobs: digest -> repository, size
+catalog.json                published blobs: digest -> repository, size, sha384, sha512
+pki/                        the test PKI that signs blobs (`cloud pki init`)
 units/<id>/desired.json     the last desired status pushed to the unit
 units/<id>/timeline.jsonl   every unitStatus received, one JSON object per line
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -19,6 +21,8 @@ import orjson
 from ..errors import ConfigError
 from ..fsutil import atomic_write
 
+# Signing with SHA-384 or SHA-512 needs those hashes of the blob, kept from when it was published.
+EXTRA_HASHES = ("sha384", "sha512")
 _UNIT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -63,10 +67,19 @@ class CloudState:
             return {}
 
     def add_blobs(self, repository: str, blobs: dict[str, bytes]) -> None:
+        """Record published blobs with the hashes a signer may need besides their sha256."""
         catalog = self.catalog()
         for digest, data in blobs.items():
-            catalog[digest] = {"repository": repository, "size": len(data)}
+            catalog[digest] = {
+                "repository": repository,
+                "size": len(data),
+                **{name: hashlib.new(name, data).hexdigest() for name in EXTRA_HASHES},
+            }
         atomic_write(self.root / "catalog.json", orjson.dumps(catalog, option=orjson.OPT_SORT_KEYS))
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.root / "pki"
 
     # units
 

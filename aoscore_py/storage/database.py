@@ -30,10 +30,18 @@ def _v1_initial(db: peewee.Database, bound: dict[str, type[peewee.Model]]) -> No
     db.create_tables(list(bound.values()), safe=True)
 
 
+def _v2_blob_mtime(db: peewee.Database, bound: dict[str, type[peewee.Model]]) -> None:
+    # A blob is trusted by its record (size and mtime), not by hashing it again; rows from
+    # version 1 have no mtime, so they get 0 and are checked once more at their next use.
+    # Version 1 creates tables from the current models, so a new store has the column already.
+    if "mtime_ns" not in {c.name for c in db.get_columns("blob")}:
+        db.execute_sql("ALTER TABLE blob ADD COLUMN mtime_ns INTEGER NOT NULL DEFAULT 0")
+
+
 Migration = Callable[[peewee.Database, dict[str, type[peewee.Model]]], None]
 
 # MIGRATIONS[i] takes a store from schema version i to i + 1. Append only; never edit one.
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial,)
+MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_blob_mtime)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -56,6 +56,7 @@ class BlobRow(_Base):
     digest = peewee.TextField(primary_key=True)
     size = peewee.IntegerField()
     verified_at = peewee.FloatField()
+    mtime_ns = peewee.IntegerField(default=0)
 
     class Meta:
         table_name = "blob"

@@ -151,17 +151,35 @@ class Storage:
                 (self._item.item_id == item_id) & (self._item.version == version)
             ).execute()
 
-    def record_blob(self, digest: str, size: int) -> None:
+    def record_blob(self, record: BlobRecord) -> None:
         with self._tx():
             self._blob.insert(
-                digest=digest, size=size, verified_at=time.time()
+                digest=record.digest,
+                size=record.size,
+                mtime_ns=record.mtime_ns,
+                verified_at=record.verified_at,
             ).on_conflict_replace().execute()
+
+    @staticmethod
+    def _blob_record(r: Any) -> BlobRecord:
+        return BlobRecord(r.digest, r.size, r.mtime_ns, r.verified_at)
 
     def blob(self, digest: str) -> BlobRecord | None:
         row = self._blob.get_or_none(self._blob.digest == digest)
-        if row is None:
-            return None
-        return BlobRecord(digest=row.digest, size=row.size, verified_at=row.verified_at)
+        return None if row is None else self._blob_record(row)
+
+    def blobs(self) -> list[BlobRecord]:
+        return [self._blob_record(r) for r in self._blob.select().order_by(self._blob.digest)]
+
+    def delete_blob(self, digest: str) -> None:
+        with self._tx():
+            self._blob.delete().where(self._blob.digest == digest).execute()
+
+    def item_updated_at(self, item_id: str, version: str) -> float | None:
+        """When the item's record last changed (a removed item's TTL counts from there)."""
+        t = self._item
+        row = t.get_or_none((t.item_id == item_id) & (t.version == version))
+        return None if row is None else float(row.updated_at)
 
     # launcher
 

@@ -105,6 +105,7 @@ class Agents:
             cloud_url or self.cloud.ws_url,
             data_dir,
             log_path,
+            ca=self.cloud.trusted_ca,
             crashpoint=crashpoint,
             extra=extra,
         )

@@ -1,23 +1,30 @@
-"""Content-addressed blob files: `blobs/sha256/<hex>`, written whole or not at all.
+"""Content-addressed blob files, and the partial files that downloads resume from.
 
-A blob is written under `tmp/`, hashed as it streams, fsynced, checked against its digest,
-renamed into place, and the folder fsynced. Only then is it recorded as verified.
+    blobs/sha256/<hex>      a complete blob, verified before it was moved here
+    partial/<hex>           the bytes of an unfinished download, kept across restarts
+
+A blob reaches `blobs/` only by `commit`: its partial file is fsynced, renamed into place, and
+the folder fsynced. What sits in `blobs/` is therefore whole; whether it is still the blob that
+was verified is what the store's records (size and mtime) answer without hashing it again.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import shutil
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ...errors import AosCode, BlobError
-from ...fsutil import commit_file
+from ...fsutil import commit_file, fsync_dir
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+HASH_CHUNK = 1 << 20
+# Errors that mean the file system is full, not that the file is wrong.
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
 def digest_hex(digest: str) -> str:
@@ -32,65 +39,77 @@ def digest_hex(digest: str) -> str:
     return match.group(1)
 
 
+def hash_file(path: Path) -> str:
+    """The `sha256:<hex>` digest of a file's bytes."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            hasher.update(chunk)
+    return "sha256:" + hasher.hexdigest()
+
+
 class BlobStore:
-    """Blob files under `root`."""
+    """Blob and partial files under `root`."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.blobs = root / "blobs" / "sha256"
-        self.tmp = root / "tmp"
+        self.partials = root / "partial"
         self.blobs.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.partials.mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
         return self.blobs / digest_hex(digest)
 
-    def size(self, digest: str) -> int | None:
-        """The stored blob's size, or None when it is not stored."""
+    def partial_path(self, digest: str) -> Path:
+        return self.partials / digest_hex(digest)
+
+    def stat(self, digest: str) -> os.stat_result | None:
+        """The stored blob's file status, or None when it is not stored."""
         try:
-            return self.path(digest).stat().st_size
+            return self.path(digest).stat()
         except FileNotFoundError:
             return None
+
+    def partial_size(self, digest: str) -> int:
+        """Bytes of `digest` already downloaded and not yet committed."""
+        try:
+            return self.partial_path(digest).stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def read(self, digest: str) -> bytes:
         return self.path(digest).read_bytes()
 
-    async def write(
-        self, digest: str, chunks: AsyncIterator[bytes], expected_size: int | None = None
-    ) -> int:
-        """Store the bytes of `chunks` as `digest` if, and only if, they hash to it.
+    def commit(self, digest: str) -> os.stat_result:
+        """Move a complete, fsynced partial file into the store durably; returns its status."""
+        final = self.path(digest)
+        commit_file(self.partial_path(digest), final)
+        return final.stat()
 
-        Returns:
-            The number of bytes stored.
+    def remove(self, digest: str) -> None:
+        """Remove a stored blob (its record goes first, so a cut leaves nothing trusted)."""
+        self.path(digest).unlink(missing_ok=True)
 
-        Raises:
-            BlobError: the bytes do not match the digest or the expected size (invalidChecksum).
-        """
-        want = digest_hex(digest)
-        # unique per write: two writes of one blob must never share (or unlink) a temporary file
-        tmp = self.tmp / f"{want}.{os.getpid()}.{uuid.uuid4().hex}.part"
-        hasher = hashlib.sha256()
-        size = 0
-        try:
-            with open(tmp, "wb") as f:
-                async for chunk in chunks:
-                    hasher.update(chunk)
-                    f.write(chunk)
-                    size += len(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            if expected_size is not None and size != expected_size:
-                raise BlobError(
-                    f"blob {digest}: got {size} bytes, expected {expected_size}",
-                    code=AosCode.INVALID_CHECKSUM,
-                )
-            if hasher.hexdigest() != want:
-                raise BlobError(
-                    f"blob {digest}: content hashes to sha256:{hasher.hexdigest()}",
-                    code=AosCode.INVALID_CHECKSUM,
-                )
-            commit_file(tmp, self.path(digest))
-        finally:
-            tmp.unlink(missing_ok=True)
-        return size
+    def remove_partial(self, digest: str) -> None:
+        self.partial_path(digest).unlink(missing_ok=True)
+
+    def sync(self) -> None:
+        """Make removals durable."""
+        fsync_dir(self.blobs)
+        fsync_dir(self.partials)
+
+    def stored(self) -> list[str]:
+        """The digests of every file in `blobs/` (recorded or not)."""
+        return sorted(f"sha256:{p.name}" for p in self.blobs.iterdir() if _HEX.match(p.name))
+
+    def partial_digests(self) -> dict[str, int]:
+        """Digest -> bytes present, for every partial file."""
+        out: dict[str, int] = {}
+        for p in self.partials.iterdir():
+            if _HEX.match(p.name):
+                out[f"sha256:{p.name}"] = p.stat().st_size
+        return out
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free

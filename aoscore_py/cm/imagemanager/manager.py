@@ -1,33 +1,48 @@
 """The image manager: makes every desired item's blobs present and verified, and keeps records.
 
 Per item: the index, then its manifest, then config and layers, each fetched through URLs the
-cloud hands out (requestBlobUrls), hashed while streaming, and stored content-addressed. A blob
-already stored and recorded with the same size is not fetched or hashed again. One item's
-failure marks that item failed with an errorInfo; the other items go on.
+cloud hands out (requestBlobUrls). Items go on at once and their blobs too, at most
+`DownloadPolicy.parallel` transfers at a time; a blob two items share is fetched once. Each blob
+is checked against its digest and its signature before it enters the store. A blob already
+stored is trusted by its record (size and mtime), never hashed again; one whose file changed is
+fetched again. One item's failure marks that item failed with an errorInfo; the others go on.
+
+Retired versions are kept (state removed) for a TTL, so that going back to one needs no
+download, and then collected with every blob nothing references any more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import platform
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
+from cryptography import x509
 
 from statemachine import crashpoint
 
-from ...errors import AosCode, BlobError
+from ...crypto.signing import ChainVerifier, hash_names_for
+from ...errors import AosCode, AosError, BlobError
 from ...logs import get_logger
-from ...protocol import BlobUrlInfo, DesiredItem, ErrorInfo, ItemState
+from ...protocol import BlobUrlInfo, DesiredItem, DesiredStatus, ErrorInfo, ItemState
 from ..communication.interfaces import BlobUrlSource
 from . import oci
-from .blobstore import BlobStore, digest_hex
-from .interfaces import ImageLayout, ImageStorage, ItemRecord
+from .blobstore import BlobStore, digest_hex, hash_file
+from .download import Downloader, DownloadPolicy
+from .interfaces import BlobRecord, ImageLayout, ImageStorage, ItemRecord
 
 log = get_logger("imagemanager")
 
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}
+_MIB = 1 << 20
+DAY_S = 86400.0
 
 
 def host_platform() -> tuple[str, str]:
@@ -36,14 +51,31 @@ def host_platform() -> tuple[str, str]:
     return "linux", _ARCH.get(machine, machine)
 
 
+def _mib(n: float) -> str:
+    return f"{n / _MIB:.1f} MiB"
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """The unit's rules for items: whom to trust, what to keep, how to download."""
+
+    trusted_roots: tuple[x509.Certificate, ...] = ()
+    allow_unsigned: bool = False
+    removed_ttl_s: float = 30 * DAY_S
+    space_reserve_bytes: int = 16 * _MIB
+    download: DownloadPolicy = field(default_factory=DownloadPolicy)
+
+
 class ImageManager:
-    """Downloads, verifies and records items.
+    """Downloads, verifies, records and collects items.
 
     Args:
         storage: item and blob records.
         store: the blob files.
         source: where blob URLs come from (the cloud link).
         http: the HTTP client for blob downloads (one per agent, reused).
+        policy: trust, retention and download settings.
+        sleep: how to wait between download rounds (tests pass a fast one).
     """
 
     def __init__(
@@ -52,12 +84,18 @@ class ImageManager:
         store: BlobStore,
         source: BlobUrlSource,
         http: httpx.AsyncClient,
+        policy: ImagePolicy | None = None,
+        *,
+        sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         self._storage = storage
         self._store = store
         self._source = source
-        self._http = http
+        self.policy = policy or ImagePolicy()
+        self.downloader = Downloader(http, store, self.policy.download, sleep=sleep)
         self._platform = host_platform()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.progress_path = store.root / "progress.json"
 
     def records(self) -> list[ItemRecord]:
         return self._storage.items()
@@ -65,14 +103,22 @@ class ImageManager:
     def record(self, item_id: str, version: str) -> ItemRecord | None:
         return self._storage.item(item_id, version)
 
-    async def download(self, items: Sequence[DesiredItem]) -> list[ItemRecord]:
-        """Make every item's blobs present; returns each item's record (pending or failed)."""
-        results = []
-        for item in items:
-            results.append(await self._download_item(item))
-        return results
+    # downloading
 
-    async def _download_item(self, item: DesiredItem) -> ItemRecord:
+    async def download(self, ds: DesiredStatus) -> list[ItemRecord]:
+        """Make every item's blobs present; returns each item's record (pending or failed)."""
+        verifier = ChainVerifier(self.policy.trusted_roots, ds.certificates, ds.certificate_chains)
+        self._locks = {}
+        reporter = asyncio.create_task(self._report_progress(), name="download.progress")
+        try:
+            return list(await asyncio.gather(*(self._download_item(i, verifier) for i in ds.items)))
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+            self._write_progress()
+
+    async def _download_item(self, item: DesiredItem, verifier: ChainVerifier) -> ItemRecord:
         item_id = item.item.key or ""
         kind = item.item.type or "service"
         known = self.record(item_id, item.version)
@@ -83,11 +129,15 @@ class ImageManager:
         if known != record:
             self._storage.upsert_item(record)
         started = time.monotonic()
+        attempted: set[str] = set()
         try:
-            fetched = await self._fetch_tree(item)
+            fetched = await self._fetch_tree(item, verifier, attempted)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if isinstance(exc, AosError) and exc.code == AosCode.NO_MEMORY:
+                for digest in attempted:
+                    self._store.remove_partial(digest)
             failed = ItemRecord(
                 item_id,
                 item.version,
@@ -102,7 +152,7 @@ class ImageManager:
                 item=item_id,
                 version=item.version,
                 error=str(exc),
-                next="other items go on; this item is reported failed",
+                next="other items go on; the running version keeps running; retried later",
             )
             return failed
         if state == ItemState.DOWNLOADING:
@@ -119,75 +169,182 @@ class ImageManager:
         )
         return record
 
-    def _have(self, digest: str) -> bool:
-        rec = self._storage.blob(digest)
-        return rec is not None and self._store.size(digest) == rec.size
+    async def _fetch_tree(
+        self, item: DesiredItem, verifier: ChainVerifier, attempted: set[str]
+    ) -> int:
+        fetched: list[str] = []
+        await self._ensure([item.index_digest], verifier, fetched, attempted)
+        manifest_digest = self._manifest_digest(item.index_digest)
+        await self._ensure([manifest_digest], verifier, fetched, attempted)
+        _, config, layers = oci.parse_manifest(self._store.read(manifest_digest))
+        await self._ensure([config, *layers], verifier, fetched, attempted)
+        return len(fetched)
 
-    async def _ensure(self, item_id: str, digests: Sequence[str], fetched: list[str]) -> None:
+    def _have(self, digest: str) -> bool:
+        """Whether `digest` is stored and unchanged since it was verified (by its record)."""
+        rec = self._storage.blob(digest)
+        stat = self._store.stat(digest)
+        if rec is not None and stat is not None and stat.st_size == rec.size:
+            if stat.st_mtime_ns == rec.mtime_ns:
+                return True
+            if rec.mtime_ns == 0 and hash_file(self._store.path(digest)) == digest:
+                # recorded before mtimes were kept: checked once, trusted by its record after
+                self._storage.record_blob(
+                    BlobRecord(digest, rec.size, stat.st_mtime_ns, time.time())
+                )
+                return True
+        if rec is not None or stat is not None:
+            log.warning(
+                "blob.changed",
+                digest=digest,
+                recorded_size=rec.size if rec else None,
+                size_on_disk=stat.st_size if stat else None,
+                next="fetching it again",
+            )
+            self._storage.delete_blob(digest)
+            self._store.remove(digest)
+        return False
+
+    async def _ensure(
+        self,
+        digests: Sequence[str],
+        verifier: ChainVerifier,
+        fetched: list[str],
+        attempted: set[str],
+    ) -> None:
         missing = list(dict.fromkeys(d for d in digests if not self._have(d)))
         if not missing:
             return
         for d in missing:
             digest_hex(d)  # refuse a malformed digest before asking the cloud
-        infos = {i.digest: i for i in await self._source.request_blob_urls(missing)}
-        for digest in missing:
-            info = infos.get(digest)
-            if info is None:
-                raise BlobError(f"the cloud has no URL for blob {digest}", code=AosCode.NOT_FOUND)
-            await self._fetch_blob(info)
-            fetched.append(digest)
-            if len(fetched) == 1:
-                crashpoint("imagemanager.item.first_blob")
-            crashpoint("imagemanager.blob.stored")
+        answer = {i.digest: i for i in await self._source.request_blob_urls(missing)}
+        infos = [self._checked(d, answer.get(d)) for d in missing]
+        self._check_space(infos)
+        attempted.update(missing)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for info in infos:
+                    group.create_task(self._fetch_blob(info, verifier, fetched))
+        except BaseExceptionGroup as errors:
+            raise _first(errors) from None
 
-    async def _fetch_tree(self, item: DesiredItem) -> int:
-        item_id = item.item.key or ""
-        fetched: list[str] = []
-        await self._ensure(item_id, [item.index_digest], fetched)
-        manifest_digest = self._manifest_digest(item.index_digest)
-        await self._ensure(item_id, [manifest_digest], fetched)
-        _, config, layers = oci.parse_manifest(self._store.read(manifest_digest))
-        await self._ensure(item_id, [config, *layers], fetched)
-        return len(fetched)
-
-    async def _fetch_blob(self, info: BlobUrlInfo) -> None:
-        if info.sha256 and info.sha256.hex() != digest_hex(info.digest):
+    def _checked(self, digest: str, info: BlobUrlInfo | None) -> BlobUrlInfo:
+        """The cloud's answer for one blob, refused before any byte is fetched if unusable."""
+        if info is None:
+            raise BlobError(f"the cloud has no URL for blob {digest}", code=AosCode.NOT_FOUND)
+        if info.sha256 and info.sha256.hex() != digest_hex(digest):
             raise BlobError(
-                f"blob {info.digest}: blobUrls sha256 {info.sha256.hex()} does not match",
+                f"blob {digest}: blobUrls sha256 {info.sha256.hex()} does not match",
                 code=AosCode.INVALID_CHECKSUM,
             )
-        errors: list[str] = []
-        for url in info.urls:
-            try:
-                size = await self._store.write(info.digest, self._stream(url), info.size or None)
-            except BlobError as exc:
-                if exc.code == AosCode.INVALID_CHECKSUM:
-                    raise
-                errors.append(f"{url}: {exc.message}")
-                continue
-            except (httpx.HTTPError, OSError) as exc:
-                errors.append(f"{url}: {type(exc).__name__}: {exc}")
-                log.warning(
-                    "blob.url_failed",
-                    digest=info.digest,
-                    url=url,
-                    error=str(exc),
-                    next="trying the next URL",
-                )
-                continue
-            self._storage.record_blob(info.digest, size)
-            log.debug("blob.stored", digest=info.digest, size=size, url=url)
-            return
-        raise BlobError(
-            f"blob {info.digest}: every URL failed: " + "; ".join(errors or ["no URLs given"])
-        )
+        if info.decrypt_info is not None:
+            raise BlobError(
+                f"blob {digest} is encrypted (decryptInfo); this unit does not decrypt blobs",
+                code=AosCode.NOT_SUPPORTED,
+            )
+        if info.sign_info is None and not self.policy.allow_unsigned:
+            raise BlobError(
+                f"blob {digest} has no signature (signInfo) and this unit does not allow "
+                "unsigned items (allow_unsigned is off)"
+            )
+        if not info.urls:
+            raise BlobError(f"the cloud gave no URL for blob {digest}", code=AosCode.NOT_FOUND)
+        return info
 
-    async def _stream(self, url: str) -> AsyncIterator[bytes]:
-        async with self._http.stream("GET", url) as response:
-            if response.status_code != 200:
-                raise BlobError(f"HTTP {response.status_code}")
-            async for chunk in response.aiter_bytes(1 << 20):
-                yield chunk
+    def _check_space(self, infos: Sequence[BlobUrlInfo]) -> None:
+        need = sum(max(0, i.size - self._store.partial_size(i.digest)) for i in infos)
+        claimed = sum(max(0, t.size - t.present) for t in self.downloader.active.values())
+        free = self._store.free_bytes()
+        reserve = self.policy.space_reserve_bytes
+        if need + claimed + reserve > free:
+            raise BlobError(
+                f"not enough space: {len(infos)} blobs need {_mib(need)} more "
+                f"(and transfers under way {_mib(claimed)}), {_mib(free)} is free on "
+                f"{self._store.root}, keeping {_mib(reserve)} in reserve",
+                code=AosCode.NO_MEMORY,
+            )
+
+    async def _fetch_blob(
+        self, info: BlobUrlInfo, verifier: ChainVerifier, fetched: list[str]
+    ) -> None:
+        lock = self._locks.setdefault(info.digest, asyncio.Lock())
+        async with lock:
+            if self._have(info.digest):
+                return  # another item fetched it meanwhile
+            result = await self.downloader.fetch(
+                info,
+                hash_names_for(info.sign_info),
+                lambda hashes: self._verify(info, verifier, hashes),
+            )
+        self._storage.record_blob(
+            BlobRecord(info.digest, result.size, result.mtime_ns, time.time())
+        )
+        fetched.append(info.digest)
+        log.info(
+            "blob.stored",
+            digest=info.digest,
+            size=result.size,
+            fetched=result.fetched,
+            resumed_from=result.resumed_from,
+            seconds=round(result.seconds, 3),
+            mib_s=round(result.fetched / _MIB / result.seconds, 1) if result.seconds else None,
+            signed=info.sign_info is not None,
+            url=result.url,
+        )
+        if len(fetched) == 1:
+            crashpoint("imagemanager.item.first_blob")
+        crashpoint("imagemanager.blob.verified")
+
+    def _verify(
+        self, info: BlobUrlInfo, verifier: ChainVerifier, hashes: Mapping[str, bytes]
+    ) -> None:
+        if info.sign_info is None:
+            return  # allowed by policy, checked before the download began
+        verifier.verify(info.digest, info.sign_info, hashes)
+
+    # progress
+
+    async def _report_progress(self) -> None:
+        interval = self.policy.download.progress_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            transfers = list(self.downloader.active.values())
+            if not transfers:
+                continue
+            present = sum(t.present for t in transfers)
+            total = sum(t.size for t in transfers)
+            rate = sum(t.rate for t in transfers)
+            log.info(
+                "download.progress",
+                blobs=len(transfers),
+                present=present,
+                total=total,
+                percent=round(100 * present / total, 1) if total else None,
+                mib_s=round(rate / _MIB, 1),
+                eta_s=round((total - present) / rate, 1) if rate else None,
+            )
+            self._write_progress()
+
+    def _write_progress(self) -> None:
+        """What is downloading now, for `aoscore images status` (not state: no fsync)."""
+        body = {
+            "updatedAt": time.time(),
+            "transfers": [
+                {
+                    "digest": t.digest,
+                    "size": t.size,
+                    "present": t.present,
+                    "resumedFrom": t.resumed_from,
+                    "bytesPerSecond": round(t.rate),
+                }
+                for t in self.downloader.active.values()
+            ],
+        }
+        tmp = self.progress_path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(body))
+        tmp.replace(self.progress_path)
+
+    # layouts
 
     def _manifest_digest(self, index_digest: str) -> str:
         """The manifest for this platform named by the stored index (an item may also point
@@ -210,8 +367,20 @@ class ImageManager:
         doc, config, layers = oci.parse_manifest(self._store.read(manifest_digest))
         return ImageLayout(record.index_digest, manifest_digest, doc, config, layers)
 
+    def references(self, index_digest: str) -> set[str]:
+        """Every blob an item names, as far as its stored documents tell."""
+        refs = {index_digest}
+        with contextlib.suppress(AosError, OSError):
+            manifest_digest = self._manifest_digest(index_digest)
+            refs.add(manifest_digest)
+            _, config, layers = oci.parse_manifest(self._store.read(manifest_digest))
+            refs.update((config, *layers))
+        return refs
+
+    # finalizing and collection
+
     def finalize(self, desired: Sequence[DesiredItem], running: set[tuple[str, str]]) -> None:
-        """Mark desired items installed; retire other versions no instance runs.
+        """Mark desired items installed; retire other versions no instance runs; collect.
 
         Args:
             desired: the items of the desired status.
@@ -221,14 +390,95 @@ class ImageManager:
         for record in self._storage.items():
             key = (record.item_id, record.version)
             if key in wanted and record.state == ItemState.PENDING:
-                self._storage.upsert_item(
-                    ItemRecord(*key, record.item_type, record.index_digest, ItemState.INSTALLED)
-                )
+                self._set_state(record, ItemState.INSTALLED)
                 log.info("item.installed", item=record.item_id, version=record.version)
                 crashpoint("imagemanager.item.installed")
-            elif key not in wanted and key not in running and record.state != ItemState.REMOVED:
-                self._storage.upsert_item(
-                    ItemRecord(*key, record.item_type, record.index_digest, ItemState.REMOVED)
+            elif key not in wanted and key not in running and record.state not in _RETIRED:
+                self._set_state(record, ItemState.REMOVED)
+                log.info(
+                    "item.removed",
+                    item=record.item_id,
+                    version=record.version,
+                    next=f"kept {self.policy.removed_ttl_s / DAY_S:g} days, then collected",
                 )
-                log.info("item.removed", item=record.item_id, version=record.version)
                 crashpoint("imagemanager.item.removed")
+        self.collect()
+
+    def _set_state(self, record: ItemRecord, state: ItemState) -> None:
+        self._storage.upsert_item(
+            ItemRecord(record.item_id, record.version, record.item_type, record.index_digest, state)
+        )
+
+    def collect(self, now: float | None = None) -> dict[str, int]:
+        """Collect removed items past their TTL, then every blob and partial file no item
+        references. Rows go before files, so a cut never leaves a record of a missing file
+        trusted. Returns what was collected."""
+        now = time.time() if now is None else now
+        for record in self._storage.items():
+            if record.state != ItemState.REMOVED:
+                continue
+            since = self._storage.item_updated_at(record.item_id, record.version) or now
+            if now - since >= self.policy.removed_ttl_s:
+                self._set_state(record, ItemState.REMOVING)
+                crashpoint("imagemanager.item.removing")
+        items = self._storage.items()
+        live: set[str] = set()
+        for record in items:
+            if record.state != ItemState.REMOVING:
+                live |= self.references(record.index_digest)
+        blobs = 0
+        freed = 0
+        for rec in self._storage.blobs():
+            if rec.digest not in live:
+                self._storage.delete_blob(rec.digest)
+        for digest in self._store.stored():
+            if digest not in live:
+                stat = self._store.stat(digest)
+                freed += stat.st_size if stat else 0
+                self._store.remove(digest)
+                blobs += 1
+        partials = 0
+        for digest, size in self._store.partial_digests().items():
+            if digest not in live and digest not in self.downloader.active:
+                self._store.remove_partial(digest)
+                freed += size
+                partials += 1
+        if blobs or partials:
+            self._store.sync()
+        collected = 0
+        for record in items:
+            if record.state == ItemState.REMOVING:
+                self._storage.delete_item(record.item_id, record.version)
+                collected += 1
+                log.info("item.collected", item=record.item_id, version=record.version)
+                crashpoint("imagemanager.item.collected")
+        if blobs or partials or collected:
+            log.info(
+                "store.collected",
+                items=collected,
+                blobs=blobs,
+                partials=partials,
+                freed=_mib(freed),
+            )
+        return {"items": collected, "blobs": blobs, "partials": partials, "freed_bytes": freed}
+
+
+_RETIRED = (ItemState.REMOVED, ItemState.REMOVING)
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The first real error of a task group (cancellations of its siblings aside)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]
+
+
+def read_progress(data_dir: Path) -> dict[str, Any]:
+    """What `_write_progress` last wrote, or no transfers."""
+    try:
+        return dict(orjson.loads((data_dir / "progress.json").read_bytes()))
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return {"transfers": []}

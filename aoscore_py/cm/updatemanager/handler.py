@@ -299,7 +299,7 @@ class DesiredStatusHandler:
         return self._desired
 
     async def _downloading(self, payload: dict[str, Any]) -> Outcome:
-        records = await self._images.download(self._ds().items)
+        records = await self._images.download(self._ds())
         failed = [r.item_id for r in records if r.error is not None]
         return Outcome(
             "done",

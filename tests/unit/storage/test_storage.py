@@ -6,9 +6,10 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import peewee
 import pytest
 
-from aoscore_py.cm.imagemanager.interfaces import ItemRecord
+from aoscore_py.cm.imagemanager.interfaces import BlobRecord, ItemRecord
 from aoscore_py.cm.launcher.interfaces import InstanceKey, InstanceRecord
 from aoscore_py.cm.updatemanager.interfaces import UnitConfigRecord
 from aoscore_py.errors import StorageError
@@ -132,7 +133,7 @@ class TestCorruption:
     def test_a_damaged_page_is_moved_aside(self, data_dir: Path) -> None:
         store = Storage(data_dir)
         for n in range(200):
-            store.record_blob(f"sha256:{n:064x}", n)
+            store.record_blob(BlobRecord(f"sha256:{n:064x}", n, n, 1.0))
         store.close()
         path = data_dir / DB_NAME
         for suffix in ("-wal", "-shm"):
@@ -209,13 +210,35 @@ class TestRoundTrips:
 
     def test_blobs(self, store: Storage) -> None:
         assert store.blob(DIGEST) is None
-        store.record_blob(DIGEST, 1234)
+        record = BlobRecord(DIGEST, 1234, 1_700_000_000_123_456_789, 1_700_000_001.5)
+        store.record_blob(record)
         store = reopen(store)
         try:
-            record = store.blob(DIGEST)
-            assert record is not None
-            assert (record.digest, record.size) == (DIGEST, 1234)
-            assert record.verified_at > 0
+            assert store.blob(DIGEST) == record
+            assert store.blobs() == [record]
+            store.delete_blob(DIGEST)
+            assert store.blob(DIGEST) is None
+            assert store.blobs() == []
+        finally:
+            store.close()
+
+    def test_a_version_1_store_gains_blob_mtimes(self, data_dir: Path) -> None:
+        """A store written by the first schema opens with its blob rows kept, mtime 0 (so
+        each is checked once more), and the schema moves to the current version."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        db = peewee.SqliteDatabase(str(data_dir / DB_NAME))
+        db.execute_sql("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute_sql("INSERT INTO meta VALUES ('schema_version', '1')")
+        db.execute_sql(
+            "CREATE TABLE blob (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, "
+            "verified_at REAL NOT NULL)"
+        )
+        db.execute_sql("INSERT INTO blob VALUES (?, 1234, 5.0)", (DIGEST,))
+        db.close()
+        store = Storage(data_dir)
+        try:
+            assert store.schema_version == SCHEMA_VERSION
+            assert store.blob(DIGEST) == BlobRecord(DIGEST, 1234, 0, 5.0)
         finally:
             store.close()
 

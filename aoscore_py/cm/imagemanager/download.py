@@ -1,0 +1,352 @@
+"""Fetching one blob into the store: every URL, retries with backoff, HTTP Range resume.
+
+A blob's bytes go to its partial file, hashed as they arrive. An interrupted transfer (a reset,
+a timeout, a 5xx, the agent killed) leaves the partial file; the next attempt, in this process
+or the next, hashes what is there and asks for the rest with `Range`. The URLs are tried in
+order within a round; a round in which no URL succeeded is followed by a backoff with jitter,
+and a round that moved any bytes forward resets the count. Only then is the blob failed.
+
+When the bytes are all there, they are checked against the digest and handed to a verifier (the
+signature check) before the partial file is committed, so the store only ever holds verified
+blobs. Cancelling stops at the next await: partial files stay for the next attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import httpx
+
+from statemachine import crashpoint
+
+from ...backoff import Backoff
+from ...errors import AosCode, BlobError
+from ...logs import get_logger
+from ...protocol import BlobUrlInfo
+from .blobstore import HASH_CHUNK, NO_SPACE, BlobStore, digest_hex
+
+log = get_logger("imagemanager.download")
+
+# Statuses worth asking the same URL again for; any other non-2xx moves on to the next URL.
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+Verifier = Callable[[Mapping[str, bytes]], None]
+
+
+@dataclass(frozen=True)
+class DownloadPolicy:
+    """How hard and how wide blob downloads go."""
+
+    parallel: int = 4
+    rounds: int = 5
+    backoff_initial_s: float = 0.5
+    backoff_cap_s: float = 15.0
+    chunk_bytes: int = 1 << 20
+    progress_interval_s: float = 2.0
+
+
+@dataclass
+class Transfer:
+    """One blob being fetched, as progress reports see it."""
+
+    digest: str
+    size: int
+    present: int = 0
+    resumed_from: int = 0
+    fetched: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def rate(self) -> float:
+        """Bytes per second fetched over the network since this transfer began."""
+        elapsed = time.monotonic() - self.started
+        return self.fetched / elapsed if elapsed > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A blob committed to the store."""
+
+    digest: str
+    size: int
+    mtime_ns: int
+    fetched: int
+    resumed_from: int
+    url: str
+    seconds: float
+
+
+class _Retry(Exception):
+    """This attempt failed in a way that the same URL may get right later."""
+
+
+class _Refused(Exception):
+    """This URL will not give this blob: go to the next one without retrying it."""
+
+
+class _Partial:
+    """The partial file of one blob, open for appending, with hashes of every byte in it."""
+
+    def __init__(self, store: BlobStore, digest: str, hash_names: Sequence[str]) -> None:
+        self.path = store.partial_path(digest)
+        self.hash_names = tuple(dict.fromkeys(("sha256", *hash_names)))
+        self.file: IO[bytes] | None = None
+        self.size = 0
+        self._hashers: dict[str, Any] = {}
+
+    async def open(self, limit: int | None) -> int:
+        """Open the file and hash what is already in it (yielding between chunks, so a cancel
+        is not held up); a file longer than `limit` is started again. Returns the bytes kept."""
+        self.file = open(self.path, "a+b")  # noqa: SIM115 - closed by close()
+        self._hashers = {name: hashlib.new(name) for name in self.hash_names}
+        self.file.seek(0)
+        size = 0
+        while chunk := self.file.read(HASH_CHUNK):
+            for h in self._hashers.values():
+                h.update(chunk)
+            size += len(chunk)
+            await asyncio.sleep(0)
+        self.size = size
+        if limit is not None and size > limit:
+            self.reset()
+        return self.size
+
+    def reset(self) -> None:
+        assert self.file is not None
+        self.file.truncate(0)
+        self.file.seek(0)
+        self.size = 0
+        self._hashers = {name: hashlib.new(name) for name in self.hash_names}
+
+    def write(self, chunk: bytes) -> None:
+        assert self.file is not None
+        self.file.write(chunk)
+        for h in self._hashers.values():
+            h.update(chunk)
+        self.size += len(chunk)
+
+    def finish(self) -> dict[str, bytes]:
+        """Flush and fsync; the hashes of the whole file by hashlib name."""
+        assert self.file is not None
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        return {name: h.digest() for name, h in self._hashers.items()}
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _content_range_start(value: str | None) -> int | None:
+    """The first byte of `bytes <start>-<end>/<total>`, or None when unreadable."""
+    if not value or not value.startswith("bytes "):
+        return None
+    try:
+        return int(value[6:].split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+class Downloader:
+    """Fetches blobs into a BlobStore, at most `policy.parallel` at a time.
+
+    Args:
+        http: the client for blob URLs.
+        store: where partial and complete blobs live.
+        policy: retries, parallelism, chunking.
+        sleep: how to wait between rounds (tests pass a fast one).
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        store: BlobStore,
+        policy: DownloadPolicy | None = None,
+        *,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self._http = http
+        self._store = store
+        self.policy = policy or DownloadPolicy()
+        self._sleep = sleep
+        self._slots = asyncio.Semaphore(self.policy.parallel)
+        self.active: dict[str, Transfer] = {}
+
+    async def fetch(
+        self, info: BlobUrlInfo, hash_names: Sequence[str], verify: Verifier
+    ) -> Fetched:
+        """Download `info`'s blob, check its digest and `verify` it, and commit it.
+
+        Raises:
+            BlobError: every URL failed for `policy.rounds` rounds in a row (failed), or no
+                URL gave bytes matching the digest (invalidChecksum), or the verifier refused
+                them, or the disk is full (noMemory).
+        """
+        async with self._slots:
+            partial = _Partial(self._store, info.digest, hash_names)
+            transfer = Transfer(info.digest, info.size)
+            self.active[info.digest] = transfer
+            try:
+                return await self._fetch(info, partial, transfer, verify)
+            except OSError as exc:
+                if exc.errno in NO_SPACE:
+                    raise BlobError(
+                        f"blob {info.digest}: no space left on {self._store.root} after "
+                        f"{partial.size} of {info.size} bytes",
+                        code=AosCode.NO_MEMORY,
+                    ) from exc
+                raise
+            finally:
+                partial.close()
+                self.active.pop(info.digest, None)
+
+    async def _fetch(
+        self, info: BlobUrlInfo, partial: _Partial, transfer: Transfer, verify: Verifier
+    ) -> Fetched:
+        want = digest_hex(info.digest)
+        size = info.size or None
+        transfer.present = transfer.resumed_from = await partial.open(size)
+        backoff = Backoff(self.policy.backoff_initial_s, cap=self.policy.backoff_cap_s)
+        bad_urls: set[str] = set()
+        errors: dict[str, str] = {}
+        rounds = 0
+        fresh_retry = transfer.resumed_from > 0
+        while True:
+            progressed = False
+            for url in info.urls:
+                if url in bad_urls:
+                    continue
+                before = partial.size
+                try:
+                    if size is None or partial.size < size:
+                        await self._attempt(url, info, partial, transfer)
+                except _Refused as exc:
+                    bad_urls.add(url)
+                    errors[url] = str(exc)
+                    self._url_failed(info, url, exc, "trying the next URL")
+                    continue
+                except _Retry as exc:
+                    progressed = progressed or partial.size > before
+                    errors[url] = str(exc)
+                    self._url_failed(info, url, exc, "trying the next URL, then again")
+                    continue
+                hashes = partial.finish()
+                if hashes["sha256"].hex() == want:
+                    verify(hashes)
+                    stat = self._store.commit(info.digest)
+                    return Fetched(
+                        info.digest,
+                        stat.st_size,
+                        stat.st_mtime_ns,
+                        transfer.fetched,
+                        transfer.resumed_from,
+                        url,
+                        time.monotonic() - transfer.started,
+                    )
+                if fresh_retry:
+                    # The bytes kept from an earlier run may be what is wrong: fetch it whole.
+                    fresh_retry = False
+                    errors[url] = "bytes resumed from an earlier attempt did not match"
+                else:
+                    bad_urls.add(url)
+                    errors[url] = f"content hashes to sha256:{hashes['sha256'].hex()}"
+                self._url_failed(info, url, errors[url], "discarding the bytes")
+                partial.reset()
+                transfer.present = 0
+            if info.urls and bad_urls >= set(info.urls):
+                raise self._give_up(info, errors, every_url_bad=True)
+            rounds = 0 if progressed else rounds + 1
+            if progressed:
+                backoff.reset()
+            if not info.urls or rounds >= self.policy.rounds:
+                raise self._give_up(info, errors, every_url_bad=False)
+            delay = backoff.next()
+            log.info(
+                "blob.retry_scheduled",
+                digest=info.digest,
+                delay_s=round(delay, 2),
+                round=rounds,
+                of=self.policy.rounds,
+                present=partial.size,
+                size=info.size,
+            )
+            await self._sleep(delay)
+
+    async def _attempt(
+        self, url: str, info: BlobUrlInfo, partial: _Partial, transfer: Transfer
+    ) -> None:
+        offset = partial.size
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            async with self._http.stream("GET", url, headers=headers) as response:
+                status = response.status_code
+                if status == 206:
+                    if _content_range_start(response.headers.get("content-range")) != offset:
+                        partial.reset()
+                        raise _Retry(f"HTTP 206 for another range than bytes={offset}-")
+                elif status == 200:
+                    if offset:
+                        partial.reset()  # the server ignored Range: take the whole body
+                elif status == 416 and offset:
+                    partial.reset()
+                    raise _Retry(f"HTTP 416 for bytes={offset}-; starting over")
+                elif status in TRANSIENT_STATUS or status >= 500:
+                    raise _Retry(f"HTTP {status}")
+                else:
+                    raise _Refused(f"HTTP {status}")
+                # Bytes are gathered into large writes, and what was gathered is written even
+                # when the transfer breaks or is cancelled: every byte received is kept.
+                buffer = bytearray()
+                try:
+                    async for chunk in response.aiter_bytes():
+                        buffer += chunk
+                        if len(buffer) >= self.policy.chunk_bytes:
+                            self._take(buffer, info, partial, transfer)
+                finally:
+                    if buffer:
+                        self._take(buffer, info, partial, transfer)
+        except httpx.TransportError as exc:
+            raise _Retry(f"{type(exc).__name__}: {exc}") from None
+        if info.size and partial.size < info.size:
+            raise _Retry(f"the body ended after {partial.size} of {info.size} bytes")
+
+    def _take(
+        self, buffer: bytearray, info: BlobUrlInfo, partial: _Partial, transfer: Transfer
+    ) -> None:
+        """Append `buffer` to the partial file and empty it."""
+        before = partial.size
+        partial.write(buffer)
+        transfer.fetched += len(buffer)
+        transfer.present = partial.size
+        buffer.clear()
+        if info.size and partial.size > info.size:
+            partial.reset()
+            transfer.present = 0
+            raise _Refused(f"sent more than the {info.size} bytes announced")
+        half = info.size // 2
+        if before < half <= partial.size < info.size:
+            crashpoint("imagemanager.blob.transfer")
+
+    def _url_failed(self, info: BlobUrlInfo, url: str, error: object, next_step: str) -> None:
+        log.warning(
+            "blob.url_failed", digest=info.digest, url=url, error=str(error), next=next_step
+        )
+
+    def _give_up(self, info: BlobUrlInfo, errors: dict[str, str], every_url_bad: bool) -> BlobError:
+        detail = "; ".join(f"{url}: {err}" for url, err in errors.items()) or "no URLs given"
+        checksum = every_url_bad and all(
+            "hashes to" in e or "resumed" in e for e in errors.values()
+        )
+        if checksum:
+            return BlobError(
+                f"blob {info.digest}: no URL gave bytes matching the digest: {detail}",
+                code=AosCode.INVALID_CHECKSUM,
+            )
+        return BlobError(f"blob {info.digest}: every URL failed: {detail}")

@@ -1,0 +1,303 @@
+"""Downloader: every URL, retries, Range resume, digest check, verifier, cancel, parallelism.
+
+The HTTP side is httpx's MockTransport here (pure logic); the real registry behind a fault proxy
+is exercised in tests/integration/test_downloads.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aoscore_py.cm.imagemanager.blobstore import BlobStore
+from aoscore_py.cm.imagemanager.download import Downloader, DownloadPolicy
+from aoscore_py.errors import AosCode, BlobError
+from aoscore_py.protocol import BlobUrlInfo
+
+DATA = bytes(range(256)) * 4096  # 1 MiB
+DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
+GOOD = "http://mirror-b.test/blob"
+OTHER = "http://mirror-a.test/blob"
+
+
+def info(*urls: str, data: bytes = DATA) -> BlobUrlInfo:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    return BlobUrlInfo(digest, urls, hashlib.sha256(data).digest(), len(data))
+
+
+class Broken(httpx.AsyncByteStream):
+    """A body that stops with a connection error after `n` bytes."""
+
+    def __init__(self, data: bytes, n: int) -> None:
+        self.data, self.n = data, n
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.data[: self.n]
+        raise httpx.ReadError("connection reset by peer")
+
+
+class Slow(httpx.AsyncByteStream):
+    """A body that trickles, so a test can cancel in the middle."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for i in range(0, len(self.data), 4096):
+            await asyncio.sleep(0.01)
+            yield self.data[i : i + 4096]
+
+
+def serve(data: bytes = DATA, *, ranges: bool = True) -> Callable[[httpx.Request], httpx.Response]:
+    """A well-behaved blob server, honouring `Range: bytes=N-` when `ranges`."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        wanted = request.headers.get("range")
+        if wanted and ranges:
+            start = int(wanted.removeprefix("bytes=").rstrip("-"))
+            if start >= len(data):
+                return httpx.Response(416)
+            headers = {"content-range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
+            return httpx.Response(206, content=data[start:], headers=headers)
+        return httpx.Response(200, content=data)
+
+    return handle
+
+
+class Server:
+    """Routes requests per URL host, and records them."""
+
+    def __init__(self, **hosts: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.hosts = hosts
+        self.requests: list[tuple[str, str | None]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append((request.url.host, request.headers.get("range")))
+        handler = self.hosts.get(request.url.host.replace("-", "_").split(".")[0])
+        if handler is None:
+            raise httpx.ConnectError("connection refused")
+        return handler(request)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> BlobStore:
+    return BlobStore(tmp_path)
+
+
+def downloader(store: BlobStore, server: Server, **policy: object) -> Downloader:
+    async def no_sleep(_delay: float) -> None:
+        await asyncio.sleep(0)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(server))
+    return Downloader(http, store, DownloadPolicy(**policy), sleep=no_sleep)  # type: ignore[arg-type]
+
+
+def accept(_hashes: Mapping[str, bytes]) -> None:
+    pass
+
+
+async def test_a_blob_is_fetched_checked_and_committed(store: BlobStore) -> None:
+    seen: list[Mapping[str, bytes]] = []
+    result = await downloader(store, Server(mirror_b=serve())).fetch(
+        info(GOOD), ("sha256", "sha512"), seen.append
+    )
+    assert store.read(DIGEST) == DATA
+    assert (result.size, result.fetched, result.resumed_from, result.url) == (
+        len(DATA),
+        len(DATA),
+        0,
+        GOOD,
+    )
+    assert seen == [
+        {"sha256": hashlib.sha256(DATA).digest(), "sha512": hashlib.sha512(DATA).digest()}
+    ]
+    assert store.partial_digests() == {}
+
+
+async def test_a_partial_file_is_resumed_with_range(store: BlobStore) -> None:
+    store.partial_path(DIGEST).write_bytes(DATA[:300_000])
+    server = Server(mirror_b=serve())
+    result = await downloader(store, server).fetch(info(GOOD), ("sha256",), accept)
+    assert server.requests == [("mirror-b.test", "bytes=300000-")]
+    assert (result.resumed_from, result.fetched) == (300_000, len(DATA) - 300_000)
+    assert store.read(DIGEST) == DATA
+
+
+async def test_a_complete_partial_is_committed_without_a_request(store: BlobStore) -> None:
+    store.partial_path(DIGEST).write_bytes(DATA)
+    server = Server(mirror_b=serve())
+    result = await downloader(store, server).fetch(info(GOOD), ("sha256",), accept)
+    assert server.requests == []
+    assert result.fetched == 0
+    assert store.read(DIGEST) == DATA
+
+
+async def test_a_server_that_ignores_range_gives_the_whole_blob(store: BlobStore) -> None:
+    store.partial_path(DIGEST).write_bytes(DATA[:1000])
+    result = await downloader(store, Server(mirror_b=serve(ranges=False))).fetch(
+        info(GOOD), ("sha256",), accept
+    )
+    assert result.fetched == len(DATA)
+    assert store.read(DIGEST) == DATA
+
+
+async def test_a_wrong_partial_is_dropped_and_the_blob_fetched_whole(store: BlobStore) -> None:
+    store.partial_path(DIGEST).write_bytes(b"X" * 1000)
+    server = Server(mirror_b=serve())
+    await downloader(store, server).fetch(info(GOOD), ("sha256",), accept)
+    assert server.requests == [("mirror-b.test", "bytes=1000-"), ("mirror-b.test", None)]
+    assert store.read(DIGEST) == DATA
+
+
+async def test_a_dropped_connection_resumes_where_it_stopped(store: BlobStore) -> None:
+    calls = 0
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return httpx.Response(200, stream=Broken(DATA, 400_000))
+        return serve()(request)
+
+    server = Server(mirror_b=flaky)
+    result = await downloader(store, server).fetch(info(GOOD), ("sha256",), accept)
+    assert server.requests == [("mirror-b.test", None), ("mirror-b.test", "bytes=400000-")]
+    assert result.fetched == len(DATA), "no byte is fetched twice"
+    assert store.read(DIGEST) == DATA
+
+
+async def test_5xx_is_retried_until_it_passes(store: BlobStore) -> None:
+    statuses = iter([503, 500, 502])
+
+    def failing(request: httpx.Request) -> httpx.Response:
+        status = next(statuses, None)
+        return httpx.Response(status) if status else serve()(request)
+
+    server = Server(mirror_b=failing)
+    await downloader(store, server).fetch(info(GOOD), ("sha256",), accept)
+    assert len(server.requests) == 4
+    assert store.read(DIGEST) == DATA
+
+
+async def test_every_url_is_tried_in_order(store: BlobStore) -> None:
+    server = Server(mirror_a=lambda r: httpx.Response(404), mirror_b=serve())
+    result = await downloader(store, server).fetch(
+        info("http://dead.test/blob", OTHER, GOOD), ("sha256",), accept
+    )
+    assert [host for host, _ in server.requests] == ["dead.test", "mirror-a.test", "mirror-b.test"]
+    assert result.url == GOOD
+
+
+async def test_a_blob_fails_after_the_last_round(store: BlobStore) -> None:
+    server = Server(mirror_b=lambda r: httpx.Response(503))
+    with pytest.raises(BlobError) as err:
+        await downloader(store, server, rounds=3).fetch(info(GOOD, OTHER), ("sha256",), accept)
+    assert len(server.requests) == 6, "3 rounds over 2 URLs"
+    assert "HTTP 503" in err.value.message and "ConnectError" in err.value.message
+
+
+async def test_urls_that_refuse_fail_the_blob_without_rounds(store: BlobStore) -> None:
+    server = Server(mirror_b=lambda r: httpx.Response(403))
+    with pytest.raises(BlobError) as err:
+        await downloader(store, server, rounds=5).fetch(info(GOOD), ("sha256",), accept)
+    assert len(server.requests) == 1
+    assert "HTTP 403" in err.value.message
+
+
+async def test_rounds_that_make_progress_do_not_count(store: BlobStore) -> None:
+    """A link that drops every 100 kB still delivers the blob, however many drops it takes."""
+
+    def trickle(request: httpx.Request) -> httpx.Response:
+        response = serve()(request)
+        start = int((request.headers.get("range") or "bytes=0-")[6:-1])
+        return httpx.Response(
+            response.status_code, headers=response.headers, stream=Broken(DATA[start:], 100_000)
+        )
+
+    server = Server(mirror_b=trickle)
+    result = await downloader(store, server, rounds=2).fetch(info(GOOD), ("sha256",), accept)
+    assert len(server.requests) == 11
+    assert result.fetched == len(DATA)
+
+
+async def test_altered_bytes_are_refused_with_invalid_checksum(store: BlobStore) -> None:
+    altered = DATA[:-1] + b"\x00"
+    server = Server(mirror_b=serve(altered))
+    with pytest.raises(BlobError) as err:
+        await downloader(store, server).fetch(info(GOOD), ("sha256",), accept)
+    assert err.value.code == AosCode.INVALID_CHECKSUM
+    assert store.stat(DIGEST) is None
+    assert store.partial_size(DIGEST) == 0, "bad bytes are not kept for resuming"
+
+
+async def test_a_corrupt_mirror_is_skipped_for_a_good_one(store: BlobStore) -> None:
+    server = Server(mirror_a=serve(DATA[:-1] + b"\x00"), mirror_b=serve())
+    result = await downloader(store, server).fetch(info(OTHER, GOOD), ("sha256",), accept)
+    assert result.url == GOOD
+    assert store.read(DIGEST) == DATA
+
+
+async def test_more_bytes_than_announced_are_refused(store: BlobStore) -> None:
+    server = Server(mirror_b=serve(DATA + b"extra"))
+    with pytest.raises(BlobError):
+        await downloader(store, server).fetch(info(GOOD), ("sha256",), accept)
+    assert store.stat(DIGEST) is None
+
+
+async def test_a_refused_signature_keeps_the_blob_out_of_the_store(store: BlobStore) -> None:
+    def refuse(_hashes: Mapping[str, bytes]) -> None:
+        raise BlobError("signature does not verify")
+
+    with pytest.raises(BlobError, match="signature"):
+        await downloader(store, Server(mirror_b=serve())).fetch(info(GOOD), ("sha256",), refuse)
+    assert store.stat(DIGEST) is None
+
+
+async def test_cancelling_stops_at_once_and_keeps_the_partial_file(store: BlobStore) -> None:
+    server = Server(mirror_b=lambda r: httpx.Response(200, stream=Slow(DATA)))
+    d = downloader(store, server, chunk_bytes=16_384)
+    task = asyncio.create_task(d.fetch(info(GOOD), ("sha256",), accept))
+    while not d.active or d.active[DIGEST].present < 100_000:
+        await asyncio.sleep(0.005)
+    started = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - started < 0.1
+    assert store.partial_size(DIGEST) >= 100_000
+    assert d.active == {}
+
+
+async def test_no_more_than_the_parallel_limit_run_at_once(store: BlobStore) -> None:
+    blobs = [bytes([n]) * 200_000 for n in range(8)]
+    by_path = {f"/{n}": data for n, data in enumerate(blobs)}
+    running = peak = 0
+
+    class Counted(httpx.AsyncByteStream):
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.02)
+            yield self.data
+            running -= 1
+
+    server = Server(mirror_b=lambda r: httpx.Response(200, stream=Counted(by_path[r.url.path])))
+    d = downloader(store, server, parallel=3)
+    await asyncio.gather(
+        *(
+            d.fetch(info(f"http://mirror-b.test/{n}", data=data), ("sha256",), accept)
+            for n, data in enumerate(blobs)
+        )
+    )
+    assert peak == 3
+    assert len(store.stored()) == 8
