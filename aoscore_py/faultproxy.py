@@ -307,6 +307,9 @@ def _drain(sock: socket.socket, seconds: float) -> None:
         time.sleep(0.005)
 
 
+SEND_BUFFER_BYTES = 64 * 1024
+
+
 class _Server(ThreadingHTTPServer):
     """Tracks its connection threads so `stop` can close and join them all."""
 
@@ -323,6 +326,9 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        # A small send buffer keeps "counted as sent" close to "received by the client": bytes
+        # parked in a large kernel buffer when a client dies were never fetched by it.
+        request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         thread = threading.Thread(
             target=self.process_request_thread,
             args=(request, client_address),

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,7 @@ class CloudProcess:
     cloud_dir: Path
     registry_url: str
     blob_urls_delay_s: float = 0.0
+    extra: tuple[str, ...] = ()
     process: Process | None = None
     endpoints: dict[str, str] = field(default_factory=dict)
 
@@ -124,6 +126,7 @@ class CloudProcess:
         )
         if self.blob_urls_delay_s:
             args += ["--blob-urls-delay", str(self.blob_urls_delay_s)]
+        args += self.extra
         self.process = Process(args, self.cloud_dir / "cloud.log")
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -483,3 +486,90 @@ def timeline_until(cloud: CloudProcess, unit: str, seq: int, timeout_s: float = 
         if time.monotonic() >= deadline:
             raise TimeoutError(f"the cloud did not record status seq {seq} of {unit}")
         time.sleep(0.02)
+
+
+def item_state(data_dir: Path, item_id: str, version: str) -> str | None:
+    """The state an agent's store records for an item version (None when unknown)."""
+    try:
+        rows = query_store(
+            data_dir, "select state from item where item_id = ? and version = ?", item_id, version
+        )
+    except sqlite3.Error:
+        return None
+    return rows[0][0] if rows else None
+
+
+def wait_item_state(
+    data_dir: Path, item_id: str, version: str, states: Sequence[str], timeout_s: float = 60.0
+) -> str:
+    """Wait until the item version is in one of `states`; returns it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = item_state(data_dir, item_id, version)
+        if state in states:
+            return state
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"item {item_id} {version} is {state}, not one of {list(states)}")
+        time.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class Refetch:
+    """Bytes served for one item across a kill -9 in the middle of its download."""
+
+    item_bytes: int
+    served_before_kill: int
+    served_total: int
+
+    @property
+    def fraction(self) -> float:
+        """How much more than the item's size was served in total (0.0 = not a byte twice)."""
+        return self.served_total / self.item_bytes - 1.0
+
+
+def refetch_after_kill(
+    work: Path,
+    registry_url: str,
+    runtime: DockerRuntime,
+    *,
+    size_bytes: int = 50 << 20,
+    layers: int = 4,
+    timeout_s: float = 120.0,
+) -> Refetch:
+    """Download a multi-layer item through a counting proxy, SIGKILL the agent once half of
+    it was served, start it again, and count what the proxy served until the item is ready."""
+    from .faultproxy import FaultProxy
+
+    unit = f"refetch-{uuid.uuid4().hex[:8]}"
+    data_dir = work / unit / "data"
+    with FaultProxy(registry_url) as proxy:
+        cloud = CloudProcess(work / "cloud", registry_url, extra=("--base", proxy.url)).start()
+        agent: Process | None = None
+        try:
+            image = publish(
+                cloud.cloud_dir,
+                "refetch-item",
+                registry_url=registry_url,
+                extra_layer_bytes=size_bytes,
+                extra_layers=layers,
+            )
+            item_bytes = sum(len(b) for b in image.blobs.values())
+            save_desired(cloud.state, unit, scenario([("svc-big", image)], num_instances=1))
+            agent = start_agent(
+                unit, cloud.ws_url, data_dir, work / unit / "agent-1.log", ca=cloud.trusted_ca
+            )
+            if not proxy.wait_bytes(item_bytes // 2, timeout_s):
+                raise TimeoutError(f"the agent did not fetch half of the item in {timeout_s} s")
+            agent.signal(signal.SIGKILL)
+            agent.wait(10.0)
+            before = proxy.bytes_sent()
+            agent = start_agent(
+                unit, cloud.ws_url, data_dir, work / unit / "agent-2.log", ca=cloud.trusted_ca
+            )
+            wait_item_state(data_dir, "svc-big", "1.0.0", ("pending", "installed"), timeout_s)
+            return Refetch(item_bytes, before, proxy.bytes_sent())
+        finally:
+            if agent is not None:
+                agent.stop()
+            cloud.stop()
+            remove_unit_containers(runtime, unit)

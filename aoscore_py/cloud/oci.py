@@ -153,6 +153,7 @@ def build_test_image(
     health_start_period_s: float | None = None,
     health_interval_s: float | None = None,
     extra_layer_bytes: int = 0,
+    extra_layers: int = 1,
     labels: dict[str, str] | None = None,
 ) -> OciImage:
     """A busybox image whose digests depend only on the arguments.
@@ -163,12 +164,18 @@ def build_test_image(
         healthcheck: a command for Docker's healthcheck (an extension `docker load` honours).
         health_start_period_s: failures inside this period keep the health "starting".
         health_interval_s: the time between probes (Docker's default is 30 s).
-        extra_layer_bytes: when positive, a second layer with that many pseudo-random bytes.
+        extra_layer_bytes: when positive, that many pseudo-random bytes in more layers.
+        extra_layers: how many layers share `extra_layer_bytes` (a multi-layer item).
         labels: image labels.
     """
     layer_tars = [_rootfs_tar()]
     if extra_layer_bytes > 0:
-        layer_tars.append(_filler_tar(name, extra_layer_bytes))
+        count = max(1, extra_layers)
+        share, rest = divmod(extra_layer_bytes, count)
+        layer_tars += [
+            _filler_tar(f"{name}-{n}" if n else name, share + (rest if n == 0 else 0))
+            for n in range(count)
+        ]
     layers = [_gzip(tar) for tar in layer_tars]
 
     container_config: dict[str, Any] = {

@@ -108,6 +108,7 @@ def publish(
     health_start_period_s: float | None = None,
     health_interval_s: float | None = None,
     extra_layer_bytes: int = 0,
+    extra_layers: int = 1,
     labels: dict[str, str] | None = None,
 ) -> OciImage:
     """Build a test image, push it to the registry, and add its blobs to the catalog."""
@@ -119,6 +120,7 @@ def publish(
         health_start_period_s=health_start_period_s,
         health_interval_s=health_interval_s,
         extra_layer_bytes=extra_layer_bytes,
+        extra_layers=extra_layers,
         labels={"io.aoscore.test-image": name, **(labels or {})},
     )
     push_image(registry, image)

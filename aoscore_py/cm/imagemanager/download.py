@@ -47,7 +47,7 @@ class DownloadPolicy:
     rounds: int = 5
     backoff_initial_s: float = 0.5
     backoff_cap_s: float = 15.0
-    chunk_bytes: int = 1 << 20
+    chunk_bytes: int = 256 << 10
     progress_interval_s: float = 2.0
 
 
