@@ -341,8 +341,11 @@ class ImageManager:
             ],
         }
         tmp = self.progress_path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(body))
-        tmp.replace(self.progress_path)
+        try:
+            tmp.write_bytes(orjson.dumps(body))
+            tmp.replace(self.progress_path)
+        except OSError as exc:  # a full disk must not fail a download over a progress report
+            log.debug("progress.not_written", path=str(self.progress_path), error=str(exc))
 
     # layouts
 
