@@ -16,7 +16,7 @@ powercut: setup
 	bash -c 'scripts/engines start && trap "scripts/engines stop" EXIT && .venv/bin/aoscore powercut'
 
 bench: setup
-	bash -c 'scripts/engines start && trap "scripts/engines stop" EXIT && scripts/bench supersede --json bench-supersede.json'
+	bash -c 'scripts/engines start && trap "scripts/engines stop" EXIT && scripts/bench supersede --json bench-supersede.json && scripts/bench download --json bench-download.json'
 
 lint: setup
 	.venv/bin/ruff check aoscore_py statemachine tests scripts

@@ -150,7 +150,8 @@ class _SignedBlobUrls:
 async def _ours_once(
     data_dir: Path, source: _SignedBlobUrls, ds: DesiredStatus, pki: Pki, image: OciImage
 ) -> float:
-    """One download into an empty data dir, timed from opening the store to closing it.
+    """One download into an empty data dir, timed from opening the store to closing it: a cold
+    start on our side too, since skopeo's time runs from its launch to its exit.
 
     Raises:
         click.ClickException: the item did not end pending, or a blob is missing from the store.

@@ -14,6 +14,7 @@ blobs. Cancelling stops at the next await: partial files stay for the next attem
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import os
 import time
@@ -37,6 +38,9 @@ log = get_logger("imagemanager.download")
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 Verifier = Callable[[Mapping[str, bytes]], None]
+
+# Hashing, writing and fsyncing blob bytes happen here, off the event loop.
+_IO_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="blob-io")
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class _Partial:
         self.file: IO[bytes] | None = None
         self.size = 0
         self._hashers: dict[str, Any] = {}
+        self._job: concurrent.futures.Future[None] | None = None
 
     async def open(self, limit: int | None) -> int:
         """Open the file and hash what is already in it (yielding between chunks, so a cancel
@@ -131,17 +136,38 @@ class _Partial:
             h.update(chunk)
         self.size += len(chunk)
 
-    def finish(self) -> dict[str, bytes]:
-        """Flush and fsync; the hashes of the whole file by hashlib name."""
+    async def write_async(self, chunk: bytes) -> None:
+        """`write` on the I/O pool: hashing and writing release the GIL there, so they run on
+        another core while the loop reads the next bytes of every transfer."""
+        self._job = _IO_POOL.submit(self.write, chunk)
+        await asyncio.wrap_future(self._job)
+
+    def settle(self) -> None:
+        """Wait for a write still running on the pool (a cancel does not stop it)."""
+        job, self._job = self._job, None
+        if job is not None:
+            concurrent.futures.wait([job])
+
+    async def finish(self) -> dict[str, bytes]:
+        """Flush and fsync (on the pool, so other transfers go on); the hashes of the file."""
         assert self.file is not None
         self.file.flush()
-        os.fsync(self.file.fileno())
+        fd = os.dup(self.file.fileno())  # closing the file on a cancel cannot pull it away
+        await asyncio.wrap_future(_IO_POOL.submit(_fsync_and_close, fd))
         return {name: h.digest() for name, h in self._hashers.items()}
 
     def close(self) -> None:
+        self.settle()
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+def _fsync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _content_range_start(value: str | None) -> int | None:
@@ -237,10 +263,12 @@ class Downloader:
                     errors[url] = str(exc)
                     self._url_failed(info, url, exc, "trying the next URL, then again")
                     continue
-                hashes = partial.finish()
+                hashes = await partial.finish()
                 if hashes["sha256"].hex() == want:
                     verify(hashes)
-                    stat = self._store.commit(info.digest)
+                    stat = await asyncio.wrap_future(
+                        _IO_POOL.submit(self._store.commit, info.digest)
+                    )
                     return Fetched(
                         info.digest,
                         stat.st_size,
@@ -308,24 +336,25 @@ class Downloader:
                     async for chunk in response.aiter_bytes():
                         buffer += chunk
                         if len(buffer) >= self.policy.chunk_bytes:
-                            self._take(buffer, info, partial, transfer)
+                            data = bytes(buffer)
+                            buffer.clear()
+                            await partial.write_async(data)
+                            self._took(len(data), info, partial, transfer)
                 finally:
+                    partial.settle()
                     if buffer:
-                        self._take(buffer, info, partial, transfer)
+                        partial.write(bytes(buffer))
+                        self._took(len(buffer), info, partial, transfer)
         except httpx.TransportError as exc:
             raise _Retry(f"{type(exc).__name__}: {exc}") from None
         if info.size and partial.size < info.size:
             raise _Retry(f"the body ended after {partial.size} of {info.size} bytes")
 
-    def _take(
-        self, buffer: bytearray, info: BlobUrlInfo, partial: _Partial, transfer: Transfer
-    ) -> None:
-        """Append `buffer` to the partial file and empty it."""
-        before = partial.size
-        partial.write(buffer)
-        transfer.fetched += len(buffer)
+    def _took(self, n: int, info: BlobUrlInfo, partial: _Partial, transfer: Transfer) -> None:
+        """Account for `n` bytes just appended to the partial file."""
+        before = partial.size - n
+        transfer.fetched += n
         transfer.present = partial.size
-        buffer.clear()
         if info.size and partial.size > info.size:
             partial.reset()
             transfer.present = 0
