@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import httpcore
 import httpx
 
 from statemachine import crashpoint
@@ -170,6 +171,17 @@ def _fsync_and_close(fd: int) -> None:
         os.close(fd)
 
 
+def widen_http_reads(read_bytes: int) -> None:
+    """Let httpcore read up to `read_bytes` per call instead of its 64 KiB.
+
+    Each read costs about the same Python work whatever its size, and on a fast link most of a
+    blob download's CPU went to those calls (1,650 reads for 50 MiB). The attribute is public
+    and process-wide; only ever raised here.
+    """
+    conn = httpcore.AsyncHTTP11Connection
+    conn.READ_NUM_BYTES = max(conn.READ_NUM_BYTES, read_bytes)
+
+
 def _content_range_start(value: str | None) -> int | None:
     """The first byte of `bytes <start>-<end>/<total>`, or None when unreadable."""
     if not value or not value.startswith("bytes "):
@@ -201,6 +213,7 @@ class Downloader:
         self._http = http
         self._store = store
         self.policy = policy or DownloadPolicy()
+        widen_http_reads(self.policy.chunk_bytes)
         self._sleep = sleep
         self._slots = asyncio.Semaphore(self.policy.parallel)
         self.active: dict[str, Transfer] = {}
