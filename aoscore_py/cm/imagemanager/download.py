@@ -254,6 +254,7 @@ class Downloader:
         transfer.present = transfer.resumed_from = await partial.open(size)
         backoff = Backoff(self.policy.backoff_initial_s, cap=self.policy.backoff_cap_s)
         bad_urls: set[str] = set()
+        mismatched: set[str] = set()  # URLs whose whole bytes did not hash to the digest
         errors: dict[str, str] = {}
         rounds = 0
         fresh_retry = transfer.resumed_from > 0
@@ -297,17 +298,18 @@ class Downloader:
                     errors[url] = "bytes resumed from an earlier attempt did not match"
                 else:
                     bad_urls.add(url)
+                    mismatched.add(url)
                     errors[url] = f"content hashes to sha256:{hashes['sha256'].hex()}"
                 self._url_failed(info, url, errors[url], "discarding the bytes")
                 partial.reset()
                 transfer.present = 0
             if info.urls and bad_urls >= set(info.urls):
-                raise self._give_up(info, errors, every_url_bad=True)
+                raise self._give_up(info, errors, checksum=mismatched >= set(info.urls))
             rounds = 0 if progressed else rounds + 1
             if progressed:
                 backoff.reset()
             if not info.urls or rounds >= self.policy.rounds:
-                raise self._give_up(info, errors, every_url_bad=False)
+                raise self._give_up(info, errors, checksum=False)
             delay = backoff.next()
             log.info(
                 "blob.retry_scheduled",
@@ -381,11 +383,8 @@ class Downloader:
             "blob.url_failed", digest=info.digest, url=url, error=str(error), next=next_step
         )
 
-    def _give_up(self, info: BlobUrlInfo, errors: dict[str, str], every_url_bad: bool) -> BlobError:
+    def _give_up(self, info: BlobUrlInfo, errors: dict[str, str], checksum: bool) -> BlobError:
         detail = "; ".join(f"{url}: {err}" for url, err in errors.items()) or "no URLs given"
-        checksum = every_url_bad and all(
-            "hashes to" in e or "resumed" in e for e in errors.values()
-        )
         if checksum:
             return BlobError(
                 f"blob {info.digest}: no URL gave bytes matching the digest: {detail}",
