@@ -13,18 +13,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from cryptography import x509
 
 from .cm.communication.link import CloudLink
 from .cm.imagemanager.blobstore import BlobStore
-from .cm.imagemanager.download import DownloadPolicy
+from .cm.imagemanager.download import DownloadPolicy, blob_client
 from .cm.imagemanager.manager import DAY_S, ImageManager, ImagePolicy
 from .cm.launcher.launcher import Launcher
 from .cm.updatemanager.handler import DesiredStatusHandler
 from .cm.updatemanager.unitstatus import UnitStatusHandler
 from .crypto.signing import load_pem_certificates
 from .errors import AosCode, AosError, ConfigError, LinkError
+from .iam.tls import client_context
 from .logs import get_logger
 from .protocol import DesiredStatus, Message
 from .sm.docker_runtime import DockerRuntime
@@ -78,11 +78,8 @@ class Agent:
         self.config = config
         self.storage = Storage(config.data_dir)
         policy = config.image_policy()
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(config.download_timeout_s, connect=10.0),
-            limits=httpx.Limits(max_connections=max(10, 2 * config.download_parallel)),
-            trust_env=False,
-            follow_redirects=True,
+        self.http = blob_client(
+            policy.download, config.download_timeout_s, client_context(config.trusted_ca)
         )
         self.link = CloudLink(
             config.cloud_url,

@@ -23,15 +23,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import click
-import httpx
 import orjson
 
 from aoscore_py.cloud.oci import OciImage, blob_url, build_test_image, push_image
 from aoscore_py.cloud.registry import Registry
 from aoscore_py.cloud.state import CloudState
 from aoscore_py.cm.imagemanager.blobstore import BlobStore, digest_hex
+from aoscore_py.cm.imagemanager.download import blob_client
 from aoscore_py.cm.imagemanager.manager import ImageManager, ImagePolicy
 from aoscore_py.crypto.pki import Pki, init_pki
+from aoscore_py.iam.tls import client_context
 from aoscore_py.protocol import (
     BlobUrlInfo,
     DesiredItem,
@@ -160,10 +161,8 @@ async def _ours_once(
     storage = Storage(data_dir)
     try:
         store = BlobStore(data_dir)
-        async with httpx.AsyncClient(
-            timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=True
-        ) as http:
-            policy = ImagePolicy(trusted_roots=(pki.root,))
+        policy = ImagePolicy(trusted_roots=(pki.root,))
+        async with blob_client(policy.download, 30.0, client_context()) as http:
             records = await ImageManager(storage, store, source, http, policy).download(ds)
     finally:
         storage.close()
