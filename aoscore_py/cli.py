@@ -158,7 +158,8 @@ def cli() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     envvar="AOSCORE_CA",
     default=None,
-    help="PEM file of the CA(s) that blob signing chains must lead to.",
+    help="PEM file of the unit's CA(s): blob signing chains must lead to them, and HTTPS blob "
+    "servers are trusted by them as well as by the system's store (/etc/ssl/certs).",
 )
 @click.option(
     "--allow-unsigned",
