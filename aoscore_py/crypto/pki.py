@@ -2,8 +2,9 @@
 
 `aoscore cloud pki init` creates it once; the reference cloud then signs blobs with the signer and
 sends the signer and intermediate in each desired status, while units trust `root.pem`. The
-certificates carry what cryptography's default client policy demands (LIBRARIES.md): basic
-constraints and key usage on the CAs, and a SAN, an AKI and a clientAuth EKU on the signer.
+certificates carry what the Web PKI's CA rules demand (LIBRARIES.md): basic constraints, key
+usage and key identifiers on the CAs. The signer is a plain code-signing certificate: digital
+signature key usage, a codeSigning EKU, an AKI, and no SAN (it names no host).
 The CA keys are not kept: a new signer means a new PKI.
 """
 
@@ -34,7 +35,6 @@ from aoscore_py.protocol.messages import Certificate, CertificateChain, SignInfo
 
 KEY_TYPES = ("ec", "rsa")
 CHAIN_NAME = "aoscore-test"
-SIGNER_DNS_NAME = "aoscore-signer.invalid"
 RSA_KEY_SIZE = 2048
 
 ROOT_FILE = "root.pem"
@@ -179,13 +179,7 @@ def _issue(
         )
     if not ca:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(SIGNER_DNS_NAME)]), critical=False
-        ).add_extension(
-            # The client verifier refuses an EKU without clientAuth; codeSigning says what for.
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.CODE_SIGNING]
-            ),
-            critical=False,
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False
         )
     return builder.sign(issuer_key, hashes.SHA256())
 

@@ -3,8 +3,9 @@
 Pure logic without file I/O. The downloader hashes each blob once while streaming it (sha256
 always, plus the hash the signature algorithm names), so verification works on those hashes and
 never reads the blob again. A chain is checked at the signature's trusted timestamp against the
-unit's trusted CA with cryptography's X.509 verifier, whose default policy wants a SAN and an AKI
-on the signing certificate, and clientAuth in its EKU when it has one.
+unit's trusted CA with cryptography's X.509 verifier. Its CA checks are the Web PKI's; the signing
+certificate is held to what a code-signing certificate carries, not a TLS client's: a SAN and an
+AKI may be absent, and an EKU, when present, must allow codeSigning.
 """
 
 from __future__ import annotations
@@ -24,10 +25,48 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    Policy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
 
 from aoscore_py.errors import AosCode, BlobError, ConfigError
 from aoscore_py.protocol.messages import Certificate, CertificateChain, SignInfo
+
+_SIGNING_USAGES = frozenset(
+    {ExtendedKeyUsageOID.CODE_SIGNING, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}
+)
+
+_EKU_NAMES = {
+    ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
+    ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+    ExtendedKeyUsageOID.EMAIL_PROTECTION: "emailProtection",
+    ExtendedKeyUsageOID.TIME_STAMPING: "timeStamping",
+    ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning",
+}
+
+
+def _allows_code_signing(
+    _policy: Policy, _cert: x509.Certificate, eku: x509.ExtendedKeyUsage | None
+) -> None:
+    """An EKU limits what a certificate may be used for: blob signing needs codeSigning."""
+    if eku is not None and not _SIGNING_USAGES & set(eku):
+        names = ", ".join(_EKU_NAMES.get(oid, oid.dotted_string) for oid in eku)
+        raise ValueError(f"its extended key usage ({names}) does not allow codeSigning")
+
+
+# Real signing certificates carry no SAN (they name no host) and need no clientAuth.
+_SIGNER_POLICY = (
+    ExtensionPolicy.webpki_defaults_ee()
+    .may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+    .may_be_present(x509.AuthorityKeyIdentifier, Criticality.NON_CRITICAL, None)
+    .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _allows_code_signing)
+)
 
 RSA = "RSA"
 ECDSA = "ECDSA"
@@ -245,7 +284,15 @@ class ChainVerifier:
         if leaf is None:
             leaf, intermediates = self._load_chain(name)
             assert self._store is not None, "verify refuses to run without roots"
-            verifier = PolicyBuilder().store(self._store).time(at).build_client_verifier()
+            verifier = (
+                PolicyBuilder()
+                .store(self._store)
+                .time(at)
+                .extension_policies(
+                    ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_SIGNER_POLICY
+                )
+                .build_client_verifier()
+            )
             try:
                 verifier.verify(leaf, intermediates)
             except VerificationError as exc:

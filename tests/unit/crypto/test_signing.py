@@ -12,6 +12,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -330,6 +334,94 @@ def test_verified_chains_are_cached_per_name_and_time(
     with pytest.raises(SignatureError, match="does not verify at"):
         verifier.verify(digest_of(b"d"), ec_pki.sign(hashes, timestamp=late), hashes)
     assert calls == ["build", "build"]
+
+
+# --- what a signing certificate may carry ---------------------------------------------------------
+
+
+def _with_signer(pki: Pki, extensions: list[x509.ExtensionType]) -> Pki:
+    """`pki` with its signer replaced by one issued from a fresh CA under the same root shape:
+    root -> intermediate -> signer, where the signer carries `extensions` on top of basic
+    constraints and digital-signature key usage (what every signing certificate has)."""
+    now = datetime.now(UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def issue(
+        subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, by: ec.EllipticCurvePrivateKey
+    ) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(name(issuer))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=1))
+        )
+
+    def ca(
+        builder: x509.CertificateBuilder, key: ec.EllipticCurvePrivateKey
+    ) -> x509.CertificateBuilder:
+        usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+        return (
+            builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .add_extension(usage, True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        )
+
+    root_key, mid_key, signer_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    root = ca(issue("root", root_key, "root", root_key), root_key).sign(root_key, SHA256())
+    mid = (
+        ca(issue("mid", mid_key, "root", root_key), mid_key)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), False
+        )
+        .sign(root_key, SHA256())
+    )
+    usage = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
+    builder = (
+        issue("signer", signer_key, "mid", mid_key)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .add_extension(usage, True)
+    )
+    for extension in extensions:
+        builder = builder.add_extension(extension, False)
+    signer = builder.sign(mid_key, SHA256())
+    return dataclasses.replace(
+        pki, root=root, intermediate=mid, signer=signer, signer_key=signer_key
+    )
+
+
+@pytest.mark.parametrize(
+    "extensions",
+    [
+        [x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING])],
+        [],
+        [x509.ExtendedKeyUsage([ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE])],
+        [
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.CODE_SIGNING]
+            ),
+            x509.SubjectAlternativeName([x509.DNSName("signer.example")]),
+        ],
+    ],
+    ids=["codeSigning-only", "no-eku", "any-eku", "tls-client-style"],
+)
+def test_code_signing_certificates_without_san_or_aki_verify(
+    ec_pki: Pki, extensions: list[x509.ExtensionType]
+) -> None:
+    pki = _with_signer(ec_pki, extensions)
+    hashes = hashes_of(b"blob")
+    verifier_for(pki).verify(digest_of(b"blob"), pki.sign(hashes), hashes)
+
+
+def test_a_signer_whose_eku_excludes_code_signing_is_refused(ec_pki: Pki) -> None:
+    pki = _with_signer(ec_pki, [x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])])
+    hashes = hashes_of(b"blob")
+    with pytest.raises(SignatureError, match=r"\(serverAuth\) does not allow codeSigning"):
+        verifier_for(pki).verify(digest_of(b"blob"), pki.sign(hashes), hashes)
 
 
 # --- keys and algorithms --------------------------------------------------------------------------
