@@ -54,7 +54,6 @@ class DownloadPolicy:
     backoff_initial_s: float = 0.5
     backoff_cap_s: float = 15.0
     chunk_bytes: int = 256 << 10
-    sync_bytes: int = 2 << 20
     progress_interval_s: float = 2.0
 
 
@@ -100,12 +99,8 @@ class _Refused(Exception):
 class _Partial:
     """The partial file of one blob, open for appending, with hashes of every byte in it."""
 
-    def __init__(
-        self, store: BlobStore, digest: str, hash_names: Sequence[str], sync_bytes: int
-    ) -> None:
+    def __init__(self, store: BlobStore, digest: str, hash_names: Sequence[str]) -> None:
         self.path = store.partial_path(digest)
-        self.sync_bytes = sync_bytes
-        self._synced = 0
         self.hash_names = tuple(dict.fromkeys(("sha256", *hash_names)))
         self.file: IO[bytes] | None = None
         self.size = 0
@@ -124,7 +119,7 @@ class _Partial:
                 h.update(chunk)
             size += len(chunk)
             await asyncio.sleep(0)
-        self.size = self._synced = size
+        self.size = size
         if limit is not None and size > limit:
             self.reset()
         return self.size
@@ -133,25 +128,18 @@ class _Partial:
         assert self.file is not None
         self.file.truncate(0)
         self.file.seek(0)
-        self.size = self._synced = 0
+        self.size = 0
         self._hashers = {name: hashlib.new(name) for name in self.hash_names}
 
-    def write(self, chunks: Sequence[bytes], sync: bool = True) -> None:
+    def write(self, chunks: Sequence[bytes]) -> None:
         """Append and hash `chunks` as received: each is written as it is, with no copy made
-        to join them (at a blob's rates every pass over the bytes shows). With `sync`, every
-        `sync_bytes` appended are fdatasynced."""
+        to join them (at a blob's rates every pass over the bytes shows)."""
         assert self.file is not None
         for chunk in chunks:
             self.file.write(chunk)
             for h in self._hashers.values():
                 h.update(chunk)
             self.size += len(chunk)
-        if sync and self.size - self._synced >= self.sync_bytes:
-            # Write-behind: the disk takes the bytes while the network brings the next ones,
-            # instead of all at the final fsync; and a power cut loses at most this much.
-            self.file.flush()
-            os.fdatasync(self.file.fileno())
-            self._synced = self.size
 
     async def write_async(self, chunks: Sequence[bytes]) -> None:
         """`write` on the I/O pool: hashing and writing release the GIL there, so they run on
@@ -258,7 +246,7 @@ class Downloader:
                 them, or the disk is full (noMemory).
         """
         async with self._slots:
-            partial = _Partial(self._store, info.digest, hash_names, self.policy.sync_bytes)
+            partial = _Partial(self._store, info.digest, hash_names)
             transfer = Transfer(info.digest, info.size)
             self.active[info.digest] = transfer
             try:
@@ -395,7 +383,7 @@ class Downloader:
                 finally:
                     partial.settle()
                     if chunks:
-                        partial.write(chunks, sync=False)  # on the loop: no disk wait
+                        partial.write(chunks)
                         self._took(gathered, info, partial, transfer)
         except httpx.TransportError as exc:
             raise _Retry(f"{type(exc).__name__}: {exc}") from None

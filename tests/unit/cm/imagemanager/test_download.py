@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
-import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
@@ -300,25 +299,6 @@ async def test_no_more_than_the_parallel_limit_run_at_once(store: BlobStore) -> 
     )
     assert peak == 3
     assert len(store.stored()) == 8
-
-
-async def test_bytes_are_made_durable_every_sync_bytes_as_they_arrive(
-    store: BlobStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    durable: list[int] = []
-    real = os.fdatasync
-
-    def fdatasync(fd: int) -> None:
-        real(fd)
-        durable.append(os.fstat(fd).st_size)
-
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
-    server = Server(mirror_b=lambda r: httpx.Response(200, stream=Slow(DATA)))
-    d = downloader(store, server, chunk_bytes=16_384, sync_bytes=131_072)
-    await d.fetch(info(GOOD), ("sha256",), accept)
-    assert len(durable) == len(DATA) // 131_072 - 1 or len(durable) == len(DATA) // 131_072
-    assert all(b - a >= 131_072 for a, b in zip([0, *durable], durable, strict=False))
-    assert store.stat(DIGEST) is not None
 
 
 async def test_blobs_are_asked_for_as_stored_and_a_coded_body_is_refused(
