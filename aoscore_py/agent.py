@@ -48,6 +48,7 @@ class AgentConfig:
     allow_unsigned: bool = False
     removed_ttl_s: float = 30 * DAY_S
     download_parallel: int = 4
+    download_buffer_bytes: int = DownloadPolicy.receive_buffer_bytes
     download_timeout_s: float = 30.0
 
     def image_policy(self) -> ImagePolicy:
@@ -67,7 +68,9 @@ class AgentConfig:
             trusted_roots=roots,
             allow_unsigned=self.allow_unsigned,
             removed_ttl_s=self.removed_ttl_s,
-            download=DownloadPolicy(parallel=self.download_parallel),
+            download=DownloadPolicy(
+                parallel=self.download_parallel, receive_buffer_bytes=self.download_buffer_bytes
+            ),
         )
 
 

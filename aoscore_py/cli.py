@@ -189,6 +189,14 @@ def cli() -> None:
     callback=_positive,
     help="Seconds without a byte before a blob transfer is retried.",
 )
+@click.option(
+    "--download-buffer",
+    type=click.IntRange(0, 64 << 10),
+    default=256,
+    show_default=True,
+    help="KiB of kernel receive buffer per blob transfer (0: the kernel's autotuning). What "
+    "it holds is lost if the agent is killed; raise it for fast links with long round trips.",
+)
 @with_logs
 def agent(
     cloud: str,
@@ -202,6 +210,7 @@ def agent(
     removed_ttl: float,
     download_parallel: int,
     download_timeout: float,
+    download_buffer: int,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -222,6 +231,7 @@ def agent(
         removed_ttl_s=removed_ttl * DAY_S,
         download_parallel=download_parallel,
         download_timeout_s=download_timeout,
+        download_buffer_bytes=download_buffer << 10,
     )
     _run(run_agent(config))
 
