@@ -6,9 +6,7 @@ from __future__ import annotations
 import datetime
 import re
 import ssl
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -20,6 +18,8 @@ from cryptography.x509.oid import NameOID
 
 from aoscore_py.errors import ConfigError
 from aoscore_py.iam.tls import client_context
+
+from ..loopback import BODY, serve
 
 
 def _name(cn: str) -> x509.Name:
@@ -74,39 +74,21 @@ def _issue(tmp: Path) -> tuple[Path, Path, Path]:
     return ca_pem, leaf_pem, key_pem
 
 
-class _Blob(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "4")
-        self.end_headers()
-        self.wfile.write(b"blob")
-
-    def log_message(self, *_args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def https(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """An HTTPS server on loopback: its URL and the CA file that vouches for it."""
     ca_pem, leaf_pem, key_pem = _issue(tmp_path)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Blob)
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(leaf_pem, key_pem)
-    server.socket = tls.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"https://localhost:{server.server_address[1]}/blob", ca_pem
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(tls, host="localhost") as url:
+        yield url, ca_pem
 
 
 async def test_a_server_from_the_units_ca_is_trusted(https: tuple[str, Path]) -> None:
     url, ca = https
     async with httpx.AsyncClient(verify=client_context(ca), trust_env=False) as http:
         response = await http.get(url)
-    assert response.content == b"blob"
+    assert response.content == BODY
 
 
 async def test_without_the_units_ca_the_same_server_is_refused(https: tuple[str, Path]) -> None:

@@ -10,9 +10,7 @@ import asyncio
 import gzip
 import hashlib
 import socket
-import threading
 from collections.abc import AsyncIterator, Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -23,6 +21,8 @@ from aoscore_py.cm.imagemanager.download import Downloader, DownloadPolicy, blob
 from aoscore_py.errors import AosCode, BlobError
 from aoscore_py.iam.tls import client_context
 from aoscore_py.protocol import BlobUrlInfo
+
+from ... import loopback
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
 DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
@@ -323,34 +323,17 @@ async def test_blobs_are_asked_for_as_stored_and_a_coded_body_is_refused(
     assert server.requests == [("mirror-a.test", None), ("mirror-b.test", None)]
 
 
-class _Tiny(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "4")
-        self.end_headers()
-        self.wfile.write(b"blob")
-
-    def log_message(self, *_args: object) -> None:
-        pass
-
-
 @pytest.mark.parametrize("kib", [64, 512, 0])
 async def test_the_blob_client_bounds_each_transfers_receive_buffer(kib: int) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Tiny)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/"
     policy = DownloadPolicy(receive_buffer_bytes=kib << 10)
-    try:
+    with loopback.serve() as url:
         async with (
             blob_client(policy, 5.0, client_context()) as http,
             http.stream("GET", url) as response,
         ):
             sock = response.extensions["network_stream"].get_extra_info("socket")
             size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-            assert await response.aread() == b"blob"
-    finally:
-        server.shutdown()
-        server.server_close()
+            assert await response.aread() == loopback.BODY
     if kib:
         assert size == 2 * (kib << 10)  # Linux doubles what is asked, for its bookkeeping
     else:
