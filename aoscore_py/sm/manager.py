@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 from statemachine import crashpoint
 
-from ..cm.launcher.interfaces import InstanceKey
 from ..errors import AosError
 from ..logs import get_logger
+from ..nodes import InstanceKey, InstanceSpec, InstanceStatus
 from ..protocol import (
     CpuInfo,
     ErrorInfo,
@@ -45,7 +45,6 @@ from .docker_runtime import (
     DockerRuntime,
     container_name,
 )
-from .interfaces import InstanceSpec, InstanceStatus
 from .planner import Step, instance_state, plan, states_by_key
 
 log = get_logger("sm")

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ..cm.launcher.interfaces import InstanceKey
 from ..errors import AosCode
+from ..nodes import InstanceKey, InstanceSpec
 from ..protocol import ErrorInfo, InstanceState
 from .docker_runtime import (
     LABEL_IMAGE,
@@ -25,7 +25,6 @@ from .docker_runtime import (
     LABEL_VERSION,
     ContainerInfo,
 )
-from .interfaces import InstanceSpec
 
 # Seconds a container without a health check must run before its instance counts as active.
 SETTLE_S = 1.0

@@ -13,8 +13,9 @@ import orjson
 import peewee
 
 from ..cm.imagemanager.interfaces import BlobRecord, ItemRecord
-from ..cm.launcher.interfaces import InstanceKey, InstanceRecord
+from ..cm.launcher.interfaces import InstanceRecord
 from ..cm.updatemanager.interfaces import UnitConfigRecord
+from ..nodes import InstanceKey
 from ..protocol import ErrorInfo, InstanceState, ItemState, UnitConfigState
 from .database import open_database
 

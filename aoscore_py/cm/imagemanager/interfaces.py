@@ -31,17 +31,6 @@ class BlobRecord:
     verified_at: float
 
 
-@dataclass(frozen=True)
-class ImageLayout:
-    """What a runtime needs to build an item's image from stored blobs."""
-
-    index_digest: str
-    manifest_digest: str
-    manifest: dict
-    config_digest: str
-    layer_digests: tuple[str, ...]
-
-
 class ImageStorage(Protocol):
     """The image manager's records."""
 

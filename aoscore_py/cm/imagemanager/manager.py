@@ -31,12 +31,13 @@ from statemachine import crashpoint
 from ...crypto.signing import ChainVerifier, hash_names_for
 from ...errors import AosCode, AosError, BlobError
 from ...logs import get_logger
+from ...nodes import ImageLayout
 from ...protocol import BlobUrlInfo, DesiredItem, DesiredStatus, ErrorInfo, ItemState
 from ..communication.interfaces import BlobUrlSource
 from . import oci
 from .blobstore import BlobStore, digest_hex, hash_file
 from .download import Downloader, DownloadPolicy
-from .interfaces import BlobRecord, ImageLayout, ImageStorage, ItemRecord
+from .interfaces import BlobRecord, ImageStorage, ItemRecord
 
 log = get_logger("imagemanager")
 

@@ -5,19 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from ...nodes import InstanceKey
 from ...protocol import ErrorInfo, InstanceState
-
-
-@dataclass(frozen=True, order=True)
-class InstanceKey:
-    """An instance's identity: (item id, subject id, index)."""
-
-    item_id: str
-    subject_id: str
-    instance: int
-
-    def __str__(self) -> str:
-        return f"{self.item_id}/{self.subject_id}/{self.instance}"
 
 
 @dataclass(frozen=True)

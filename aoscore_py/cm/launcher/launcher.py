@@ -14,10 +14,17 @@ from statemachine import crashpoint
 
 from ...errors import AosCode, AosError
 from ...logs import get_logger
+from ...nodes import (
+    ImageLayout,
+    InstanceKey,
+    InstanceSpec,
+    InstanceStatus,
+    ServiceManager,
+    expand_instances,
+)
 from ...protocol import DesiredStatus, ErrorInfo, InstanceState, ItemState
-from ...sm.interfaces import InstanceSpec, InstanceStatus, ServiceManager
-from ..imagemanager.interfaces import ImageLayout, ItemRecord
-from .interfaces import InstanceKey, InstanceRecord, LauncherStorage
+from ..imagemanager.interfaces import ItemRecord
+from .interfaces import InstanceRecord, LauncherStorage
 from .placement import NodeCandidate, WantedInstance, place
 
 log = get_logger("launcher")
@@ -114,12 +121,9 @@ class Launcher:
         wanted: list[WantedInstance] = []
         records: dict[InstanceKey, InstanceRecord] = {}
         meta: dict[InstanceKey, tuple[ItemRecord | None, int]] = {}
-        for inst in desired.instances:
-            item_id, subject_id = inst.item.key or "", inst.subject.key or ""
-            for index in range(inst.num_instances):
-                key = InstanceKey(item_id, subject_id, index)
-                meta[key] = (versions.get(item_id), inst.priority)
-                wanted.append(WantedInstance(key, inst.priority, frozenset(inst.labels)))
+        for key, inst in expand_instances(desired.instances):
+            meta[key] = (versions.get(key.item_id), inst.priority)
+            wanted.append(WantedInstance(key, inst.priority, frozenset(inst.labels)))
         current = {r.key: r.node for r in self._storage.instances()}
         placements = place(wanted, self.candidates(desired, node_states), current)
         per_node: dict[str, list[InstanceSpec]] = {node: [] for node in self._nodes}

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .interfaces import InstanceKey
+from ...nodes import InstanceKey
 
 
 @dataclass(frozen=True)

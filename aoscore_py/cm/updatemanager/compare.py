@@ -13,6 +13,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ...nodes import InstanceKey, expand_instances
 from ...protocol import DesiredStatus, UnitConfig
 
 
@@ -54,7 +55,7 @@ def _diff_maps(kind: str, old: Mapping[Any, Hashable], new: Mapping[Any, Hashabl
     """
     out = []
     for key in sorted(old.keys() | new.keys()):
-        name = "/".join(str(part) for part in key) if isinstance(key, tuple) else key
+        name = "/".join(str(part) for part in key) if isinstance(key, tuple) else str(key)
         if key not in old:
             out.append(Change(kind, name, "added"))
         elif key not in new:
@@ -84,12 +85,8 @@ def _unit_config_key(config: UnitConfig | None) -> Hashable:
     return (config.version, config.format_version, nodes)
 
 
-def _instance_indexes(ds: DesiredStatus) -> dict[tuple[str, str, int], Hashable]:
-    out: dict[tuple[str, str, int], Hashable] = {}
-    for inst in ds.instances:
-        for index in range(inst.num_instances):
-            out[(inst.item.key, inst.subject.key, index)] = True
-    return out
+def _instance_indexes(ds: DesiredStatus) -> dict[InstanceKey, Hashable]:
+    return dict.fromkeys((key for key, _ in expand_instances(ds.instances)), True)
 
 
 def compare(current: DesiredStatus | None, new: DesiredStatus) -> Changes:

@@ -14,6 +14,7 @@ from itertools import groupby
 
 from ...errors import AosError
 from ...logs import get_logger
+from ...nodes import ServiceManager
 from ...protocol import (
     DesiredStatus,
     ErrorInfo,
@@ -26,7 +27,6 @@ from ...protocol import (
     UnitConfigStatus,
     UnitStatus,
 )
-from ...sm.interfaces import ServiceManager
 from ..imagemanager.interfaces import ItemRecord
 from ..launcher.interfaces import InstanceRecord
 from .interfaces import SequenceStorage, UpdateStorage

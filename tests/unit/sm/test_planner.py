@@ -10,9 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aoscore_py.cm.imagemanager.interfaces import ImageLayout
-from aoscore_py.cm.launcher.interfaces import InstanceKey
 from aoscore_py.errors import AosCode
+from aoscore_py.nodes import ImageLayout, InstanceKey, InstanceSpec
 from aoscore_py.protocol import InstanceState
 from aoscore_py.sm.docker_runtime import (
     LABEL_IMAGE,
@@ -22,7 +21,6 @@ from aoscore_py.sm.docker_runtime import (
     LABEL_VERSION,
     ContainerInfo,
 )
-from aoscore_py.sm.interfaces import InstanceSpec
 from aoscore_py.sm.planner import Step, container_key, instance_state, plan, states_by_key
 
 IMG1 = "sha256:" + "1" * 64

@@ -10,9 +10,10 @@ import peewee
 import pytest
 
 from aoscore_py.cm.imagemanager.interfaces import BlobRecord, ItemRecord
-from aoscore_py.cm.launcher.interfaces import InstanceKey, InstanceRecord
+from aoscore_py.cm.launcher.interfaces import InstanceRecord
 from aoscore_py.cm.updatemanager.interfaces import UnitConfigRecord
 from aoscore_py.errors import StorageError
+from aoscore_py.nodes import InstanceKey
 from aoscore_py.protocol import ErrorInfo, InstanceState, ItemState, UnitConfigState
 from aoscore_py.storage import DB_NAME, SCHEMA_VERSION, Storage, database
 

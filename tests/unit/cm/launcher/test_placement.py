@@ -7,8 +7,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aoscore_py.cm.launcher.interfaces import InstanceKey
 from aoscore_py.cm.launcher.placement import NodeCandidate, Placement, WantedInstance, place
+from aoscore_py.nodes import InstanceKey
 
 
 def key(item: str, index: int = 0, subject: str = "s") -> InstanceKey:
