@@ -20,8 +20,7 @@ import orjson
 
 from aoscore_py.cloud.registry import Registry
 from aoscore_py.cloud.state import read_timeline
-from aoscore_py.sm.docker_runtime import LABEL_UNIT, DockerRuntime
-from aoscore_py.testbed import (
+from aoscore_py.powercut.testbed import (
     AgentLog,
     CloudProcess,
     cycle_phase,
@@ -32,6 +31,7 @@ from aoscore_py.testbed import (
     start_agent,
     wait_converged,
 )
+from aoscore_py.sm.docker_runtime import LABEL_UNIT, DockerRuntime
 
 UNIT = "demo-unit"
 WORK = Path("/tmp/aoscore-demo")

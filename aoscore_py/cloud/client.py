@@ -10,8 +10,8 @@ import orjson
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
-from ..errors import ConfigError, LinkError
-from ..protocol import DesiredStatus, dump_message
+from ..errors import ConfigError, LinkError, ProtocolError
+from ..protocol import DesiredStatus, Envelope, dump_message, parse_any
 from .state import CloudState
 
 
@@ -58,3 +58,17 @@ async def push(
         "timeout": timeout_s,
     }
     return await operate(url, request, timeout_s + 10)
+
+
+def load_desired_status(path: Path) -> DesiredStatus:
+    """A desired status from a file holding a frame, a bare data object or a bare body.
+
+    Raises:
+        ProtocolError: the file is not a valid desired status.
+    """
+    raw = path.read_bytes()
+    parsed = parse_any(raw, message_type="desiredStatus")
+    message = parsed.data if isinstance(parsed, Envelope) else parsed
+    if not isinstance(message, DesiredStatus):
+        raise ProtocolError("$", f"expected a desiredStatus, got {type(message).__name__}")
+    return message

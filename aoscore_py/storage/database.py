@@ -88,6 +88,34 @@ def _move_aside(path: Path, reason: str) -> Path:
     return aside
 
 
+def open_readonly(data_dir: Path) -> tuple[peewee.SqliteDatabase, dict[str, type[peewee.Model]]]:
+    """Open the store in `data_dir` for reading only, as tools and the laboratory do while an
+    agent may be running (WAL lets readers in). Nothing is created, migrated or moved.
+
+    Raises:
+        StorageError: there is no store, it cannot be read, or its schema is newer than ours.
+    """
+    path = data_dir / DB_NAME
+    if not path.is_file():
+        raise StorageError(f"{data_dir}: no agent store here (no {DB_NAME})")
+    db = peewee.SqliteDatabase(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    bound = models.bind(db)
+    meta = bound["Meta"]
+    try:
+        db.connect()
+        row = meta.get_or_none(meta.key == "schema_version")
+    except peewee.DatabaseError as exc:
+        db.close()
+        raise StorageError(f"{path}: cannot read the store ({exc})") from exc
+    current = int(row.value) if row else 0
+    if current > SCHEMA_VERSION:
+        db.close()
+        raise StorageError(
+            f"{path}: schema version {current} is newer than this agent's {SCHEMA_VERSION}"
+        )
+    return db, bound
+
+
 def open_database(data_dir: Path) -> tuple[peewee.SqliteDatabase, dict[str, type[peewee.Model]]]:
     """Open (or create) the store in `data_dir` and bring its schema up to date.
 

@@ -12,12 +12,14 @@ from typing import Any
 import orjson
 import peewee
 
+from statemachine import DurableMachine, Graph
+
 from ..cm.imagemanager.interfaces import BlobRecord, ItemRecord
 from ..cm.launcher.interfaces import InstanceRecord
 from ..cm.updatemanager.interfaces import UnitConfigRecord
 from ..nodes import InstanceKey
 from ..protocol import ErrorInfo, InstanceState, ItemState, UnitConfigState
-from .database import open_database
+from .database import open_database, open_readonly
 
 
 def _error_out(error: ErrorInfo | None) -> bytes | None:
@@ -39,9 +41,9 @@ class Storage:
     Implements ImageStorage, LauncherStorage, UpdateStorage and SequenceStorage.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, read_only: bool = False) -> None:
         self.data_dir = data_dir
-        self.db, m = open_database(data_dir)
+        self.db, m = open_readonly(data_dir) if read_only else open_database(data_dir)
         self._meta = m["Meta"]
         self._desired = m["DesiredStatusRow"]
         self._item = m["ItemRow"]
@@ -52,6 +54,10 @@ class Storage:
 
     def close(self) -> None:
         self.db.close()
+
+    def machine(self, name: str, graph: Graph) -> DurableMachine:
+        """The durable machine `name` of `graph`, kept in this store (its phase and journal)."""
+        return DurableMachine(name, graph, self.db)
 
     def _tx(self) -> peewee._atomic:
         return self.db.atomic("IMMEDIATE")

@@ -12,9 +12,7 @@ import pytest
 from aoscore_py.cloud.oci import OciImage
 from aoscore_py.cloud.registry import Registry
 from aoscore_py.errors import AosError
-from aoscore_py.protocol import DesiredStatus
-from aoscore_py.sm.docker_runtime import LABEL_UNIT, DockerRuntime
-from aoscore_py.testbed import (
+from aoscore_py.powercut.testbed import (
     AgentLog,
     CloudProcess,
     Process,
@@ -23,6 +21,8 @@ from aoscore_py.testbed import (
     start_agent,
     wait_converged,
 )
+from aoscore_py.protocol import DesiredStatus
+from aoscore_py.sm.docker_runtime import LABEL_UNIT, DockerRuntime
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,15 @@ import pytest
 from aoscore_py.cloud.oci import OciImage
 from aoscore_py.cloud.registry import Registry
 from aoscore_py.cloud.service import publish
+from aoscore_py.powercut.testbed import (
+    CloudProcess,
+    cycle_journal,
+    push,
+    read_timeline,
+    scenario,
+    timeline_until,
+    wait_converged,
+)
 from aoscore_py.protocol import DesiredInstance, Identity
 from aoscore_py.sm.docker_runtime import (
     LABEL_IMAGE,
@@ -21,15 +30,6 @@ from aoscore_py.sm.docker_runtime import (
     LABEL_VERSION,
     ContainerSpec,
     DockerRuntime,
-)
-from aoscore_py.testbed import (
-    CloudProcess,
-    cycle_journal,
-    push,
-    read_timeline,
-    scenario,
-    timeline_until,
-    wait_converged,
 )
 
 from .conftest import Agents
@@ -53,7 +53,7 @@ def test_converges_with_every_phase_journalled_and_labelled_containers(
     result = wait_converged(unit, ds, cloud, data_dir, docker_runtime)
     assert result.ok, result.problems
 
-    phases = [row[2] for row in cycle_journal(data_dir)]
+    phases = [r.to_phase for r in cycle_journal(data_dir)]
     assert phases == [
         "downloading",
         "pending",
@@ -122,14 +122,15 @@ def test_change_of_priority_alone_runs_a_cycle(
 ) -> None:
     ds = scenario([("svc-a", images["it-alpha"])], num_instances=1)
     _, log, data_dir = agents.converged(unit, ds, docker_runtime)
-    cycles = [r for r in cycle_journal(data_dir) if r[2] == "downloading"]
+    cycles = [r for r in cycle_journal(data_dir) if r.to_phase == "downloading"]
 
     changed = replace(ds, instances=(replace(ds.instances[0], priority=99),))
     assert push(cloud, unit, changed)["ok"]
     record = log.wait_for("desired.stored", after=0, timeout_s=10)
     assert record
     assert wait_converged(unit, changed, cloud, data_dir, docker_runtime).ok
-    assert len([r for r in cycle_journal(data_dir) if r[2] == "downloading"]) == len(cycles) + 1
+    restarts = [r for r in cycle_journal(data_dir) if r.to_phase == "downloading"]
+    assert len(restarts) == len(cycles) + 1
     assert "instance.priority" in log.find("desired.stored")[-1]["changes"]
 
 

@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from aoscore_py.cloud.oci import OciImage
+from aoscore_py.powercut.testbed import CloudProcess, operate, read_store, scenario, wait_converged
 from aoscore_py.protocol import dump_message
 from aoscore_py.sm.docker_runtime import LABEL_UNIT, DockerRuntime
-from aoscore_py.testbed import CloudProcess, operate, query_store, scenario, wait_converged
 
 from .conftest import Agents
 
@@ -54,7 +54,10 @@ def bad_frames(unit: str, images: dict[str, OciImage]) -> dict[str, tuple[str, s
 
 
 def stored_desired(data_dir: Path) -> bytes:
-    return query_store(data_dir, "select body from desired_status")[0][0]
+    with read_store(data_dir) as storage:
+        body = storage.load_desired_status()
+    assert body is not None
+    return body
 
 
 def test_each_malformed_desired_status_is_nacked_and_changes_nothing(

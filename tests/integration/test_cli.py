@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from aoscore_py.cloud.oci import OciImage
+from aoscore_py.powercut.testbed import CloudProcess, aoscore_cmd, scenario, wait_converged
 from aoscore_py.protocol import dump_message
 from aoscore_py.sm.docker_runtime import DockerRuntime
-from aoscore_py.testbed import CloudProcess, aoscore_cmd, scenario, wait_converged
 
 from .conftest import Agents
 

@@ -21,21 +21,21 @@ import pytest
 from aoscore_py.cloud.oci import OciImage
 from aoscore_py.cloud.registry import Registry
 from aoscore_py.cloud.service import publish
-from aoscore_py.faultproxy import Fault, FaultProxy
-from aoscore_py.protocol import DesiredStatus
-from aoscore_py.sm.docker_runtime import LABEL_ITEM, LABEL_UNIT, LABEL_VERSION, DockerRuntime
-from aoscore_py.testbed import (
+from aoscore_py.powercut.faultproxy import Fault, FaultProxy
+from aoscore_py.powercut.testbed import (
     AgentLog,
     CloudProcess,
     aoscore_cmd,
     operate,
     push,
-    query_store,
+    read_store,
     refetch_after_kill,
     scenario,
     wait_converged,
     wait_item_state,
 )
+from aoscore_py.protocol import DesiredStatus
+from aoscore_py.sm.docker_runtime import LABEL_ITEM, LABEL_UNIT, LABEL_VERSION, DockerRuntime
 
 from .conftest import Agents
 
@@ -107,11 +107,10 @@ def running_versions(runtime: DockerRuntime, unit: str) -> set[tuple[str, str]]:
 
 
 def item_error(data_dir: Path, item_id: str, version: str) -> tuple[int, str]:
-    (raw,) = query_store(
-        data_dir, "select error from item where item_id = ? and version = ?", item_id, version
-    )[0]
-    code, _exit, message = orjson.loads(raw)
-    return code, message
+    with read_store(data_dir) as storage:
+        record = storage.item(item_id, version)
+    assert record is not None and record.error is not None, record
+    return record.error.aos_code, record.error.message
 
 
 def converge(
@@ -307,7 +306,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def start_on(pagents: Agents, unit: str, data_dir: Path) -> AgentLog:
-    from aoscore_py.testbed import start_agent
+    from aoscore_py.powercut.testbed import start_agent
 
     log = AgentLog(pagents.root / f"agent-{uuid.uuid4().hex[:4]}.log")
     proc = start_agent(unit, pagents.cloud.ws_url, data_dir, log.path, ca=pagents.cloud.trusted_ca)
@@ -400,7 +399,8 @@ def test_removed_versions_and_their_own_blobs_are_collected_after_the_ttl(
     assert push(pagents.cloud, unit, second)["ok"]
     assert wait_converged(unit, second, pagents.cloud, data_dir, docker_runtime).ok
     log.wait_for("item.collected", item="svc", version="1.0.0")
-    assert query_store(data_dir, "select version, state from item") == [("2.0.0", "installed")]
+    with read_store(data_dir) as storage:
+        assert [(r.version, r.state.value) for r in storage.items()] == [("2.0.0", "installed")]
     stored = blob_files(data_dir)
     assert set(big.blobs) <= stored
     assert not (set(small.blobs) - set(big.blobs)) & stored, "only shared blobs are kept"

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from aoscore_py.powercut import CRASH_POINTS
-from aoscore_py.testbed import aoscore_cmd
+from aoscore_py.powercut.testbed import aoscore_cmd
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,7 @@ import signal
 import pytest
 
 from aoscore_py.cloud.oci import OciImage
-from aoscore_py.sm.docker_runtime import LABEL_UNIT, DockerRuntime
-from aoscore_py.testbed import (
+from aoscore_py.powercut.testbed import (
     CloudProcess,
     cycle_journal,
     cycle_phase,
@@ -18,6 +17,7 @@ from aoscore_py.testbed import (
     scenario,
     wait_converged,
 )
+from aoscore_py.sm.docker_runtime import LABEL_UNIT, DockerRuntime
 
 from .conftest import Agents
 
@@ -47,8 +47,12 @@ def test_stop_in_the_middle_of_a_phase_and_resume(
     log.wait_for("agent.stopped")
     phase, last = cycle_phase(data_dir), cycle_journal(data_dir)[-1]
     assert phase == "waitingActive"
-    assert last[:3] == ("waitingActive", "interrupted", "waitingActive")
-    assert "shutting down" in last[3]
+    assert (last.from_phase, last.event, last.to_phase) == (
+        "waitingActive",
+        "interrupted",
+        "waitingActive",
+    )
+    assert "shutting down" in last.note
     after = docker_runtime.list_containers({LABEL_UNIT: unit})
     assert [c.id for c in after] == running and after[0].status == "running"
 

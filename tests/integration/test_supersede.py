@@ -15,8 +15,8 @@ import pytest
 from aoscore_py.cloud.oci import OciImage
 from aoscore_py.cloud.registry import Registry
 from aoscore_py.cloud.state import CloudState
+from aoscore_py.powercut.testbed import CloudProcess, scenario, supersede_run
 from aoscore_py.sm.docker_runtime import DockerRuntime
-from aoscore_py.testbed import CloudProcess, scenario, supersede_run
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from aoscore_py.errors import LocalError
-from aoscore_py.faultproxy import Fault, FaultProxy, Request
+from aoscore_py.powercut.faultproxy import Fault, FaultProxy, Request
 
 BLOB = random.Random(7).randbytes(3 * 1024 * 1024)
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()

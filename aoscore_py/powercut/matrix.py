@@ -18,9 +18,9 @@ from pathlib import Path
 
 import orjson
 
-from .cloud.registry import Registry
-from .cloud.service import publish
-from .sm.docker_runtime import DockerRuntime
+from ..cloud.registry import Registry
+from ..cloud.service import publish
+from ..sm.docker_runtime import DockerRuntime
 from .testbed import (
     CloudProcess,
     check_convergence,

@@ -9,25 +9,26 @@ import asyncio
 import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
-from statemachine import ENV_VAR
+from statemachine import ENV_VAR, UPDATE_CYCLE, JournalRecord, MachineError
 
-from .cloud import client
-from .cloud.oci import OciImage
-from .cloud.service import publish
-from .cloud.state import CloudState, read_timeline
-from .cm.updatemanager.handler import MACHINE
-from .protocol import (
+from ..cloud import client
+from ..cloud.oci import OciImage
+from ..cloud.service import publish
+from ..cloud.state import CloudState, read_timeline
+from ..cm.updatemanager.handler import MACHINE
+from ..errors import AosError
+from ..nodes import expand_instances
+from ..protocol import (
     DesiredInstance,
     DesiredItem,
     DesiredNodeState,
@@ -40,9 +41,9 @@ from .protocol import (
     UnitConfig,
     dump_message,
 )
-from .sm.docker_runtime import LABEL_UNIT, DockerRuntime
-from .sm.planner import container_key
-from .storage import DB_NAME
+from ..sm.docker_runtime import LABEL_UNIT, DockerRuntime
+from ..sm.planner import container_key
+from ..storage import Storage
 
 PYTHON = sys.executable
 
@@ -271,11 +272,7 @@ class Convergence:
 
 
 def wanted_instances(ds: DesiredStatus) -> set[tuple[str, str, int]]:
-    return {
-        (i.item.key or "", i.subject.key or "", n)
-        for i in ds.instances
-        for n in range(i.num_instances)
-    }
+    return {(k.item_id, k.subject_id, k.instance) for k, _ in expand_instances(ds.instances)}
 
 
 def check_convergence(
@@ -302,33 +299,34 @@ def check_convergence(
     return Convergence(not problems, tuple(problems))
 
 
-def query_store(data_dir: Path, sql: str, *params: object) -> list[tuple]:
-    """Rows of a read-only query on an agent's store; it may be running (WAL lets readers in)."""
-    uri = f"file:{data_dir / DB_NAME}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as conn:
-        return conn.execute(sql, params).fetchall()
+@contextlib.contextmanager
+def read_store(data_dir: Path) -> Iterator[Storage]:
+    """An agent's store opened for reading; it may be running (WAL lets readers in)."""
+    storage = Storage(data_dir, read_only=True)
+    try:
+        yield storage
+    finally:
+        storage.close()
 
 
 def cycle_phase(data_dir: Path) -> str:
     """The update cycle's committed phase."""
-    return query_store(data_dir, "select phase from sm_phase where machine = ?", MACHINE)[0][0]
+    with read_store(data_dir) as storage:
+        return storage.machine(MACHINE, UPDATE_CYCLE).phase
 
 
-def cycle_journal(data_dir: Path) -> list[tuple[str, str, str, str]]:
-    """The update cycle's journal: (from phase, event, to phase, note), oldest first."""
-    return query_store(
-        data_dir,
-        "select from_phase, event, to_phase, note from sm_journal where machine = ? order by id",
-        MACHINE,
-    )
+def cycle_journal(data_dir: Path) -> list[JournalRecord]:
+    """The update cycle's journal, oldest first."""
+    with read_store(data_dir) as storage:
+        return storage.machine(MACHINE, UPDATE_CYCLE).journal()
 
 
 def _items_installed(data_dir: Path, versions: dict[str | None, str]) -> list[str]:
     try:
-        rows = query_store(data_dir, "select item_id, version, state from item")
-    except sqlite3.Error as exc:
-        return [f"cannot read {data_dir / DB_NAME}: {exc}"]
-    states = {(r[0], r[1]): r[2] for r in rows}
+        with read_store(data_dir) as storage:
+            states = {(r.item_id, r.version): r.state.value for r in storage.items()}
+    except (AosError, MachineError) as exc:
+        return [f"cannot read the store in {data_dir}: {exc}"]
     return [
         f"item {item} {version} is {states.get((item, version), 'unknown')}"
         for item, version in versions.items()
@@ -491,12 +489,11 @@ def timeline_until(cloud: CloudProcess, unit: str, seq: int, timeout_s: float = 
 def item_state(data_dir: Path, item_id: str, version: str) -> str | None:
     """The state an agent's store records for an item version (None when unknown)."""
     try:
-        rows = query_store(
-            data_dir, "select state from item where item_id = ? and version = ?", item_id, version
-        )
-    except sqlite3.Error:
+        with read_store(data_dir) as storage:
+            record = storage.item(item_id, version)
+    except AosError:
         return None
-    return rows[0][0] if rows else None
+    return None if record is None else record.state.value
 
 
 def wait_item_state(

@@ -1,0 +1,214 @@
+"""`aoscore cloud ...`: the reference cloud and its operator commands."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import click
+import orjson
+
+from .. import logs
+from ..errors import ProtocolError
+from .common import (
+    blob_serving_options,
+    cloud_dir_option,
+    exit_codes,
+    fail,
+    positive,
+    run,
+    system_id,
+    with_logs,
+)
+
+_IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+
+
+@click.group()
+def cloud() -> None:
+    """The reference cloud: serve units, publish test images, push desired statuses."""
+
+
+@cloud.command("serve")
+@cloud_dir_option
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Port on 127.0.0.1 (0 picks a free one; see cloud.json).",
+)
+@click.option("--registry", default=None, help="Use this registry URL instead of starting one.")
+@click.option(
+    "--blob-urls-delay",
+    type=click.FloatRange(0, 3600),
+    default=0.0,
+    help="Answer requestBlobUrls after this many seconds (a slow cloud, for tests).",
+)
+@blob_serving_options
+@with_logs
+def cloud_serve(
+    cloud_dir: Path,
+    port: int,
+    registry: str | None,
+    blob_urls_delay: float,
+    signing: str,
+    alg: str | None,
+    base: str | None,
+    dead_first: bool,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Serve units on loopback until SIGINT or SIGTERM."""
+    from ..cloud.server import BlobServing
+    from ..cloud.service import serve_cloud
+
+    logs.configure(log_level, log_format)
+    with exit_codes():
+        serving = BlobServing(signing, alg, base, dead_first)
+    run(
+        serve_cloud(
+            cloud_dir,
+            port=port,
+            registry_url=registry,
+            blob_urls_delay_s=blob_urls_delay,
+            serving=serving,
+        )
+    )
+
+
+@cloud.command("blobs")
+@cloud_dir_option
+@blob_serving_options
+def cloud_blobs(
+    cloud_dir: Path, signing: str, alg: str | None, base: str | None, dead_first: bool
+) -> None:
+    """Change how the running cloud serves blobs (signing, URLs); prints the new setting."""
+    from ..cloud.client import operate, operator_url
+    from ..cloud.server import BlobServing
+
+    with exit_codes():
+        serving = BlobServing(signing, alg, base, dead_first)
+        url = operator_url(cloud_dir)
+    reply = run(operate(url, {"op": "blobs", **serving.describe()}))
+    if not reply.get("ok"):
+        fail(str(reply.get("error")))
+    click.echo(orjson.dumps(reply["serving"]).decode())
+
+
+@cloud.group("pki")
+def cloud_pki() -> None:
+    """The test PKI that signs the blobs the reference cloud serves."""
+
+
+@cloud_pki.command("init")
+@cloud_dir_option
+@click.option("--key-type", type=click.Choice(["ec", "rsa"]), default="ec", show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing PKI.")
+def cloud_pki_init(cloud_dir: Path, key_type: str, force: bool) -> None:
+    """Make a root CA, an intermediate and a signer; print the root CA's path for units."""
+    from ..cloud.state import CloudState
+    from ..crypto.pki import ROOT_FILE, init_pki
+
+    folder = CloudState(cloud_dir).pki_dir
+    with exit_codes():
+        pki = init_pki(folder, key_type, force=force)
+    click.echo(f"{folder / ROOT_FILE}  (chain {pki.chain_name}, {pki.alg})")
+
+
+@cloud.command("publish")
+@click.argument("name")
+@cloud_dir_option
+@click.option("--registry", default=None, help="Registry URL (default: the running cloud's).")
+@click.option(
+    "--healthcheck",
+    default=None,
+    help="A health check command run by the engine, e.g. 'test -f /ready'.",
+)
+@click.option(
+    "--start-period",
+    type=click.FloatRange(0),
+    default=None,
+    help="Seconds during which failing health checks leave the instance activating.",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(0, 1 << 32),
+    default=0,
+    help="Add a layer of this many pseudo-random bytes.",
+)
+def cloud_publish(
+    name: str,
+    cloud_dir: Path,
+    registry: str | None,
+    healthcheck: str | None,
+    start_period: float | None,
+    size: int,
+) -> None:
+    """Build a busybox test image NAME, push it to the registry, print its indexDigest."""
+    from ..cloud.service import publish
+
+    if not _IMAGE_NAME.match(name):
+        raise click.BadParameter(
+            f"{name!r}: use lowercase letters, digits and . _ -", param_hint="NAME"
+        )
+    logs.configure("warning")
+    check = ["/bin/sh", "-c", healthcheck] if healthcheck else None
+    with exit_codes():
+        image = publish(
+            cloud_dir,
+            name,
+            registry_url=registry,
+            healthcheck=check,
+            health_start_period_s=start_period,
+            extra_layer_bytes=size,
+        )
+    click.echo(image.index_digest)
+
+
+@cloud.command("push")
+@click.option("--unit", required=True, callback=system_id, help="The unit's systemId.")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@cloud_dir_option
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    callback=positive,
+    help="Seconds to wait for the unit's ack.",
+)
+def cloud_push(unit: str, file: Path, cloud_dir: Path, timeout: float) -> None:
+    """Send the desired status in FILE to a unit and print its ack."""
+    from ..cloud.client import load_desired_status, operator_url, push
+
+    try:
+        ds = load_desired_status(file)
+    except ProtocolError as exc:
+        fail(f"{file}: {exc.path}: {exc.reason}", 2)
+    except OSError as exc:
+        fail(f"{file}: cannot read: {exc.strerror}", 2)
+    with exit_codes():
+        url = operator_url(cloud_dir)
+    reply = run(push(url, unit, ds, timeout))
+    if reply.get("ok"):
+        click.echo(f"ack unit={unit} txn={reply['txn']}")
+        return
+    if "nack" in reply:
+        click.echo(f"nack unit={unit} txn={reply.get('txn')} reason={reply.get('error')!r}")
+        sys.exit(1)
+    fail(str(reply.get("error")))
+
+
+@cloud.command("timeline")
+@click.option("--unit", required=True, callback=system_id)
+@cloud_dir_option
+@click.option("--last", is_flag=True, help="Only the last unitStatus.")
+def cloud_timeline(unit: str, cloud_dir: Path, last: bool) -> None:
+    """Print the unitStatus timeline of a unit, one JSON object per line."""
+    from ..cloud.state import CloudState, read_timeline
+
+    records = read_timeline(CloudState(cloud_dir).timeline_path(unit))
+    for record in records[-1:] if last else records:
+        click.echo(orjson.dumps(record).decode())
