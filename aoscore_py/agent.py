@@ -15,12 +15,14 @@ from pathlib import Path
 
 from cryptography import x509
 
+from statemachine import UPDATE_CYCLE
+
 from .cm.communication.link import CloudLink
 from .cm.imagemanager.blobstore import BlobStore
 from .cm.imagemanager.download import DownloadPolicy, blob_client
 from .cm.imagemanager.manager import DAY_S, ImageManager, ImagePolicy
 from .cm.launcher.launcher import Launcher
-from .cm.updatemanager.handler import DesiredStatusHandler
+from .cm.updatemanager.handler import MACHINE, DesiredStatusHandler
 from .cm.updatemanager.unitstatus import UnitStatusHandler
 from .crypto.signing import load_pem_certificates
 from .errors import AosCode, AosError, ConfigError, LinkError
@@ -99,18 +101,11 @@ class Agent:
         nodes = {config.node_id: self.sm}
         self.launcher = Launcher(self.storage, nodes, self.images.layout)
         self.status = UnitStatusHandler(
-            self.storage,
-            self.storage,
-            self.images.records,
-            self.launcher.refresh,
-            self.launcher.records,
-            nodes,
-            self.link.send,
-            lambda: self.handler.desired,
+            self.storage, self.storage, self.images, self.launcher, nodes, self.link
         )
         self.handler = DesiredStatusHandler(
+            self.storage.machine(MACHINE, UPDATE_CYCLE),
             self.storage,
-            self.storage.db,
             self.images,
             self.launcher,
             self.status,

@@ -10,8 +10,13 @@
   - RuntimeEngineError: the container engine failed an operation.
   - LinkError: the cloud link is down or timed out.
 
-`is_retryable` is the one place that decides whether an error is worth another try,
-as websockets' `process_exception` does for connections.
+The retry policy lives here and nowhere else (as websockets' `process_exception` does for
+connections): `classify` turns an exception, `classify_code` an errorInfo's aosCode (what a
+stored item record or a node's answer carries) and `transient_http_status` an HTTP answer into
+TRANSIENT (worth another try with backoff: a reset, a timeout, a 5xx, a node away, no space
+yet) or PERMANENT for this desired status (a bad digest or signature, an unsupported platform
+or algorithm, an invalid argument: trying again gives the same answer). The downloader, the
+desired status handler and the cloud link all ask it.
 """
 
 from __future__ import annotations
@@ -102,16 +107,47 @@ class LinkError(AosError):
     code = AosCode.TIMEOUT
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """Whether an operation that raised `exc` is worth trying again later.
+class Retry(enum.Enum):
+    """Whether a failure is worth another try."""
 
-    Certificate failures and bad input are fatal: trying again gives the same answer.
-    Network hiccups and timeouts are transient.
-    """
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+# aosCodes that say "this input will never work": the blob's bytes or signature are wrong
+# (invalidChecksum), the unit cannot handle it (notSupported: a platform, an algorithm, an
+# encrypted blob), or it is malformed or refused by policy (invalidArgument). Everything else
+# (failed, runtime, noMemory, timeout, notFound, ...) may go away by itself.
+PERMANENT_CODES = frozenset(
+    {AosCode.INVALID_CHECKSUM, AosCode.NOT_SUPPORTED, AosCode.INVALID_ARGUMENT}
+)
+
+# HTTP answers worth asking the same URL again for; any other non-2xx is that URL's refusal.
+TRANSIENT_HTTP_STATUS = frozenset({408, 425, 429})
+
+
+def classify_code(code: int) -> Retry:
+    """The retry class of an errorInfo's aosCode."""
+    return Retry.PERMANENT if code in PERMANENT_CODES else Retry.TRANSIENT
+
+
+def classify(exc: BaseException) -> Retry:
+    """The retry class of an exception: by its aosCode when it is ours; a certificate
+    verification failure is permanent; anything else (OSError, timeouts, an unexpected error)
+    is transient, so a bug or a hiccup is retried with backoff instead of wedging the unit."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return False
-    if isinstance(exc, (ProtocolError, ConfigError, StorageError)):
-        return False
-    if isinstance(exc, BlobError):
-        return exc.code != AosCode.INVALID_CHECKSUM
-    return isinstance(exc, (LinkError, OSError, TimeoutError, RuntimeEngineError))
+        return Retry.PERMANENT
+    if isinstance(exc, AosError):
+        return classify_code(exc.code)
+    return Retry.TRANSIENT
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether an operation that raised `exc` is worth trying again later."""
+    return classify(exc) is Retry.TRANSIENT
+
+
+def transient_http_status(status: int) -> bool:
+    """Whether an HTTP status is worth asking the same URL again for (a timeout, too many
+    requests, a server error); 4xx answers are that URL's final word."""
+    return status in TRANSIENT_HTTP_STATUS or status >= 500

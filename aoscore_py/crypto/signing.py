@@ -82,7 +82,13 @@ _PADDINGS = {"PKCS1V1_5": PKCS1V15, "PSS": PSS}
 
 
 class SignatureError(BlobError):
-    """A blob's signature, or the chain that should vouch for it, does not hold."""
+    """A blob's signature, or the chain that should vouch for it, does not hold.
+
+    invalidChecksum by default: like a digest mismatch, the same blob and chain will never
+    verify, so the retry policy (errors.py) does not fetch it again for this desired status.
+    """
+
+    code = AosCode.INVALID_CHECKSUM
 
 
 @dataclass(frozen=True)

@@ -30,15 +30,12 @@ import httpx
 from statemachine import crashpoint
 
 from ...backoff import Backoff
-from ...errors import AosCode, BlobError
+from ...errors import AosCode, BlobError, transient_http_status
 from ...logs import get_logger
 from ...protocol import BlobUrlInfo
 from .blobstore import HASH_CHUNK, NO_SPACE, BlobStore, digest_hex
 
 log = get_logger("imagemanager.download")
-
-# Statuses worth asking the same URL again for; any other non-2xx moves on to the next URL.
-TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 Verifier = Callable[[Mapping[str, bytes]], None]
 
@@ -374,7 +371,7 @@ class Downloader:
                 elif status == 416 and offset:
                     partial.reset()
                     raise _Retry(f"HTTP 416 for bytes={offset}-; starting over")
-                elif status in TRANSIENT_STATUS or status >= 500:
+                elif transient_http_status(status):
                     raise _Retry(f"HTTP {status}")
                 else:
                     raise _Refused(f"HTTP {status}")

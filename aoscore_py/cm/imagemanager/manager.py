@@ -246,7 +246,8 @@ class ImageManager:
         if info.sign_info is None and not self.policy.allow_unsigned:
             raise BlobError(
                 f"blob {digest} has no signature (signInfo) and this unit does not allow "
-                "unsigned items (allow_unsigned is off)"
+                "unsigned items (allow_unsigned is off)",
+                code=AosCode.INVALID_ARGUMENT,
             )
         if not info.urls:
             raise BlobError(f"the cloud gave no URL for blob {digest}", code=AosCode.NOT_FOUND)

@@ -10,9 +10,15 @@ engines report, so resuming a phase after a cut simply does it again.
 
 The cycle's payload names the digest of the desired status it applies. If the stored desired
 status differs at start-up (a cut after it was stored, before the cycle was moved), the cycle
-restarts with it. A cycle that ended with a failure the unit may overcome (an item that did not
-download, a phase that failed, an unexpected error) is tried again with backoff (5 s doubling
-to 5 min), at once when the agent starts or the cloud sends the same desired status again.
+restarts with it.
+
+Failures follow the one retry policy (errors.py). The payload of a resting cycle records its
+failure class: a cycle that failed for a reason the unit may overcome (a network error, a node
+away, no space yet, an unexpected error) is tried again with backoff (5 s doubling to 5 min), at
+once when the agent starts or the cloud sends the same desired status again; one that failed
+only for permanent reasons (a bad digest or signature, an unsupported platform, an invalid
+argument) is not: the unit reports it and waits for a new desired status or an operator's
+`retry`.
 """
 
 from __future__ import annotations
@@ -20,15 +26,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import peewee
-
-from statemachine import UPDATE_CYCLE, DurableMachine, Outcome, PhaseRunner, crashpoint
+from statemachine import DurableMachine, Outcome, PhaseRunner, crashpoint
 
 from ...backoff import Backoff
-from ...errors import AosCode, AosError, ProtocolError
+from ...errors import AosCode, AosError, ProtocolError, Retry, classify, classify_code
 from ...logs import get_logger
 from ...protocol import (
     DesiredStatus,
@@ -38,15 +42,26 @@ from ...protocol import (
     dump_message,
     parse_message,
 )
-from ..imagemanager.manager import ImageManager
-from ..launcher.launcher import Launcher
 from .compare import compare
-from .interfaces import UnitConfigRecord, UpdateStorage
-from .unitstatus import UnitStatusHandler
+from .interfaces import (
+    ImageProvider,
+    InstanceLauncher,
+    UnitConfigRecord,
+    UnitStatusReporter,
+    UpdateStorage,
+)
 
 log = get_logger("updatemanager")
 
 MACHINE = "cycle"
+
+# Crash points of the update manager (powercut/registry.py collects every component's).
+DESIRED_STORED = "updatemanager.desired.stored"
+NODES_STORED = "updatemanager.nodes.stored"
+UNITCONFIG_STORED = "updatemanager.unitconfig.stored"
+CRASH_POINTS = (DESIRED_STORED, NODES_STORED, UNITCONFIG_STORED)
+
+Sleep = Callable[[float], Awaitable[Any]]
 
 
 def digest_of(body: bytes) -> str:
@@ -75,18 +90,45 @@ def validate(ds: DesiredStatus) -> None:
         unique("node", "unitConfig.nodes", [n.node.key for n in ds.unit_config.nodes])
 
 
+def worse(a: Retry | None, b: Retry | None) -> Retry | None:
+    """The class of two failures together: one that may go away is worth a retry."""
+    if a is Retry.TRANSIENT or b is Retry.TRANSIENT:
+        return Retry.TRANSIENT
+    return a or b
+
+
+def failure_of(phase: str, payload: Mapping[str, Any] | None) -> Retry | None:
+    """How the resting cycle failed, from its committed phase and payload: None when nothing
+    failed. `failed` (an unexpected error) is transient: a bug or a hiccup is retried with
+    backoff instead of wedging the unit."""
+    if phase == "failed":
+        return Retry.TRANSIENT
+    payload = payload or {}
+    if not (payload.get("error") or payload.get("failed_items")):
+        return None
+    return Retry(payload.get("retry", Retry.TRANSIENT.value))
+
+
 def _guard(
     phase: Callable[[dict[str, Any]], Awaitable[Outcome]],
 ) -> Callable[[dict[str, Any] | None], Awaitable[Outcome]]:
-    """An expected error (AosError) ends the cycle with `fail`, keeping the payload's digest."""
+    """An expected error (AosError) ends the cycle with `fail`, keeping the payload's digest
+    and recording the failure's retry class."""
 
     async def run(payload: dict[str, Any] | None) -> Outcome:
         payload = dict(payload or {})
         try:
             return await phase(payload)
         except AosError as exc:
-            log.error("phase.failed", error=exc.message, next="cycle ends; reported in status")
-            return Outcome("fail", {**payload, "error": exc.message}, note=exc.message)
+            kind = worse(classify(exc), failure_of("none", payload))
+            log.error(
+                "phase.failed",
+                error=exc.message,
+                retry=kind.value if kind else None,
+                next="cycle ends; reported in status",
+            )
+            failed = {**payload, "error": exc.message, "retry": kind.value if kind else None}
+            return Outcome("fail", failed, note=exc.message)
 
     return run
 
@@ -95,26 +137,32 @@ class DesiredStatusHandler:
     """Receives desired statuses and runs the durable update cycle.
 
     Args:
+        machine: the update cycle's durable machine (its phase, payload and journal).
         storage: the desired status, node states and unit config.
-        db: the database the cycle's phase and journal live in.
         images: the image manager.
         launcher: the launcher.
-        status: the unit status handler (a full status after every cycle).
+        status: the unit status handler (told the desired status in force; a full status after
+            every cycle).
         nodes: the codenames of the unit's nodes.
         active_timeout_s: how long waitingActive waits for instances to leave activating.
+        retry: the backoff between tries of a cycle that failed for a transient reason.
+        sleep: how to wait for the next try (tests pass a fake clock's).
     """
 
     def __init__(
         self,
+        machine: DurableMachine,
         storage: UpdateStorage,
-        db: peewee.Database,
-        images: ImageManager,
-        launcher: Launcher,
-        status: UnitStatusHandler,
+        images: ImageProvider,
+        launcher: InstanceLauncher,
+        status: UnitStatusReporter,
         nodes: frozenset[str],
         *,
         active_timeout_s: float = 600.0,
+        retry: Backoff | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
+        self.machine = machine
         self._storage = storage
         self._images = images
         self._launcher = launcher
@@ -123,11 +171,11 @@ class DesiredStatusHandler:
         self._active_timeout_s = active_timeout_s
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._retry = Backoff(initial=5.0, factor=2.0, cap=300.0, jitter=0.2)
+        self._retry = retry or Backoff(initial=5.0, factor=2.0, cap=300.0, jitter=0.2)
+        self._sleep = sleep
         self._retry_task: asyncio.Task[None] | None = None
-        self.machine = DurableMachine(MACHINE, UPDATE_CYCLE, db)
         self.runner = PhaseRunner(
-            self.machine,
+            machine,
             {
                 "downloading": _guard(self._downloading),
                 "pending": _guard(self._pending),
@@ -138,12 +186,26 @@ class DesiredStatusHandler:
             },
             on_move=self._moved,
         )
-        raw = storage.load_desired_status()
-        self._desired: DesiredStatus | None = None
-        self._digest: str | None = None
-        if raw is not None:
-            self._desired = parse_message(raw, message_type="desiredStatus")  # type: ignore[assignment]
-            self._digest = digest_of(raw)
+        self._desired, self._digest = self._load_stored()
+        status.use_desired(self._desired)
+
+    def _load_stored(self) -> tuple[DesiredStatus | None, str | None]:
+        """The stored desired status; one that this version refuses (stored by an older one
+        with laxer rules) is set aside: the cloud sends the desired status again on connect."""
+        raw = self._storage.load_desired_status()
+        if raw is None:
+            return None, None
+        try:
+            ds = parse_message(raw, message_type="desiredStatus")
+        except ProtocolError as exc:
+            log.error(
+                "desired.unreadable",
+                error=exc.message,
+                next="ignored; waiting for the cloud to send the desired status again",
+            )
+            return None, None
+        assert isinstance(ds, DesiredStatus)
+        return ds, digest_of(raw)
 
     @property
     def desired(self) -> DesiredStatus | None:
@@ -152,6 +214,15 @@ class DesiredStatusHandler:
     @property
     def idle(self) -> bool:
         return not self.runner.running
+
+    @property
+    def failure(self) -> Retry | None:
+        """How the resting cycle failed for the stored desired status (None: it did not, or a
+        cycle is running, or it applied another one)."""
+        payload = self.machine.payload or {}
+        if self.runner.running or self._desired is None or payload.get("ds") != self._digest:
+            return None
+        return failure_of(self.machine.phase, payload)
 
     async def start(self) -> None:
         """Resume where the last run stopped."""
@@ -166,19 +237,28 @@ class DesiredStatusHandler:
             elif not self.machine.resting:
                 log.info("cycle.resume", phase=phase, next=f"running {phase} again")
                 self._run()
-            elif self._needs_retry():
+            elif self.failure is Retry.TRANSIENT:
                 self._schedule_retry(0.0, "the last cycle failed")
+            elif self.failure is Retry.PERMANENT:
+                log.info(
+                    "cycle.failed_permanently",
+                    phase=phase,
+                    error=(self.machine.payload or {}).get("error"),
+                    next="waiting for a new desired status or an operator's retry",
+                )
             else:
                 log.info("cycle.idle", phase=phase)
 
-    def _needs_retry(self) -> bool:
-        """The resting cycle applied the stored desired status and something failed."""
-        payload = self.machine.payload or {}
-        if self._desired is None or payload.get("ds") != self._digest:
-            return False
-        return self.machine.phase == "failed" or bool(
-            payload.get("error") or payload.get("failed_items")
-        )
+    async def retry(self) -> bool:
+        """An operator's retry: run the cycle again for the stored desired status, whatever
+        its last failure was. False when a cycle is running or nothing is stored."""
+        async with self._lock:
+            if self.runner.running or self._desired is None:
+                return False
+            self._cancel_retry()
+            self._retry.reset()
+            self._restart("retry asked by an operator")
+            return True
 
     def _cancel_retry(self) -> None:
         if self._retry_task is not None:
@@ -191,9 +271,9 @@ class DesiredStatusHandler:
         self._retry_task = asyncio.create_task(self._retry_later(delay_s), name="cycle.retry")
 
     async def _retry_later(self, delay_s: float) -> None:
-        await asyncio.sleep(delay_s)
+        await self._sleep(delay_s)
         async with self._lock:
-            if self.runner.running or not self._needs_retry():
+            if self.runner.running or self.failure is not Retry.TRANSIENT:
                 return
             self._retry_task = None
             self._restart("retry after a failed cycle")
@@ -213,7 +293,7 @@ class DesiredStatusHandler:
                     reason="no change from the desired status in force",
                     phase=self.machine.phase,
                 )
-                if self.idle and self._needs_retry():
+                if self.idle and self.failure is Retry.TRANSIENT:
                     self._schedule_retry(0.0, "the same desired status arrived again")
                 elif self.idle:
                     self._spawn(self._status.send_full("desired status needs no update"))
@@ -222,8 +302,9 @@ class DesiredStatusHandler:
             self._retry.reset()
             body = dump_message(ds)
             self._storage.save_desired_status(body)
-            crashpoint("updatemanager.desired.stored")
+            crashpoint(DESIRED_STORED)
             self._desired, self._digest = ds, digest_of(body)
+            self._status.use_desired(ds)
             log.info("desired.stored", digest=self._digest, changes=changes.summary())
             phase = self.machine.phase
             if self.runner.running:
@@ -270,14 +351,19 @@ class DesiredStatusHandler:
         if exc is not None:
             log.error("cycle.error", error=f"{type(exc).__name__}: {exc}", phase=self.machine.phase)
             return
-        if self._needs_retry():
+        failure = self.failure
+        if failure is Retry.TRANSIENT:
             self._schedule_retry(self._retry.next(), "the cycle failed")
+            then = "retried with backoff"
         else:
             self._retry.reset()
+            then = "idle" if failure is None else "waiting for a new desired status or a retry"
         log.info(
             "cycle.ended",
             phase=task.result(),
             payload_error=(self.machine.payload or {}).get("error"),
+            failed=failure.value if failure else None,
+            next=then,
         )
         self._spawn(self._status.send_full(f"cycle ended in {task.result()}"))
 
@@ -300,11 +386,19 @@ class DesiredStatusHandler:
 
     async def _downloading(self, payload: dict[str, Any]) -> Outcome:
         records = await self._images.download(self._ds())
-        failed = [r.item_id for r in records if r.error is not None]
+        failed = [r for r in records if r.error is not None]
+        kind = None
+        for r in failed:
+            assert r.error is not None
+            kind = worse(kind, classify_code(r.error.aos_code))
         return Outcome(
             "done",
-            {**payload, "failed_items": failed},
-            note=f"{len(records) - len(failed)} items ready, failed: {failed}",
+            {
+                **payload,
+                "failed_items": [r.item_id for r in failed],
+                "retry": kind.value if kind else None,
+            },
+            note=f"{len(records) - len(failed)} items ready, failed: {[r.item_id for r in failed]}",
         )
 
     async def _pending(self, payload: dict[str, Any]) -> Outcome:
@@ -315,7 +409,7 @@ class DesiredStatusHandler:
         states = {n.item.key or "": n.state.value for n in ds.nodes}
         if states != self._storage.node_states():
             self._storage.set_node_states(states)
-            crashpoint("updatemanager.nodes.stored")
+            crashpoint(NODES_STORED)
             log.info("nodes.stored", states=states)
         config = ds.unit_config
         if config is not None:
@@ -335,7 +429,7 @@ class DesiredStatusHandler:
                 else:
                     record = UnitConfigRecord(config.version, UnitConfigState.INSTALLED, body)
                 self._storage.save_unit_config(record)
-                crashpoint("updatemanager.unitconfig.stored")
+                crashpoint(UNITCONFIG_STORED)
                 log.info("unitconfig.stored", version=config.version, state=record.state.value)
         return Outcome("done", payload)
 

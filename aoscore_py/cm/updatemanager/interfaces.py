@@ -1,11 +1,21 @@
-"""What the update manager offers and needs."""
+"""What the update manager offers and needs.
+
+The desired status handler sees its collaborators only through these small protocols, as
+AosCore's update manager sees its own through `itf/`: the image manager, the launcher, the unit
+status handler and the store of the desired status, node states and unit config. Its phase and
+journal come as a `DurableMachine`. Nothing here imports an engine, a socket or a database, so
+the handler's central rule is tested in milliseconds against stubs (tests/unit/cm/updatemanager).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ...protocol import ErrorInfo, UnitConfigState
+from ...protocol import DesiredItem, DesiredStatus, ErrorInfo, NodeInfo, UnitConfigState, UnitStatus
+from ..imagemanager.interfaces import ItemRecord
+from ..launcher.interfaces import InstanceRecord
 
 
 @dataclass(frozen=True)
@@ -33,3 +43,74 @@ class SequenceStorage(Protocol):
     """Blocks of message sequence numbers that only grow, across restarts."""
 
     def reserve_seq(self, block: int) -> int: ...
+
+
+class ItemSource(Protocol):
+    """The item records, as the unit status reports them."""
+
+    def records(self) -> list[ItemRecord]: ...
+
+
+class ImageProvider(ItemSource, Protocol):
+    """The image manager, as the update cycle drives it."""
+
+    async def download(self, ds: DesiredStatus) -> list[ItemRecord]:
+        """Make every item's blobs present and verified; each item's record (pending or
+        failed, with its errorInfo). One item's failure does not stop the others."""
+        ...
+
+    def finalize(self, desired: Sequence[DesiredItem], running: set[tuple[str, str]]) -> None:
+        """Mark desired items installed and retire versions no instance runs."""
+        ...
+
+
+class InstanceSource(Protocol):
+    """The instance records: as last stored, or refreshed from the nodes."""
+
+    def records(self) -> list[InstanceRecord]: ...
+
+    async def refresh(self) -> list[InstanceRecord]:
+        """Ask every node how its instances run, record and return it.
+
+        Raises:
+            AosError: a node cannot be asked.
+        """
+        ...
+
+
+class InstanceLauncher(InstanceSource, Protocol):
+    """The launcher, as the update cycle drives it."""
+
+    async def launch(
+        self, desired: DesiredStatus, items: Sequence[ItemRecord], node_states: Mapping[str, str]
+    ) -> list[InstanceRecord]:
+        """Place every desired instance, tell each node its list, record the answers."""
+        ...
+
+    async def wait_active(self, timeout_s: float) -> bool:
+        """Wait until no instance is activating; False when `timeout_s` passes first."""
+        ...
+
+
+class NodeReporter(Protocol):
+    """A node as the unit status describes it."""
+
+    async def node_info(self) -> NodeInfo: ...
+
+
+class StatusSender(Protocol):
+    """Sends a unit status to the cloud (the cloud link)."""
+
+    async def send(self, message: UnitStatus) -> str | None: ...
+
+
+class UnitStatusReporter(Protocol):
+    """The unit status handler, as the desired status handler uses it."""
+
+    def use_desired(self, desired: DesiredStatus | None) -> None:
+        """The desired status in force now (its subjects are reported)."""
+        ...
+
+    async def send_full(self, reason: str) -> None:
+        """Send a full unit status now; never raises."""
+        ...

@@ -8,13 +8,12 @@ when messages arrive out of order.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from itertools import groupby
 
 from ...errors import AosError
 from ...logs import get_logger
-from ...nodes import ServiceManager
 from ...protocol import (
     DesiredStatus,
     ErrorInfo,
@@ -29,7 +28,14 @@ from ...protocol import (
 )
 from ..imagemanager.interfaces import ItemRecord
 from ..launcher.interfaces import InstanceRecord
-from .interfaces import SequenceStorage, UpdateStorage
+from .interfaces import (
+    InstanceSource,
+    ItemSource,
+    NodeReporter,
+    SequenceStorage,
+    StatusSender,
+    UpdateStorage,
+)
 
 log = get_logger("unitstatus")
 
@@ -94,35 +100,38 @@ def instances_status(records: list[InstanceRecord]) -> tuple[InstancesStatus, ..
 class UnitStatusHandler:
     """Builds and sends full unit statuses.
 
+    The desired status handler tells it which desired status is in force (`use_desired`), so
+    it needs no way back into the handler.
+
     Args:
-        storage: unit config, node states and sequence numbers.
-        items: the item records (image manager).
-        instances: refreshes and returns the instance records (launcher).
-        recorded: the instance records as last stored, without asking the nodes.
-        nodes: node codename -> service manager.
-        send: sends a message to the cloud.
-        desired: the desired status in force (for subjects).
+        storage: unit config and node states.
+        seq_storage: where sequence numbers are reserved.
+        items: the item records (the image manager).
+        instances: the instance records, refreshed from the nodes (the launcher).
+        nodes: node codename -> what reports that node.
+        sender: sends a status to the cloud (the cloud link).
     """
 
     def __init__(
         self,
         storage: UpdateStorage,
         seq_storage: SequenceStorage,
-        items: Callable[[], list[ItemRecord]],
-        instances: Callable[[], Awaitable[list[InstanceRecord]]],
-        recorded: Callable[[], list[InstanceRecord]],
-        nodes: Mapping[str, ServiceManager],
-        send: Callable[[UnitStatus], Awaitable[str | None]],
-        desired: Callable[[], DesiredStatus | None],
+        items: ItemSource,
+        instances: InstanceSource,
+        nodes: Mapping[str, NodeReporter],
+        sender: StatusSender,
     ) -> None:
         self.boot_id = uuid.uuid4().hex
         self._storage = storage
         self._seq = SequenceNumbers(seq_storage)
         self._items = items
         self._instances = instances
-        self._recorded = recorded
         self._nodes = dict(nodes)
-        self._send = send
+        self._sender = sender
+        self._desired: DesiredStatus | None = None
+
+    def use_desired(self, desired: DesiredStatus | None) -> None:
+        """The desired status in force now; its subjects are reported."""
         self._desired = desired
 
     async def _node_infos(self) -> tuple[NodeInfo, ...]:
@@ -139,7 +148,7 @@ class UnitStatusHandler:
         """The instances as the nodes report them now; the last recorded ones, each marked with
         the error, when a node cannot be asked (a status still goes out)."""
         try:
-            return await self._instances()
+            return await self._instances.refresh()
         except AosError as exc:
             log.warning(
                 "status.degraded",
@@ -147,18 +156,18 @@ class UnitStatusHandler:
                 next="reporting the last recorded instance states",
             )
             error = ErrorInfo(int(exc.code), 0, f"node not reachable: {exc.message}")
-            return [replace(r, error=r.error or error) for r in self._recorded()]
+            return [replace(r, error=r.error or error) for r in self._instances.records()]
 
     async def full_status(self) -> UnitStatus:
         config = self._storage.unit_config()
-        desired = self._desired()
+        desired = self._desired
         return UnitStatus(
             is_delta_info=False,
             unit_config=()
             if config is None
             else (UnitConfigStatus(config.version, config.state, config.error),),
             nodes=await self._node_infos(),
-            items=items_status(self._items()),
+            items=items_status(self._items.records()),
             instances=instances_status(await self._instance_records()),
             subjects=tuple(Identity(codename=s.identity.key) for s in desired.subjects)
             if desired
@@ -179,7 +188,7 @@ class UnitStatusHandler:
                 next="the next cycle or reconnect sends a full status",
             )
             return
-        txn = await self._send(status)
+        txn = await self._sender.send(status)
         log.info(
             "status.full",
             reason=reason,

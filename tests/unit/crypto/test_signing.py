@@ -31,7 +31,7 @@ from aoscore_py.crypto.signing import (
     parse_alg,
     sign_digest,
 )
-from aoscore_py.errors import AosCode, BlobError, ConfigError
+from aoscore_py.errors import AosCode, BlobError, ConfigError, Retry, classify
 from aoscore_py.protocol.messages import Certificate, CertificateChain, SignInfo
 
 RSA_ALGS = [
@@ -183,7 +183,7 @@ def test_wrong_rsa_signature_is_refused(rsa_pki: Pki, alg: str) -> None:
     broken = dataclasses.replace(sign_info, value=sign_info.value[:-1] + b"\x00")
     with pytest.raises(SignatureError) as info:
         verifier_for(rsa_pki).verify(digest_of(b"x"), broken, hashes)
-    assert info.value.code == AosCode.FAILED
+    assert info.value.code == AosCode.INVALID_CHECKSUM
     assert info.value.message == (
         f"signature of blob {digest_of(b'x')} does not verify with certificate "
         f"{rsa_pki.signer.subject.rfc4514_string()} (chain aoscore-test)"
@@ -465,10 +465,11 @@ def test_no_roots_refuses_every_blob(ec_pki: Pki) -> None:
         verifier.verify(digest_of(b"x"), ec_pki.sign(hashes), hashes)
 
 
-def test_signature_error_is_a_blob_error() -> None:
+def test_signature_error_is_a_permanent_blob_error() -> None:
     error = SignatureError("bad")
     assert isinstance(error, BlobError)
-    assert error.code == AosCode.FAILED
+    assert error.code == AosCode.INVALID_CHECKSUM
+    assert classify(error) is Retry.PERMANENT
 
 
 # --- PEM ------------------------------------------------------------------------------------------

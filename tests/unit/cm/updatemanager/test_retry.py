@@ -1,0 +1,320 @@
+"""The one retry policy, as the desired status handler applies it, on a fake clock.
+
+A cycle that failed for a transient reason is tried again with backoff (5 s doubling to 5 min);
+one that failed only for permanent reasons is not: the unit reports it and waits for a new
+desired status or an operator's retry. Ten minutes pass in microseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aoscore_py.cloud.oci import OciImage, build_test_image
+from aoscore_py.cm.imagemanager.blobstore import BlobStore
+from aoscore_py.cm.imagemanager.download import DownloadPolicy
+from aoscore_py.cm.imagemanager.manager import ImageManager, ImagePolicy
+from aoscore_py.crypto.pki import Pki, init_pki
+from aoscore_py.errors import AosCode, AosError, Retry, classify, classify_code
+from aoscore_py.protocol import (
+    BlobUrlInfo,
+    DesiredItem,
+    DesiredStatus,
+    ErrorInfo,
+    Identity,
+    ItemState,
+)
+
+from .rig import Rig, desired, same_as
+from .stubs import settle
+
+TEN_MINUTES = 600.0
+FIRST, SECOND = desired("1.0.0"), desired("2.0.0")
+PERMANENT = (AosCode.INVALID_CHECKSUM, AosCode.NOT_SUPPORTED, AosCode.INVALID_ARGUMENT)
+TRANSIENT = (AosCode.FAILED, AosCode.NO_MEMORY, AosCode.TIMEOUT, AosCode.NOT_FOUND)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    rig = Rig(tmp_path / "data")
+    yield rig
+    await rig.close()
+
+
+def failing(code: AosCode) -> Callable[[DesiredItem], ErrorInfo]:
+    def outcome(item: DesiredItem) -> ErrorInfo:
+        return ErrorInfo(int(code), 0, f"{item.item.key}: failed with {code.name}")
+
+    return outcome
+
+
+async def first_cycle(rig: Rig, ds: DesiredStatus = FIRST) -> None:
+    handler = rig.build()
+    await handler.start()
+    await handler.accept(ds, time.monotonic())
+    await settle(handler)
+
+
+@pytest.mark.parametrize("code", TRANSIENT, ids=lambda c: c.name)
+async def test_a_transient_failure_is_retried_with_backoff(rig: Rig, code: AosCode) -> None:
+    rig.images.outcome = failing(code)
+    await first_cycle(rig)
+    assert rig.handler is not None and rig.handler.failure is Retry.TRANSIENT
+
+    await rig.clock.advance(TEN_MINUTES, rig.handler)
+
+    # 5, 10, 20, 40, 80 and 160 s have passed in ten minutes; the 300 s wait is under way.
+    assert rig.clock.slept == [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0]
+    assert len(rig.images.downloads) == 7
+    assert all(reason == "cycle ended in none" for reason in rig.status.reasons)
+
+
+@pytest.mark.parametrize("code", PERMANENT, ids=lambda c: c.name)
+async def test_a_permanent_failure_is_not_retried(rig: Rig, code: AosCode) -> None:
+    rig.images.outcome = failing(code)
+    await first_cycle(rig)
+    assert rig.handler is not None and rig.handler.failure is Retry.PERMANENT
+
+    await rig.clock.advance(TEN_MINUTES, rig.handler)
+
+    assert rig.clock.slept == []
+    assert rig.images.downloads == [FIRST]
+    assert rig.status.reasons == ["cycle ended in none"], "the failure was reported once"
+    assert rig.machine.payload is not None
+    assert rig.machine.payload["failed_items"] == ["svc"]
+    assert rig.machine.payload["retry"] == "permanent"
+
+
+async def test_one_transient_failure_among_permanent_ones_is_retried(rig: Rig) -> None:
+    extra = DesiredItem(Identity(id="other", type="service"), "1.0.0", "sha256:" + "c" * 64)
+    two = replace(FIRST, items=(*FIRST.items, extra))
+
+    def outcome(item: DesiredItem) -> ErrorInfo:
+        code = AosCode.INVALID_CHECKSUM if item.item.key == "svc" else AosCode.TIMEOUT
+        return ErrorInfo(int(code), 0, "no")
+
+    rig.images.outcome = outcome
+    await first_cycle(rig, two)
+    assert rig.handler is not None and rig.handler.failure is Retry.TRANSIENT
+    await rig.clock.advance(5.0, rig.handler)
+    assert len(rig.images.downloads) == 2
+
+
+async def test_the_same_desired_status_again_does_not_retry_a_permanent_failure(rig: Rig) -> None:
+    rig.images.outcome = failing(AosCode.INVALID_CHECKSUM)
+    await first_cycle(rig)
+    assert rig.handler is not None
+
+    await rig.handler.accept(same_as(FIRST), time.monotonic())
+    assert await rig.status.next_report() == "desired status needs no update"
+    await rig.clock.advance(TEN_MINUTES, rig.handler)
+    assert rig.images.downloads == [FIRST]
+
+
+async def test_the_same_desired_status_again_retries_a_transient_failure_at_once(
+    rig: Rig,
+) -> None:
+    rig.images.outcome = failing(AosCode.FAILED)
+    await first_cycle(rig)
+    assert rig.handler is not None
+
+    await rig.handler.accept(same_as(FIRST), time.monotonic())
+    await rig.clock.advance(0.0, rig.handler)
+    assert len(rig.images.downloads) == 2
+
+
+async def test_a_new_desired_status_after_a_permanent_failure_runs_a_cycle(rig: Rig) -> None:
+    rig.images.outcome = failing(AosCode.NOT_SUPPORTED)
+    await first_cycle(rig)
+    assert rig.handler is not None
+    rig.images.outcome = lambda _item: None
+
+    await rig.handler.accept(SECOND, time.monotonic())
+    await settle(rig.handler)
+    assert rig.images.downloads == [FIRST, SECOND]
+    assert rig.handler.failure is None
+
+
+async def test_an_operator_retry_runs_a_permanently_failed_cycle_again(rig: Rig) -> None:
+    rig.images.outcome = failing(AosCode.INVALID_CHECKSUM)
+    await first_cycle(rig)
+    assert rig.handler is not None
+    rig.images.outcome = lambda _item: None
+
+    assert await rig.handler.retry()
+    await settle(rig.handler)
+    assert rig.images.downloads == [FIRST, FIRST]
+    assert rig.handler.failure is None
+    assert rig.machine.journal()[-7].note == "retry asked by an operator"
+
+
+async def test_an_operator_retry_is_refused_while_a_cycle_runs(rig: Rig) -> None:
+    handler = await rig.hold_in(FIRST, "downloading")
+    assert not await handler.retry()
+    assert rig.images.gate.cancelled == 0
+
+
+@pytest.mark.parametrize(
+    ("code", "retried"),
+    [(AosCode.INVALID_CHECKSUM, False), (AosCode.TIMEOUT, True)],
+    ids=["permanent", "transient"],
+)
+async def test_a_restart_keeps_the_failure_class(rig: Rig, code: AosCode, retried: bool) -> None:
+    rig.images.outcome = failing(code)
+    await first_cycle(rig)
+    assert rig.handler is not None
+    await rig.handler.stop()
+
+    handler = rig.build()
+    await handler.start()
+    await rig.clock.advance(0.0, handler)
+    assert len(rig.images.downloads) == (2 if retried else 1)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (AosError("the chain is not trusted", code=AosCode.INVALID_ARGUMENT), Retry.PERMANENT),
+        (AosError("the node did not answer", code=AosCode.TIMEOUT), Retry.TRANSIENT),
+        (RuntimeError("a bug"), Retry.TRANSIENT),
+    ],
+    ids=["permanent", "transient", "unexpected"],
+)
+async def test_a_failed_phase_follows_the_policy(
+    rig: Rig, error: BaseException, expected: Retry
+) -> None:
+    rig.launcher.launch_error = error
+    await first_cycle(rig)
+    assert rig.handler is not None and rig.handler.failure is expected
+    assert rig.machine.phase == ("failed" if isinstance(error, RuntimeError) else "none")
+
+    await rig.clock.advance(TEN_MINUTES, rig.handler)
+    launches = len(rig.launcher.launches)
+    assert launches == (7 if expected is Retry.TRANSIENT else 1)
+
+
+async def test_a_cycle_that_succeeds_after_retries_starts_the_backoff_again(rig: Rig) -> None:
+    rig.images.outcome = failing(AosCode.FAILED)
+    await first_cycle(rig)
+    assert rig.handler is not None
+    await rig.clock.advance(5.0 + 10.0, rig.handler)
+    assert rig.clock.slept == [5.0, 10.0, 20.0]
+
+    rig.images.outcome = lambda _item: None
+    await rig.clock.advance(20.0, rig.handler)
+    assert rig.handler.failure is None
+    rig.images.outcome = failing(AosCode.FAILED)
+    await rig.handler.accept(SECOND, time.monotonic())
+    await settle(rig.handler)
+    assert rig.clock.slept[-1] == 5.0
+
+
+@pytest.mark.parametrize("code", PERMANENT)
+def test_permanent_codes(code: AosCode) -> None:
+    assert classify_code(code) is Retry.PERMANENT
+    assert classify(AosError("x", code=code)) is Retry.PERMANENT
+
+
+@pytest.mark.parametrize("code", TRANSIENT)
+def test_transient_codes(code: AosCode) -> None:
+    assert classify_code(code) is Retry.TRANSIENT
+    assert classify(AosError("x", code=code)) is Retry.TRANSIENT
+
+
+class TamperingCloud:
+    """Answers requestBlobUrls truthfully but serves one blob with a byte flipped (or all of
+    them signed over other bytes); counts every byte it serves."""
+
+    def __init__(self, pki: Pki, image: OciImage, *, tamper: str | None, wrong_sign: bool) -> None:
+        self.pki = pki
+        self.blobs = dict(image.blobs)
+        self.tamper = tamper
+        self.wrong_sign = wrong_sign
+        self.served: dict[str, int] = {}
+
+    async def request_blob_urls(self, digests: Sequence[str]) -> list[BlobUrlInfo]:
+        out = []
+        for d in digests:
+            sha = bytes.fromhex(d.split(":")[1])
+            signed = hashlib.sha256(b"other bytes").digest() if self.wrong_sign else sha
+            out.append(
+                BlobUrlInfo(
+                    d,
+                    (f"http://blobs.test/{d}",),
+                    sha,
+                    len(self.blobs[d]),
+                    None,
+                    self.pki.sign({"sha256": signed}),
+                )
+            )
+        return out
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        digest = request.url.path.lstrip("/")
+        body = self.blobs[digest]
+        if digest == self.tamper:
+            body = body[:-1] + bytes([body[-1] ^ 0xFF])
+        self.served[digest] = self.served.get(digest, 0) + len(body)
+        return httpx.Response(200, content=body)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return init_pki(tmp_path_factory.mktemp("pki"), "ec")
+
+
+@pytest.fixture(scope="module")
+def image() -> OciImage:
+    return build_test_image("tampered", extra_layer_bytes=200_000)
+
+
+@pytest.mark.parametrize("fault", ["tampered layer", "wrong signature"])
+async def test_a_refused_item_is_fetched_once_in_ten_minutes(
+    tmp_path: Path, pki: Pki, image: OciImage, fault: str
+) -> None:
+    """The real image manager and downloader over HTTP (MockTransport), a real store."""
+    big = max(image.layer_digests, key=lambda d: len(image.blobs[d]))
+    cloud = TamperingCloud(
+        pki,
+        image,
+        tamper=big if fault == "tampered layer" else None,
+        wrong_sign=fault == "wrong signature",
+    )
+    rig = Rig(tmp_path / "data")
+    rig.build()
+    assert rig.storage is not None
+    http = httpx.AsyncClient(transport=httpx.MockTransport(cloud.handle))
+    rig.images = ImageManager(  # type: ignore[assignment]
+        rig.storage,
+        BlobStore(tmp_path / "data"),
+        cloud,
+        http,
+        ImagePolicy(trusted_roots=(pki.root,), download=DownloadPolicy(rounds=1)),
+    )
+    ds = replace(
+        FIRST,
+        items=(replace(FIRST.items[0], index_digest=image.index_digest),),
+        certificates=pki.certificates(),
+        certificate_chains=(pki.chain(),),
+    )
+    try:
+        await first_cycle(rig, ds)
+        assert rig.handler is not None
+        await rig.clock.advance(TEN_MINUTES, rig.handler)
+    finally:
+        await rig.close()
+        await http.aclose()
+
+    (record,) = [r for r in rig.images.records() if r.item_id == "svc"]
+    assert record.state is ItemState.FAILED and record.error is not None
+    assert record.error.aos_code == AosCode.INVALID_CHECKSUM
+    refused = big if fault == "tampered layer" else image.index_digest
+    assert cloud.served[refused] == len(image.blobs[refused]), "served once, in ten minutes"
+    assert rig.clock.slept == [], "no retry was even scheduled"
+    print(f"\n{fault}: {cloud.served[refused]} bytes of {refused[:19]} served in 10 min")
