@@ -15,7 +15,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from ...backoff import Backoff
-from ...errors import AosCode, AosError, LinkError, is_retryable
+from ...errors import AosCode, AosError, LinkError, Retry, classify, is_retryable
 from ...logs import get_logger
 from ...protocol import (
     MAX_MESSAGE_BYTES,
@@ -28,6 +28,9 @@ from ...protocol import (
 from .session import Acked, CloudSession, Nacked, Received, Refused
 
 log = get_logger("communication")
+
+# How long the cloud should wait before sending again a message refused for a transient reason.
+NACK_RETRY_AFTER_MS = 10_000
 
 MessageHandler = Callable[[Message, float], Awaitable[None]]
 ConnectHandler = Callable[[], Awaitable[None]]
@@ -214,14 +217,20 @@ class CloudLink:
         self, ws: ClientConnection, event: Received, message: Message, exc: Exception
     ) -> None:
         error = ErrorInfo.from_exception(exc)
+        # The retry policy decides whether the cloud should send it again (no space yet, a
+        # busy store) or not (it will never be accepted as it is).
+        transient = classify(exc) is Retry.TRANSIENT
+        retry_after_ms = NACK_RETRY_AFTER_MS if transient else 0
         log.warning(
             "message.rejected",
             txn=event.txn,
             type=message.MESSAGE_TYPE,
             error=error.message,
-            next="nacked; what runs keeps running",
+            retry_after_ms=retry_after_ms or None,
+            next="nacked; what runs keeps running"
+            + ("; the cloud may send it again" if transient else ""),
         )
-        await ws.send(self.session.nack(event.txn, error))
+        await ws.send(self.session.nack(event.txn, error, retry_after_ms))
 
     async def send(self, message: Message) -> str | None:
         """Send `message` expecting an ack; returns its txn, or None when the link is down."""
