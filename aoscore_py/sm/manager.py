@@ -32,6 +32,7 @@ from ..protocol import (
     OsInfo,
     RuntimeInfo,
 )
+from .crashpoints import CONTAINER_CREATED, CONTAINER_STARTED
 from .docker_runtime import (
     LABEL_IMAGE,
     LABEL_INSTANCE,
@@ -129,12 +130,12 @@ class DockerServiceManager:
         except AlreadyExists as exc:
             log.info("container.adopted", name=spec.name, id=exc.container_id)
             return exc.container_id
-        crashpoint("sm.container.created")
+        crashpoint(CONTAINER_CREATED)
         return container_id
 
     def _start(self, container_id: str) -> None:
         self._runtime.start_container(container_id)
-        crashpoint("sm.container.started")
+        crashpoint(CONTAINER_STARTED)
 
     def _load(self, spec: InstanceSpec) -> str:
         tag = _TAG_UNSAFE.sub("_", f"aoscore/{spec.key.item_id}".lower())

@@ -34,6 +34,7 @@ from ...errors import AosCode, BlobError, transient_http_status
 from ...logs import get_logger
 from ...protocol import BlobUrlInfo
 from .blobstore import HASH_CHUNK, NO_SPACE, BlobStore, digest_hex
+from .crashpoints import BLOB_TRANSFER
 
 log = get_logger("imagemanager.download")
 
@@ -411,7 +412,7 @@ class Downloader:
             raise _Refused(f"sent more than the {info.size} bytes announced")
         half = info.size // 2
         if before < half <= partial.size < info.size:
-            crashpoint("imagemanager.blob.transfer")
+            crashpoint(BLOB_TRANSFER)
 
     def _url_failed(self, info: BlobUrlInfo, url: str, error: object, next_step: str) -> None:
         log.warning(

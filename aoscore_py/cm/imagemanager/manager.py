@@ -36,6 +36,15 @@ from ...protocol import BlobUrlInfo, DesiredItem, DesiredStatus, ErrorInfo, Item
 from ..communication.interfaces import BlobUrlSource
 from . import oci
 from .blobstore import BlobStore, digest_hex, hash_file
+from .crashpoints import (
+    BLOB_VERIFIED,
+    ITEM_COLLECTED,
+    ITEM_FIRST_BLOB,
+    ITEM_INSTALLED,
+    ITEM_PENDING,
+    ITEM_REMOVED,
+    ITEM_REMOVING,
+)
 from .download import Downloader, DownloadPolicy
 from .interfaces import BlobRecord, ImageStorage, ItemRecord
 
@@ -159,7 +168,7 @@ class ImageManager:
         if state == ItemState.DOWNLOADING:
             record = ItemRecord(item_id, item.version, kind, item.index_digest, ItemState.PENDING)
             self._storage.upsert_item(record)
-            crashpoint("imagemanager.item.pending")
+            crashpoint(ITEM_PENDING)
         log.info(
             "item.ready",
             item=item_id,
@@ -294,8 +303,8 @@ class ImageManager:
             url=result.url,
         )
         if len(fetched) == 1:
-            crashpoint("imagemanager.item.first_blob")
-        crashpoint("imagemanager.blob.verified")
+            crashpoint(ITEM_FIRST_BLOB)
+        crashpoint(BLOB_VERIFIED)
 
     def _verify(
         self, info: BlobUrlInfo, verifier: ChainVerifier, hashes: Mapping[str, bytes]
@@ -397,7 +406,7 @@ class ImageManager:
             if key in wanted and record.state == ItemState.PENDING:
                 self._set_state(record, ItemState.INSTALLED)
                 log.info("item.installed", item=record.item_id, version=record.version)
-                crashpoint("imagemanager.item.installed")
+                crashpoint(ITEM_INSTALLED)
             elif key not in wanted and key not in running and record.state not in _RETIRED:
                 self._set_state(record, ItemState.REMOVED)
                 log.info(
@@ -406,7 +415,7 @@ class ImageManager:
                     version=record.version,
                     next=f"kept {self.policy.removed_ttl_s / DAY_S:g} days, then collected",
                 )
-                crashpoint("imagemanager.item.removed")
+                crashpoint(ITEM_REMOVED)
         self.collect()
 
     def _set_state(self, record: ItemRecord, state: ItemState) -> None:
@@ -425,7 +434,7 @@ class ImageManager:
             since = self._storage.item_updated_at(record.item_id, record.version) or now
             if now - since >= self.policy.removed_ttl_s:
                 self._set_state(record, ItemState.REMOVING)
-                crashpoint("imagemanager.item.removing")
+                crashpoint(ITEM_REMOVING)
         items = self._storage.items()
         live: set[str] = set()
         for record in items:
@@ -456,7 +465,7 @@ class ImageManager:
                 self._storage.delete_item(record.item_id, record.version)
                 collected += 1
                 log.info("item.collected", item=record.item_id, version=record.version)
-                crashpoint("imagemanager.item.collected")
+                crashpoint(ITEM_COLLECTED)
         if blobs or partials or collected:
             log.info(
                 "store.collected",

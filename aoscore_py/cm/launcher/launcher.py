@@ -24,6 +24,7 @@ from ...nodes import (
 )
 from ...protocol import DesiredStatus, ErrorInfo, InstanceState, ItemState
 from ..imagemanager.interfaces import ItemRecord
+from .crashpoints import NODE_ANSWERED, PLACEMENT_STORED
 from .interfaces import InstanceRecord, LauncherStorage
 from .placement import NodeCandidate, WantedInstance, place
 
@@ -157,7 +158,7 @@ class Launcher:
                     p.key, kind, version, p.node, priority, InstanceState.ACTIVATING
                 )
         self._storage.replace_instances(sorted(records.values(), key=lambda r: r.key))
-        crashpoint("launcher.placement.stored")
+        crashpoint(PLACEMENT_STORED)
         log.info(
             "placement.stored",
             instances=len(records),
@@ -166,7 +167,7 @@ class Launcher:
         for node, specs in sorted(per_node.items()):
             statuses = await self._nodes[node].run_instances(specs)
             self._record(statuses, records)
-            crashpoint("launcher.node.answered")
+            crashpoint(NODE_ANSWERED)
             log.info(
                 "node.answered",
                 node=node,

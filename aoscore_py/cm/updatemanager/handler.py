@@ -43,6 +43,7 @@ from ...protocol import (
     parse_message,
 )
 from .compare import compare
+from .crashpoints import DESIRED_STORED, NODES_STORED, UNITCONFIG_STORED
 from .interfaces import (
     ImageProvider,
     InstanceLauncher,
@@ -54,12 +55,6 @@ from .interfaces import (
 log = get_logger("updatemanager")
 
 MACHINE = "cycle"
-
-# Crash points of the update manager (powercut/registry.py collects every component's).
-DESIRED_STORED = "updatemanager.desired.stored"
-NODES_STORED = "updatemanager.nodes.stored"
-UNITCONFIG_STORED = "updatemanager.unitconfig.stored"
-CRASH_POINTS = (DESIRED_STORED, NODES_STORED, UNITCONFIG_STORED)
 
 Sleep = Callable[[float], Awaitable[Any]]
 

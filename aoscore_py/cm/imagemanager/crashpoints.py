@@ -1,0 +1,21 @@
+"""The image manager's crash points (powercut/registry.py collects every component's)."""
+
+BLOB_TRANSFER = "imagemanager.blob.transfer"  # half-way through a blob's bytes
+BLOB_VERIFIED = "imagemanager.blob.verified"
+ITEM_FIRST_BLOB = "imagemanager.item.first_blob"
+ITEM_PENDING = "imagemanager.item.pending"
+ITEM_INSTALLED = "imagemanager.item.installed"
+ITEM_REMOVED = "imagemanager.item.removed"
+ITEM_REMOVING = "imagemanager.item.removing"
+ITEM_COLLECTED = "imagemanager.item.collected"
+
+CRASH_POINTS = (
+    BLOB_TRANSFER,
+    BLOB_VERIFIED,
+    ITEM_FIRST_BLOB,
+    ITEM_PENDING,
+    ITEM_INSTALLED,
+    ITEM_REMOVED,
+    ITEM_REMOVING,
+    ITEM_COLLECTED,
+)
