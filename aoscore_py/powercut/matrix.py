@@ -31,6 +31,7 @@ from statemachine import FAULT_ENV_VAR, committed_point, parse_spec
 from ..cloud.oci import OciImage
 from ..cloud.registry import Registry
 from ..cloud.service import publish
+from ..cloud.state import read_timeline
 from ..cm.imagemanager import crashpoints as imagemanager
 from ..cm.launcher import crashpoints as launcher
 from ..cm.updatemanager.handler import MACHINE
@@ -196,6 +197,7 @@ def run_point(
         if agent.proc.returncode is None:
             agent.stop()
     killed = code == -signal.SIGKILL
+    reported = len(read_timeline(cloud.state.timeline_path(unit)))
     started = time.monotonic()
     agent = start_agent(
         unit, cloud.ws_url, data_dir, work / unit / "agent-2.log", ca=cloud.trusted_ca, extra=extra
@@ -209,6 +211,8 @@ def run_point(
             problems = list(result.problems)
             if case.scenario == UPGRADE and item_state(data_dir, "svc-alpha", "1.0.0"):
                 problems.append("svc-alpha 1.0.0 was not collected")
+            if len(read_timeline(cloud.state.timeline_path(unit))) <= reported:
+                problems.append("the restarted agent has not reported yet")
             if not problems or agent.proc.poll() is not None:
                 break
             time.sleep(0.25)

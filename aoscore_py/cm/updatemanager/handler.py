@@ -108,7 +108,8 @@ def _guard(
     phase: Callable[[dict[str, Any]], Awaitable[Outcome]],
 ) -> Callable[[dict[str, Any] | None], Awaitable[Outcome]]:
     """An expected error (AosError) ends the cycle with `fail`, keeping the payload's digest
-    and recording the failure's retry class."""
+    and recording the failure's retry class; an unexpected one is logged with its traceback
+    and left to the runner, which moves the cycle to the sticky failed phase."""
 
     async def run(payload: dict[str, Any] | None) -> Outcome:
         payload = dict(payload or {})
@@ -124,6 +125,14 @@ def _guard(
             )
             failed = {**payload, "error": exc.message, "retry": kind.value if kind else None}
             return Outcome("fail", failed, note=exc.message)
+        except Exception as exc:
+            log.error(
+                "phase.crashed",
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=True,
+                next="the cycle moves to failed and is retried with backoff",
+            )
+            raise
 
     return run
 
