@@ -2,8 +2,9 @@
 
 This is the sans-I/O core of the cloud link: it turns bytes into frozen dataclasses and back and
 never touches a socket. Every reading failure is an `aoscore_py.errors.ProtocolError` naming the
-JSON path of the bad value. The `aoscore protocol check` command lives in
-`aoscore_py.protocol.cli` and is not imported here, so the core does not depend on click.
+JSON path of the bad value. `rules` holds what we check beyond AosCore (header version, systemId,
+digests), for other components to apply the same rules. The `aoscore protocol check` command
+lives in `aoscore_py.protocol.cli` and is not imported here, so the core does not depend on click.
 """
 
 from __future__ import annotations
@@ -74,8 +75,15 @@ from aoscore_py.protocol.messages import (
     UnitStatus,
     UpdateState,
 )
+from aoscore_py.protocol.rules import (
+    DIGEST_HEX_LENGTHS,
+    check_digest,
+    check_system_id,
+    check_version,
+)
 
 __all__ = [
+    "DIGEST_HEX_LENGTHS",
     "FRAGMENT_TYPES",
     "MAX_LABEL_LENGTH",
     "MAX_MESSAGE_BYTES",
@@ -128,6 +136,9 @@ __all__ = [
     "UnitConfigStatus",
     "UnitStatus",
     "UpdateState",
+    "check_digest",
+    "check_system_id",
+    "check_version",
     "dump_frame",
     "dump_message",
     "new_header",

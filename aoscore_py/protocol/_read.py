@@ -2,12 +2,15 @@
 
 Each reader takes a decoded value and its JSON path. What a field requires is decided here, per
 context: an identity inside `items` needs an id and a type, a node identity needs a codename, and
-so on. Any failure raises `ProtocolError` naming the path.
+so on. Any failure raises `ProtocolError` naming the path. Beyond AosCore, the header version
+and every digest are checked where they are read (`rules`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from aoscore_py.errors import AosCode, ProtocolError
@@ -66,11 +69,27 @@ from aoscore_py.protocol.messages import (
     UnitStatus,
     UpdateState,
 )
+from aoscore_py.protocol.rules import check_digest, check_version
 
 MAX_NODE_LABELS = 4
 """AosCore's cMaxNumNodeLabels: more labels on a node config is a noMemory error."""
 MAX_LABEL_LENGTH = 64
 """AosCore's cLabelNameLen: a longer node label is a noMemory error."""
+
+_STRICT_DIGESTS: ContextVar[bool] = ContextVar("strict_digests", default=True)
+"""Whether digests must follow our rule. A context variable rather than an argument of every
+reader: only AosCore's own test data needs it off, and the readers form a deep tree of plain
+functions that would otherwise all pass it along."""
+
+
+@contextmanager
+def digest_rule(strict: bool) -> Iterator[None]:
+    """Read digests strictly (our rule) or as AosCore does (any string) within the block."""
+    token = _STRICT_DIGESTS.set(strict)
+    try:
+        yield
+    finally:
+        _STRICT_DIGESTS.reset(token)
 
 
 def _objects(read: Callable[[JsonObject], Any]) -> Callable[[Any, str], Any]:
@@ -130,10 +149,23 @@ def _opt_error(o: JsonObject) -> ErrorInfo | None:
     return o.opt("errorInfo", _objects(error_info))
 
 
+def digest(value: Any, path: str) -> str:
+    """A digest: by our rule unless reading AosCore's placeholders (see `digest_rule`)."""
+    text = as_str(value, path)
+    if _STRICT_DIGESTS.get():
+        try:
+            check_digest(text)
+        except ValueError as exc:
+            raise ProtocolError(path, str(exc)) from None
+    return text
+
+
 def header(o: JsonObject) -> Header:
-    """The header; its version and system id are checked by the caller, not here."""
+    """The header. Its version is checked first, so that a frame of another version is refused
+    for that rather than for whatever else differs; the system id is the caller's to check."""
+    version = check_version(o.req_int("version"), o.child("version"))
     return Header(
-        version=o.req_int("version"),
+        version=version,
         system_id=o.req_str("systemId"),
         txn=o.req_str("txn"),
         created_at=o.opt("createdAt", parse_timestamp),
@@ -227,7 +259,7 @@ def _desired_item(o: JsonObject) -> DesiredItem:
     return DesiredItem(
         item=o.req("item", lambda v, p: identity(v, p, need="id", need_type=True)),
         version=o.req_str("version"),
-        index_digest=o.req_str("indexDigest"),
+        index_digest=o.req("indexDigest", digest),
         owner=o.opt("owner", _by_id),
     )
 
@@ -422,7 +454,7 @@ def nack(o: JsonObject) -> Nack:
 
 def request_blob_urls(o: JsonObject) -> RequestBlobUrls:
     return RequestBlobUrls(
-        correlation_id=_correlation_id(o), digests=o.req_array("digests", as_str)
+        correlation_id=_correlation_id(o), digests=o.req_array("digests", digest)
     )
 
 
@@ -446,7 +478,7 @@ def _sign_info(o: JsonObject) -> SignInfo:
 
 def _blob_url_info(o: JsonObject) -> BlobUrlInfo:
     return BlobUrlInfo(
-        digest=o.req_str("digest"),
+        digest=o.req("digest", digest),
         urls=o.req_array("urls", as_str),
         sha256=o.req("sha256", parse_hex),
         size=o.req_int("size", minimum=0),

@@ -53,7 +53,7 @@ def _kind(parsed: Envelope | Message | UnitConfig | NodeConfig) -> str:
     return parsed.MESSAGE_TYPE
 
 
-def _check_one(name: str, message_type: str | None) -> bool:
+def _check_one(name: str, message_type: str | None, strict_digests: bool) -> bool:
     """Check one file and print its line; whether it is valid."""
     limit = codec.MAX_MESSAGE_BYTES
     try:
@@ -66,7 +66,7 @@ def _check_one(name: str, message_type: str | None) -> bool:
         click.echo(f"{name}: {exc.path}: {exc.reason}", err=True)
         return False
     try:
-        parsed = codec.parse_any(data, message_type=message_type)
+        parsed = codec.parse_any(data, message_type=message_type, strict_digests=strict_digests)
     except ProtocolError as exc:
         click.echo(f"{name}: {exc.path}: {exc.reason}", err=True)
         return False
@@ -82,15 +82,24 @@ def _check_one(name: str, message_type: str | None) -> bool:
     default=None,
     help="Type of a bare body without messageType (e.g. a stored desiredStatus, a unitConfig).",
 )
+@click.option(
+    "--lenient-digests",
+    is_flag=True,
+    help="Accept AosCore's placeholder digests (such as 'sha256:abcdef'), "
+    "for checking AosCore test data.",
+)
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @click.pass_context
-def check(ctx: click.Context, message_type: str | None, files: tuple[str, ...]) -> None:
+def check(
+    ctx: click.Context, message_type: str | None, lenient_digests: bool, files: tuple[str, ...]
+) -> None:
     """Check that each FILE holds a valid frame, bare message or (with --type) fragment.
 
     Prints `ok <type>` per valid file and `FILE: <json path>: <reason>` on stderr per invalid
-    one; checks every file, then exits 0 if all are valid and 2 otherwise.
+    one; checks every file, then exits 0 if all are valid and 2 otherwise. A frame must be of
+    version 7; digests must be sha256, sha384 or sha512 in lowercase hex of the right length.
     """
-    results = [_check_one(name, message_type) for name in files]
+    results = [_check_one(name, message_type, not lenient_digests) for name in files]
     ctx.exit(0 if all(results) else EXIT_INVALID)
 
 

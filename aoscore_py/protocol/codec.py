@@ -43,7 +43,7 @@ T = TypeVar("T")
 Raw = bytes | bytearray | memoryview | str | dict[str, Any]
 
 
-def _guarded(raw: object, read: Callable[[JsonObject], T]) -> T:
+def _guarded(raw: object, read: Callable[[JsonObject], T], *, strict_digests: bool = True) -> T:
     """Decode `raw` (unless already decoded), read it, and let only `ProtocolError` out.
 
     The catch-all turns a bug of ours into a clean refusal rather than a crash of the link;
@@ -55,7 +55,8 @@ def _guarded(raw: object, read: Callable[[JsonObject], T]) -> T:
         else:
             check_nesting(raw)
             value = raw
-        return read(JsonObject.of(value, "$"))
+        with _read.digest_rule(strict_digests):
+            return read(JsonObject.of(value, "$"))
     except ProtocolError:
         raise
     except Exception as exc:  # the contract is "only ProtocolError", whatever the input
@@ -81,32 +82,41 @@ def _check_type(message_type: str | None, allowed: tuple[str, ...]) -> None:
         raise ProtocolError("$", reason)
 
 
-def parse_frame(raw: Raw, *, message_type: str | None = None) -> Envelope:
+def parse_frame(
+    raw: Raw, *, message_type: str | None = None, strict_digests: bool = True
+) -> Envelope:
     """Parse a whole frame: `{"header": …, "data": …}`.
 
-    The header's version and systemId are not checked here: the caller does, so that it can
-    nack with its own reason. `message_type` is used when `data` has no `messageType`.
+    The header's version must be 7 and is checked before anything else; its systemId is not
+    checked here, as only the caller knows which unit it is (`rules.check_system_id`).
+    `message_type` is used when `data` has no `messageType`.
 
     Raises:
         ProtocolError: the frame is malformed; `path` starts at `$` (e.g. `$.data.items[0]`).
+            Another version is refused at `$.header.version` with code notSupported.
     """
     _check_type(message_type, MESSAGE_TYPES)
-    return _guarded(raw, lambda o: _frame(o, message_type))
+    return _guarded(raw, lambda o: _frame(o, message_type), strict_digests=strict_digests)
 
 
-def parse_message(raw: Raw, *, message_type: str | None = None) -> Message:
+def parse_message(
+    raw: Raw, *, message_type: str | None = None, strict_digests: bool = True
+) -> Message:
     """Parse a bare `data` object.
 
     Args:
         raw: JSON text (bytes or str) or an already decoded object.
         message_type: the type to assume when the object has no `messageType`; if both are
             present and differ, that is an error.
+        strict_digests: refuse digests that break our rule (`rules.check_digest`). Off only
+            to read AosCore's own test data, whose placeholders such as "sha256:abcdef" AosCore
+            accepts.
 
     Raises:
         ProtocolError: the message is malformed or of an unknown type.
     """
     _check_type(message_type, MESSAGE_TYPES)
-    return _guarded(raw, lambda o: _read.message(o, message_type))
+    return _guarded(raw, lambda o: _read.message(o, message_type), strict_digests=strict_digests)
 
 
 def parse_unit_config(raw: Raw) -> UnitConfig:
@@ -129,13 +139,13 @@ def parse_node_config(raw: Raw) -> NodeConfig:
 
 
 def parse_any(
-    raw: Raw, *, message_type: str | None = None
+    raw: Raw, *, message_type: str | None = None, strict_digests: bool = True
 ) -> Envelope | Message | UnitConfig | NodeConfig:
     """Parse whatever form `raw` holds: a frame, a bare message, or a fragment.
 
     A fragment is read only when `message_type` says "unitConfig" or "nodeConfig". Otherwise an
     object with `header` or `data` and no top-level `messageType` is a frame, and anything else
-    a bare message.
+    a bare message. `strict_digests` is as for `parse_message`.
 
     Raises:
         ProtocolError: malformed input, or an unknown `message_type`.
@@ -151,7 +161,7 @@ def parse_any(
             return _frame(o, message_type)
         return _read.message(o, message_type)
 
-    return _guarded(raw, read)
+    return _guarded(raw, read, strict_digests=strict_digests)
 
 
 def to_json(msg: Message | UnitConfig | NodeConfig) -> dict[str, Any]:

@@ -26,7 +26,8 @@ from aoscore_py.protocol.enums import (
 )
 
 PROTOCOL_VERSION = 7
-"""The `header.version` this implementation speaks; the link drops frames of any other version."""
+"""The `header.version` this implementation speaks; frames of any other version are refused when
+read, and the link drops them."""
 
 
 # --- shared ---------------------------------------------------------------------------------------
@@ -77,7 +78,7 @@ class ErrorInfo:
 
 @dataclass(frozen=True, slots=True)
 class Header:
-    """The envelope header: the link checks version and system id, and acks by `txn`."""
+    """The envelope header: the reader checks the version, the link the system id; acks by `txn`."""
 
     version: int
     system_id: str

@@ -25,7 +25,7 @@ from ...protocol import (
     Message,
     RequestBlobUrls,
 )
-from .session import Acked, CloudSession, Nacked, Received, Refused
+from .session import Acked, CloudSession, Dropped, Nacked, Received, Refused
 
 log = get_logger("communication")
 
@@ -165,6 +165,15 @@ class CloudLink:
                 next="nacked; nothing changed",
             )
             await ws.send(event.reply)
+        elif isinstance(event, Dropped):
+            log.warning(
+                "message.dropped",
+                txn=event.txn,
+                path=event.error.path,
+                seen=event.seen,
+                reason=event.error.reason,
+                next="dropped; not acked, not nacked",
+            )
         elif isinstance(event, Acked):
             log.debug("message.acked", txn=event.txn)
         elif isinstance(event, Nacked):

@@ -4,6 +4,10 @@ Frames go in as bytes and come out as events; frames to send come out as bytes. 
 checks the envelope (version 7, this unit's systemId), pairs acks with what we sent, and says
 what to send again: a message without an ack in `ack_timeout` seconds is resent, up to
 `max_tries` sends; a nack asks for a resend after its `retryAfter`.
+
+A frame whose header fails those checks is dropped, not nacked (PROTOCOL.md, "Header checks"):
+a nack would answer in a version the sender does not speak, or on behalf of another unit. Any
+other frame we cannot read is nacked, so the cloud learns why.
 """
 
 from __future__ import annotations
@@ -15,14 +19,15 @@ from datetime import UTC, datetime
 
 import orjson
 
-from ...errors import AosCode, ProtocolError
+from ...errors import ProtocolError
 from ...protocol import (
-    PROTOCOL_VERSION,
     Ack,
     Envelope,
     ErrorInfo,
     Message,
     Nack,
+    check_system_id,
+    check_version,
     dump_frame,
     new_header,
     parse_frame,
@@ -54,6 +59,18 @@ class Refused:
 
 
 @dataclass(frozen=True)
+class Dropped:
+    """A frame of another protocol version, or for another unit: not answered at all.
+
+    `error.path` names the header field, `seen` is its value, `txn` the frame's when readable.
+    """
+
+    error: ProtocolError
+    txn: str | None
+    seen: object
+
+
+@dataclass(frozen=True)
 class Acked:
     """The cloud acknowledged one of ours."""
 
@@ -77,7 +94,7 @@ class GaveUp:
     message_type: str
 
 
-Event = Received | Refused | Acked | Nacked
+Event = Received | Refused | Dropped | Acked | Nacked
 
 
 @dataclass
@@ -131,28 +148,20 @@ class CloudSession:
             envelope = parse_frame(raw)
         except ProtocolError as exc:
             txn = _salvage_txn(raw)
-            version = _salvage_header(raw, "version")
-            error = exc
-            # A frame of another version rarely parses as v7: name the version, the real problem.
-            if type(version) is int and version != PROTOCOL_VERSION:
-                error = _wrong_version(version)
+            # The header decides before the body: a frame of another version or for another unit
+            # is dropped even when its body does not read as v7 (which is likely for a version).
+            dropped = self._check_header(
+                _salvage_header(raw, "version"), _salvage_header(raw, "systemId"), txn
+            )
+            if dropped is not None:
+                return dropped
             return Refused(
-                error, txn, self.nack(txn or str(uuid.uuid4()), ErrorInfo.from_exception(error))
+                exc, txn, self.nack(txn or str(uuid.uuid4()), ErrorInfo.from_exception(exc))
             )
         header = envelope.header
-        problem = None
-        if header.version != PROTOCOL_VERSION:
-            problem = _wrong_version(header.version)
-        elif header.system_id != self.system_id:
-            problem = ProtocolError(
-                "$.header.systemId",
-                f"message for unit {header.system_id!r}, this is unit {self.system_id!r}",
-                code=AosCode.WRONG_STATE,
-            )
-        if problem is not None:
-            return Refused(
-                problem, header.txn, self.nack(header.txn, ErrorInfo.from_exception(problem))
-            )
+        dropped = self._check_header(header.version, header.system_id, header.txn)
+        if dropped is not None:
+            return dropped
         data = envelope.data
         if isinstance(data, Ack):
             self._pending.pop(header.txn, None)
@@ -164,6 +173,21 @@ class CloudSession:
                 pending.deadline = self.clock() + delay
             return Nacked(header.txn, delay, data.error_info)
         return Received(envelope)
+
+    def _check_header(self, version: object, system_id: object, txn: str | None) -> Dropped | None:
+        """A `Dropped` for a header of another version or unit; values of the wrong JSON type
+        are left to the parser, which refuses them as malformed."""
+        try:
+            if type(version) is int:
+                check_version(version)
+        except ProtocolError as exc:
+            return Dropped(exc, txn, version)
+        try:
+            if isinstance(system_id, str):
+                check_system_id(system_id, self.system_id)
+        except ProtocolError as exc:
+            return Dropped(exc, txn, system_id)
+        return None
 
     def due(self) -> tuple[list[bytes], list[GaveUp]]:
         """Frames to send again now, and messages given up on."""
@@ -193,14 +217,6 @@ class CloudSession:
     def pending_frames(self) -> list[bytes]:
         """Every unacknowledged frame, to send again on a new connection."""
         return [p.frame for p in self._pending.values()]
-
-
-def _wrong_version(version: int) -> ProtocolError:
-    return ProtocolError(
-        "$.header.version",
-        f"unsupported protocol version {version} (this unit speaks {PROTOCOL_VERSION})",
-        code=AosCode.NOT_SUPPORTED,
-    )
 
 
 def _salvage_header(raw: bytes | str, name: str) -> object:

@@ -2,7 +2,8 @@
 
 "Valid" means what the reader requires: identities carry the key their context needs, node
 configs stay within the label limits, integers fit in 64 bits, correlation ids are None or
-non-empty (an empty one is written as absent), timestamps are UTC.
+non-empty (an empty one is written as absent), timestamps are UTC, headers are of version 7 and
+digests follow our rule (`check_digest`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Any
 from hypothesis import strategies as st
 
 from aoscore_py.protocol import (
+    DIGEST_HEX_LENGTHS,
     MAX_LABEL_LENGTH,
     MAX_NODE_LABELS,
+    PROTOCOL_VERSION,
     Ack,
     AlertRule,
     AlertRules,
@@ -68,6 +71,11 @@ numbers = st.floats(allow_nan=False, allow_infinity=False)
 timeouts = st.floats(min_value=0.0, max_value=1e9, allow_nan=False)
 stamps = st.datetimes(timezones=st.just(UTC))
 correlation_ids = st.none() | st.text(min_size=1, max_size=12)
+digests = st.sampled_from(sorted(DIGEST_HEX_LENGTHS.items())).flatmap(
+    lambda pair: st.binary(min_size=pair[1] // 2, max_size=pair[1] // 2).map(
+        lambda raw: f"{pair[0]}:{raw.hex()}"
+    )
+)
 
 
 def small(
@@ -97,7 +105,7 @@ def identities(need: str = "key", need_type: bool = False) -> st.SearchStrategy[
 
 
 error_infos = st.builds(ErrorInfo, counts, ints, text)
-headers = st.builds(Header, ints, text, text, maybe(stamps))
+headers = st.builds(Header, st.just(PROTOCOL_VERSION), text, text, maybe(stamps))
 
 # --- desiredStatus --------------------------------------------------------------------------------
 
@@ -127,7 +135,7 @@ desired_statuses = st.builds(
     correlation_ids,
     small(st.builds(DesiredNodeStatus, identities("codename"), st.sampled_from(DesiredNodeState))),
     maybe(unit_configs),
-    small(st.builds(DesiredItem, identities("id", True), text, text, maybe(identities("id")))),
+    small(st.builds(DesiredItem, identities("id", True), text, digests, maybe(identities("id")))),
     small(
         st.builds(DesiredInstance, identities("id"), identities("id"), ints, counts, small(text))
     ),
@@ -211,7 +219,7 @@ unit_statuses = st.builds(
 
 blob_infos = st.builds(
     BlobUrlInfo,
-    text,
+    digests,
     small(text),
     st.binary(max_size=32),
     counts,
@@ -224,7 +232,7 @@ messages = st.one_of(
     unit_statuses,
     st.builds(Ack, correlation_ids),
     st.builds(Nack, correlation_ids, counts, maybe(error_infos)),
-    st.builds(RequestBlobUrls, correlation_ids, small(text)),
+    st.builds(RequestBlobUrls, correlation_ids, small(digests)),
     st.builds(BlobUrls, correlation_ids, small(blob_infos)),
     st.builds(UpdateState, identities(), identities(), counts, text, maybe(text)),
 )

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 from click.testing import CliRunner
 from protocol_support import CONFORMANCE_DIR, conformance_params, read_conformance
@@ -15,6 +16,9 @@ from aoscore_py.protocol import MAX_MESSAGE_BYTES
 from aoscore_py.protocol.cli import protocol
 
 REPO = Path(__file__).resolve().parents[3]
+PLACEHOLDER_DIGESTS = "cloud-to-unit-desiredStatus-toFromJSON.json"
+"""The one AosCore file whose digests ("sha256:abcdef") break our rule; AosCore accepts them."""
+GOOD_DIGEST = "sha256:" + "ab" * 32
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -27,8 +31,8 @@ def expected_type(name: str) -> tuple[list[str], str]:
     """Options and the `ok` type for a valid conformance file, from its name."""
     if name.startswith("fragment-unitConfig"):
         return ["--type", "unitConfig"], "unitConfig"
-    if name.endswith("toFromJSON.json"):
-        return ["--type", "desiredStatus"], "desiredStatus"
+    if name == PLACEHOLDER_DIGESTS:
+        return ["--type", "desiredStatus", "--lenient-digests"], "desiredStatus"
     return [], name.split("-")[3]
 
 
@@ -40,6 +44,18 @@ def test_conformance_file_is_ok(name: str) -> None:
     options, kind = expected_type(name)
     code, out, err = run("check", *options, str(CONFORMANCE_DIR / name))
     assert (code, out, err) == (0, f"ok {kind}\n", "")
+
+
+def test_placeholder_digests_need_the_lenient_flag() -> None:
+    path = str(CONFORMANCE_DIR / PLACEHOLDER_DIGESTS)
+    read_conformance(PLACEHOLDER_DIGESTS)
+    code, out, err = run("check", "--type", "desiredStatus", path)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"{path}: $.items[0].indexDigest: invalid digest 'sha256:abcdef': "
+        "sha256 needs 64 hex digits, got 6\n"
+    )
+    assert "--lenient-digests" in run("check", "--help")[1]
 
 
 def test_invalid_conformance_file() -> None:
@@ -72,6 +88,68 @@ def test_frame_prints_its_data_type(tmp_path: Path) -> None:
         b'{"header":{"version":7,"systemId":"u","txn":"t"},"data":{"messageType":"nack"}}'
     )
     assert run("check", str(frame)) == (0, "ok nack\n", "")
+
+
+def header_frame(version: int, data: dict[str, object]) -> bytes:
+    return orjson.dumps({"header": {"version": version, "systemId": "u", "txn": "t"}, "data": data})
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"messageType": "desiredStatus"}, {"messageType": "somethingNewInV8"}],
+    ids=["v7-body", "unknown-body"],
+)
+@pytest.mark.parametrize("version", [6, 8])
+def test_frame_of_another_version(tmp_path: Path, version: int, data: dict[str, object]) -> None:
+    frame = tmp_path / "frame.json"
+    frame.write_bytes(header_frame(version, data))
+    code, out, err = run("check", str(frame))
+    assert (code, out) == (2, "")
+    assert err == (
+        f"{frame}: $.header.version: unsupported protocol version {version} (this unit speaks 7)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("sha256:" + "AB" * 32, "hex digits must be lowercase"),
+        ("sha256:" + "ab" * 31, "sha256 needs 64 hex digits, got 62"),
+        ("sha512:" + "ab" * 32, "sha512 needs 128 hex digits, got 64"),
+        (
+            "md5:" + "ab" * 16,
+            "unsupported algorithm 'md5' (expected one of: sha256, sha384, sha512)",
+        ),
+        ("ab" * 32, "expected '<algorithm>:<hex>' with algorithm one of: sha256, sha384, sha512"),
+        ("sha256:" + "xy" * 32, "not hex after the colon"),
+    ],
+    ids=["uppercase", "short", "sha512-short", "md5", "no-colon", "not-hex"],
+)
+def test_bad_digests(tmp_path: Path, value: str, reason: str) -> None:
+    item = {"item": {"id": "i", "type": "service"}, "version": "1", "indexDigest": value}
+    blob = {"digest": value, "urls": ["u"], "sha256": "00", "size": 1}
+    cases = {
+        "desired.json": (
+            {"messageType": "desiredStatus", "items": [{**item, "indexDigest": GOOD_DIGEST}, item]},
+            "$.data.items[1].indexDigest",
+        ),
+        "blobs.json": ({"messageType": "blobUrls", "items": [blob]}, "$.data.items[0].digest"),
+        "request.json": (
+            {"messageType": "requestBlobUrls", "digests": [GOOD_DIGEST, value]},
+            "$.data.digests[1]",
+        ),
+    }
+    for name, (data, where) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(header_frame(7, data))
+        code, out, err = run("check", str(path))
+        assert (code, out) == (2, ""), name
+        assert err == f"{path}: {where}: invalid digest {value!r}: {reason}\n"
+        assert run("check", "--lenient-digests", str(path)) == (
+            0,
+            f"ok {data['messageType']}\n",
+            "",
+        )
 
 
 @pytest.mark.parametrize(

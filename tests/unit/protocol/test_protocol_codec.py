@@ -50,6 +50,7 @@ from aoscore_py.protocol import (
 )
 
 STAMP = datetime(2026, 5, 7, 5, 44, 11, 61622, tzinfo=UTC)
+DIGEST = "sha256:" + "d" * 64
 
 
 class TestMessageTypes:
@@ -123,19 +124,22 @@ class TestWriting:
     def test_desired_status_as_the_cloud_sends_it(self) -> None:
         msg = DesiredStatus(
             correlation_id="c",
-            items=(DesiredItem(Identity(id="i", type="layer"), "1", "sha256:d"),),
+            items=(DesiredItem(Identity(id="i", type="layer"), "1", DIGEST),),
             instances=(DesiredInstance(Identity(id="i"), Identity(id="s")),),
             subjects=(DesiredSubject(Identity(id="s"), SubjectType.USER),),
             certificates=(Certificate(b"\0\1", "fp"),),
         )
         assert dump_message(msg) == (
             b'{"messageType":"desiredStatus","correlationId":"c",'
-            b'"items":[{"item":{"id":"i","type":"layer"},"version":"1","indexDigest":"sha256:d"}],'
+            b'"items":[{"item":{"id":"i","type":"layer"},"version":"1","indexDigest":"'
+            + DIGEST.encode()
+            + b'"}],'
             b'"instances":[{"item":{"id":"i"},"subject":{"id":"s"},"priority":0,'
             b'"numInstances":0,"labels":[]}],'
             b'"subjects":[{"identity":{"id":"s"},"type":"user","isReportedFromUnit":false}],'
             b'"certificates":[{"certificate":"AAE=","fingerprint":"fp"}]}'
         )
+        assert parse_message(dump_message(msg)) == msg
         assert dump_message(DesiredStatus()) == b'{"messageType":"desiredStatus"}'
 
     def test_alert_rule_timeouts_as_iso8601(self) -> None:
@@ -156,10 +160,10 @@ class TestWriting:
 
     def test_blob_urls(self) -> None:
         sign = SignInfo("chain", "RSA/SHA256", b"sig", datetime(2023, 10, 1, 12, tzinfo=UTC))
-        blob = BlobUrlInfo("sha256:d", ("u1",), bytes.fromhex("ABCD"), 3, sign_info=sign)
+        blob = BlobUrlInfo(DIGEST, ("u1",), bytes.fromhex("ABCD"), 3, sign_info=sign)
         out = to_json(BlobUrls("c", (blob,)))["items"][0]
         assert out == {
-            "digest": "sha256:d",
+            "digest": DIGEST,
             "urls": ["u1"],
             "sha256": "abcd",
             "size": 3,

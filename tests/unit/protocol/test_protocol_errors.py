@@ -18,12 +18,15 @@ from aoscore_py.protocol import (
     Identity,
     Nack,
     UnitStatus,
+    check_digest,
     codec,
     parse_any,
     parse_frame,
     parse_message,
     parse_node_config,
 )
+
+DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
 def refusal(raw: Any, **kwargs: Any) -> tuple[str, str]:
@@ -42,7 +45,7 @@ def item(**fields: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "item": {"id": "i1", "type": "service"},
         "version": "1.0",
-        "indexDigest": "sha256:x",
+        "indexDigest": DIGEST,
     }
     base.update(fields)
     return {k: v for k, v in base.items() if v is not ...}
@@ -179,8 +182,21 @@ class TestWrongTypes:
             "expected string, got integer",
         )
         assert refusal(frame(ack, txn=...)) == ("$.header.txn", "missing required field")
-        env = parse_frame(orjson.dumps(frame(ack, version=6, systemId="other")))
-        assert (env.header.version, env.header.system_id) == (6, "other")  # the caller decides
+        env = parse_frame(orjson.dumps(frame(ack, systemId="other")))
+        assert env.header.system_id == "other"  # only the caller knows which unit it is
+
+    @pytest.mark.parametrize("version", [0, 6, 8, -7])
+    def test_another_version_is_refused_before_the_rest(self, version: int) -> None:
+        reason = f"unsupported protocol version {version} (this unit speaks 7)"
+        for data in ({"messageType": "ack"}, {"messageType": "somethingNew"}, {}):
+            # Whatever else is wrong (no txn, an unknown body), the version is named.
+            with pytest.raises(ProtocolError) as info:
+                parse_frame(frame(data, version=version, txn=...))
+            assert (info.value.path, info.value.reason) == ("$.header.version", reason)
+            assert info.value.code == AosCode.NOT_SUPPORTED
+        with pytest.raises(ProtocolError) as info:
+            parse_any({"HEADER": {"Version": version}, "data": {}})
+        assert info.value.path == "$.header.version"  # paths use the protocol's spelling
 
     def test_node_attrs_must_be_strings(self) -> None:
         node = {"identity": {"codename": "n"}, "state": "error", "isConnected": False}
@@ -224,7 +240,7 @@ class TestMissingFields:
 
     @pytest.mark.parametrize("field", ["digest", "urls", "sha256", "size"])
     def test_blob(self, field: str) -> None:
-        blob = {"digest": "sha256:x", "urls": ["u"], "sha256": "00", "size": 1}
+        blob = {"digest": DIGEST, "urls": ["u"], "sha256": "00", "size": 1}
         del blob[field]
         msg = {"messageType": "blobUrls", "items": [blob]}
         assert refusal(msg) == (f"$.items[0].{field}", "missing required field")
@@ -280,7 +296,7 @@ class TestValues:
     def test_bad_base64_and_hex(self) -> None:
         cert = desired(certificates=[{"certificate": "not base64!", "fingerprint": "f"}])
         assert refusal(cert) == ("$.certificates[0].certificate", "not valid base64")
-        blob = {"digest": "d", "urls": [], "sha256": "0g", "size": 0}
+        blob = {"digest": DIGEST, "urls": [], "sha256": "0g", "size": 0}
         assert refusal({"messageType": "blobUrls", "items": [blob]}) == (
             "$.items[0].sha256",
             "not valid hex",
@@ -424,10 +440,18 @@ class TestLenientReading:
     def test_empty_correlation_id_is_absent(self) -> None:
         assert parse_any({"messageType": "ack", "correlationId": ""}) == Ack(correlation_id=None)
 
-    def test_digest_syntax_is_not_checked(self) -> None:
-        msg = parse_message(desired(items=[item(indexDigest="sha256:abcdef")]))
+    def test_placeholder_digest_only_when_lenient(self) -> None:
+        raw = desired(items=[item(indexDigest="sha256:abcdef")])
+        assert refusal(raw) == (
+            "$.items[0].indexDigest",
+            "invalid digest 'sha256:abcdef': sha256 needs 64 hex digits, got 6",
+        )
+        msg = parse_message(raw, strict_digests=False)
         assert isinstance(msg, DesiredStatus)
         assert msg.items[0].index_digest == "sha256:abcdef"
+        assert parse_any(raw, strict_digests=False) == msg
+        # The flag holds for that call only.
+        assert refusal(raw)[0] == "$.items[0].indexDigest"
 
     def test_stored_desired_status_without_message_type(self) -> None:
         stored = {"items": [item()]}
@@ -435,3 +459,80 @@ class TestLenientReading:
         assert isinstance(msg, DesiredStatus)
         assert msg.items[0].item.key == "i1"
         assert parse_any(orjson.dumps(stored), message_type="desiredStatus") == msg
+
+
+BAD_DIGESTS = [
+    ("sha256:" + "0123456789ABCDEF" * 4, "hex digits must be lowercase"),
+    ("sha256:" + "ab" * 33, "sha256 needs 64 hex digits, got 66"),
+    ("sha384:" + "ab" * 32, "sha384 needs 96 hex digits, got 64"),
+    ("sha256:", "sha256 needs 64 hex digits, got 0"),
+    ("md5:" + "ab" * 16, "unsupported algorithm 'md5' (expected one of: sha256, sha384, sha512)"),
+    (
+        "SHA256:" + "ab" * 32,
+        "unsupported algorithm 'SHA256' (expected one of: sha256, sha384, sha512)",
+    ),
+    ("ab" * 32, "expected '<algorithm>:<hex>' with algorithm one of: sha256, sha384, sha512"),
+    ("", "expected '<algorithm>:<hex>' with algorithm one of: sha256, sha384, sha512"),
+    ("sha256:" + "g" * 64, "not hex after the colon"),
+    ("sha256: " + "a" * 63, "not hex after the colon"),
+    ("sha256:" + "a" * 63 + "\n", "not hex after the colon"),
+    ("sha256:" + "\u0661" * 64, "not hex after the colon"),
+]
+BAD_DIGEST_IDS = [
+    "uppercase",
+    "too-long",
+    "sha384-short",
+    "empty-hex",
+    "md5",
+    "uppercase-algorithm",
+    "no-colon",
+    "empty",
+    "not-hex",
+    "space",
+    "newline",
+    "arabic-digits",
+]
+
+
+class TestDigests:
+    """PROTOCOL.md, "Digests anywhere": our rule, checked where each digest is read."""
+
+    @pytest.mark.parametrize(
+        ("algorithm", "length"), [("sha256", 64), ("sha384", 96), ("sha512", 128)]
+    )
+    def test_valid(self, algorithm: str, length: int) -> None:
+        value = f"{algorithm}:" + ("0123456789abcdef" * 8)[:length]
+        assert check_digest(value) == value
+
+    @pytest.mark.parametrize(("value", "problem"), BAD_DIGESTS, ids=BAD_DIGEST_IDS)
+    def test_check_digest_says_why(self, value: str, problem: str) -> None:
+        with pytest.raises(ValueError) as info:
+            check_digest(value)
+        assert str(info.value) == f"invalid digest {value!r}: {problem}"
+
+    @pytest.mark.parametrize(("value", "problem"), BAD_DIGESTS, ids=BAD_DIGEST_IDS)
+    def test_refused_in_every_field_with_its_path(self, value: str, problem: str) -> None:
+        reason = f"invalid digest {value!r}: {problem}"
+        blob = {"digest": value, "urls": ["u"], "sha256": "00", "size": 1}
+        cases = [
+            (desired(items=[item(), item(indexDigest=value)]), "$.items[1].indexDigest"),
+            ({"messageType": "blobUrls", "items": [blob]}, "$.items[0].digest"),
+            ({"messageType": "requestBlobUrls", "digests": [DIGEST, value]}, "$.digests[1]"),
+        ]
+        for raw, path in cases:
+            assert refusal(raw) == (path, reason)
+            assert refusal(frame(raw)) == (path.replace("$", "$.data", 1), reason)
+            parse_any(raw, strict_digests=False)  # AosCore reads any string
+
+    def test_not_a_string(self) -> None:
+        assert refusal({"messageType": "requestBlobUrls", "digests": [7]}) == (
+            "$.digests[0]",
+            "expected string, got integer",
+        )
+
+    def test_a_huge_digest_is_quoted_short(self) -> None:
+        value = "sha256:" + "a" * 10_000
+        path, reason = refusal(desired(items=[item(indexDigest=value)]))
+        assert path == "$.items[0].indexDigest"
+        assert reason.endswith("...': sha256 needs 64 hex digits, got 10000")
+        assert len(reason) < 250

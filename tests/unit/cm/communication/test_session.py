@@ -1,13 +1,20 @@
-"""CloudSession: envelope checks, acks and resends, driven by bytes and a fake clock."""
+"""CloudSession: envelope checks, acks and resends, driven by bytes and a fake clock; and what
+the link does with a dropped frame."""
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
 
+from aoscore_py.cm.communication.link import CloudLink
 from aoscore_py.cm.communication.session import (
     Acked,
     CloudSession,
+    Dropped,
     GaveUp,
     Nacked,
     Received,
@@ -220,47 +227,102 @@ class TestReceive:
         assert isinstance(event, Received)
 
 
-class TestRefusals:
-    def test_another_protocol_version_is_nacked_under_its_txn(self, session: CloudSession) -> None:
-        header = Header(version=6, system_id=UNIT, txn="t-old")
-        event = session.receive(dump_frame(Envelope(header, DesiredStatus())))
-        assert isinstance(event, Refused)
-        assert event.txn == "t-old"
-        assert event.error.path == "$.header.version"
-        envelope, nack = nack_of(event)
-        assert envelope.header.txn == "t-old"
-        assert "version 6" in nack.error_info.message
-        assert nack.error_info.aos_code == AosCode.NOT_SUPPORTED
+class TestDropped:
+    """PROTOCOL.md, "Header checks": another version or another unit is dropped, not nacked."""
 
-    def test_a_newer_frame_that_does_not_parse_as_v7_is_refused_for_its_version(
+    @pytest.mark.parametrize("version", [6, 8, 0])
+    def test_another_protocol_version_is_dropped(self, session: CloudSession, version: int) -> None:
+        header = Header(version=version, system_id=UNIT, txn="t-old")
+        event = session.receive(dump_frame(Envelope(header, DesiredStatus())))
+        assert isinstance(event, Dropped)  # no reply frame: a Dropped carries none
+        assert (event.txn, event.seen) == ("t-old", version)
+        assert event.error.path == "$.header.version"
+        assert event.error.reason == (
+            f"unsupported protocol version {version} (this unit speaks {PROTOCOL_VERSION})"
+        )
+        assert event.error.code == AosCode.NOT_SUPPORTED
+        assert session.pending_frames() == []
+
+    def test_a_newer_frame_that_does_not_parse_as_v7_is_dropped_for_its_version(
         self, session: CloudSession
     ) -> None:
         raw = orjson.dumps(
             {
-                "header": {"version": 8, "systemId": UNIT, "txn": "t-v8"},
+                "header": {"version": 8, "systemId": "unit-2", "txn": "t-v8"},
                 "data": {"messageType": "somethingNewInV8"},
             }
         )
         event = session.receive(raw)
-        assert isinstance(event, Refused)
-        assert event.txn == "t-v8"
-        _, nack = nack_of(event)
-        assert "version 8" in nack.error_info.message
-        assert nack.error_info.aos_code == AosCode.NOT_SUPPORTED
+        assert isinstance(event, Dropped)
+        assert (event.txn, event.seen, event.error.path) == ("t-v8", 8, "$.header.version")
 
-    def test_a_frame_for_another_unit_is_nacked(self, session: CloudSession) -> None:
+    def test_a_frame_for_another_unit_is_dropped(self, session: CloudSession) -> None:
         event = session.receive(from_cloud(DesiredStatus(), "t-x", system_id="unit-2"))
-        assert isinstance(event, Refused)
-        envelope, nack = nack_of(event)
-        assert envelope.header.txn == "t-x"
-        assert "unit-2" in nack.error_info.message
-        assert UNIT in nack.error_info.message
+        assert isinstance(event, Dropped)
+        assert (event.txn, event.seen) == ("t-x", "unit-2")
         assert event.error.path == "$.header.systemId"
+        assert "unit-2" in event.error.reason
+        assert UNIT in event.error.reason
+
+    def test_a_bad_body_for_another_unit_is_dropped(self, session: CloudSession) -> None:
+        raw = orjson.dumps(
+            {
+                "header": {"version": PROTOCOL_VERSION, "systemID": "unit-2", "txn": "t-y"},
+                "data": {"messageType": "noSuchMessage"},
+            }
+        )
+        event = session.receive(raw)
+        assert isinstance(event, Dropped)
+        assert (event.txn, event.seen, event.error.path) == ("t-y", "unit-2", "$.header.systemId")
 
     def test_an_ack_for_another_unit_does_not_clear_ours(self, session: CloudSession) -> None:
         txn, frame = session.send(UnitStatus())
-        assert isinstance(session.receive(from_cloud(Ack(), txn, system_id="u2")), Refused)
+        assert isinstance(session.receive(from_cloud(Ack(), txn, system_id="u2")), Dropped)
         assert session.pending_frames() == [frame]
+
+    @pytest.mark.parametrize(
+        ("header", "path"),
+        [
+            ({"version": "6", "systemId": UNIT, "txn": "t-z"}, "$.header.version"),
+            ({"version": True, "systemId": UNIT, "txn": "t-z"}, "$.header.version"),
+            ({"version": PROTOCOL_VERSION, "systemId": 2, "txn": "t-z"}, "$.header.systemId"),
+        ],
+        ids=["version-string", "version-bool", "system-id-number"],
+    )
+    def test_a_header_of_the_wrong_json_type_is_malformed_and_nacked(
+        self, session: CloudSession, header: dict[str, object], path: str
+    ) -> None:
+        event = session.receive(orjson.dumps({"header": header, "data": {"messageType": "ack"}}))
+        assert isinstance(event, Refused)
+        assert (event.txn, event.error.path) == ("t-z", path)
+
+
+class TestRefusals:
+    def test_a_bad_digest_is_nacked_naming_its_path(self, session: CloudSession) -> None:
+        item = {
+            "item": {"id": "svc", "type": "service"},
+            "version": "1",
+            "indexDigest": "sha256:abc",
+        }
+        raw = orjson.dumps(
+            {
+                "header": {"version": PROTOCOL_VERSION, "systemId": UNIT, "txn": "t-dig"},
+                "data": {"messageType": "desiredStatus", "items": [item]},
+            }
+        )
+        _, ours = session.send(UnitStatus())
+        event = session.receive(raw)
+        assert isinstance(event, Refused)
+        assert session.pending_frames() == [ours]
+        assert event.txn == "t-dig"
+        assert event.error.path == "$.data.items[0].indexDigest"
+        envelope, nack = nack_of(event)
+        assert envelope.header.txn == "t-dig"
+        assert nack.error_info.message == (
+            "$.data.items[0].indexDigest: invalid digest 'sha256:abc': "
+            "sha256 needs 64 hex digits, got 3"
+        )
+        assert nack.error_info.aos_code == AosCode.INVALID_ARGUMENT
 
     @pytest.mark.parametrize("raw", [b"not json", b"", b"[1, 2]", b"\xff\xfe", "{"])
     def test_unreadable_frames_are_nacked_under_a_new_txn(
@@ -317,3 +379,82 @@ class TestForget:
         assert session.next_deadline() is None
         clock.advance(60.0)
         assert session.due() == ([], [])
+
+
+class FakeSocket:
+    """Records what the link sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes | str] = []
+
+    async def send(self, frame: bytes | str) -> None:
+        self.sent.append(frame)
+
+
+class Records(logging.Handler):
+    """Keeps the structured fields of each log record."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.getMessage(), getattr(record, "fields", {})))
+
+
+@pytest.fixture
+def link_logs() -> Iterator[Records]:
+    logger = logging.getLogger("aoscore.communication")
+    records, level = Records(), logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+
+
+class TestLinkDispatch:
+    """The link answers nothing to a dropped frame and logs why."""
+
+    @staticmethod
+    def link() -> CloudLink:
+        async def ignore(*_: object) -> None:
+            return None
+
+        return CloudLink("ws://cloud.invalid", UNIT, on_message=ignore, on_connect=ignore)
+
+    async def test_a_dropped_frame_is_logged_with_its_field_and_value(
+        self, link_logs: Records
+    ) -> None:
+        ws: Any = FakeSocket()
+        header = Header(version=6, system_id=UNIT, txn="t-old")
+        await self.link()._dispatch(ws, dump_frame(Envelope(header, DesiredStatus())), 0.0)
+        assert ws.sent == []
+        reason = f"unsupported protocol version 6 (this unit speaks {PROTOCOL_VERSION})"
+        assert link_logs.lines == [
+            (
+                "message.dropped",
+                {
+                    "txn": "t-old",
+                    "path": "$.header.version",
+                    "seen": 6,
+                    "reason": reason,
+                    "next": "dropped; not acked, not nacked",
+                },
+            )
+        ]
+
+    async def test_a_frame_for_another_unit_is_logged_and_not_answered(
+        self, link_logs: Records
+    ) -> None:
+        ws: Any = FakeSocket()
+        await self.link()._dispatch(ws, from_cloud(Ack(), "t-x", system_id="unit-2"), 0.0)
+        assert ws.sent == []
+        ((event, fields),) = link_logs.lines
+        assert (event, fields["path"], fields["seen"]) == (
+            "message.dropped",
+            "$.header.systemId",
+            "unit-2",
+        )
