@@ -1,5 +1,7 @@
-"""Malformed desired statuses are refused with a nack that says why, and change nothing:
-what was running keeps running, and the stored desired status stays as it was."""
+"""Malformed desired statuses are refused with a nack that says why, frames of another protocol
+version or for another unit are dropped with a log line naming the field, and none of them
+changes anything: what was running keeps running, and the stored desired status stays as it
+was."""
 
 from __future__ import annotations
 
@@ -41,15 +43,24 @@ def bad_frames(unit: str, images: dict[str, OciImage]) -> dict[str, tuple[str, s
     missing = {**good, "items": [{k: v for k, v in good["items"][0].items() if k != "item"}]}
     bad_enum = {**good, "nodes": [{"item": {"codename": "node-1"}, "state": "sleeping"}]}
     duplicate = {**good, "items": good["items"] * 2}
+    bad_digest = {**good, "items": [{**good["items"][0], "indexDigest": "sha256:ABC"}]}
     return {
         "not json": ('{"header": {"txn": "' + TXN + '"}, "data": {nope', "JSON"),
         "not json at all": ("\x00\x01 garbage", "JSON"),
         "wrong types": (frame(unit, wrong_type), "numInstances"),
         "missing field": (frame(unit, missing), "items[0].item"),
         "unknown enum value": (frame(unit, bad_enum), "sleeping"),
-        "wrong protocol version": (frame(unit, good, version=6), "version 6"),
-        "another unit": (frame(unit, good, system_id="somebody-else"), "somebody-else"),
         "duplicate items": (frame(unit, duplicate), "duplicate item"),
+        "bad index digest": (frame(unit, bad_digest), "items[0].indexDigest"),
+    }
+
+
+def dropped_frames(unit: str, images: dict[str, OciImage]) -> dict[str, tuple[str, str]]:
+    """name -> (frame text, the JSON path the agent's log line names)."""
+    good = good_data(images)
+    return {
+        "wrong protocol version": (frame(unit, good, version=6), "$.header.version"),
+        "another unit": (frame(unit, good, system_id="somebody-else"), "$.header.systemId"),
     }
 
 
@@ -60,7 +71,7 @@ def stored_desired(data_dir: Path) -> bytes:
     return body
 
 
-def test_each_malformed_desired_status_is_nacked_and_changes_nothing(
+def test_each_malformed_desired_status_is_refused_and_changes_nothing(
     agents: Agents,
     cloud: CloudProcess,
     images: dict[str, OciImage],
@@ -78,6 +89,10 @@ def test_each_malformed_desired_status_is_nacked_and_changes_nothing(
         answer = operate(cloud, {"op": "raw", "unit": unit, "frame": text, "timeout": 10})
         assert answer.get("nack") is not None, (name, answer)
         assert reason in answer["error"], (name, answer["error"])
+    for name, (text, path) in dropped_frames(unit, images).items():
+        answer = operate(cloud, {"op": "raw", "unit": unit, "frame": text, "timeout": 3})
+        assert "nack" not in answer and not answer.get("ok"), (name, answer)
+        assert log.wait_for("message.dropped", path=path, timeout_s=5), name
 
     assert log.find("desired.stored")[1:] == [], "no bad status was stored"
     assert stored_desired(data_dir) == desired
