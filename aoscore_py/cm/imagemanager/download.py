@@ -1,10 +1,11 @@
 """Fetching one blob into the store: every URL, retries with backoff, HTTP Range resume.
 
-A blob's bytes go to its partial file, hashed as they arrive. An interrupted transfer (a reset,
-a timeout, a 5xx, the agent killed) leaves the partial file; the next attempt, in this process
-or the next, hashes what is there and asks for the rest with `Range`. The URLs are tried in
-order within a round; a round in which no URL succeeded is followed by a backoff with jitter,
-and a round that moved any bytes forward resets the count. Only then is the blob failed.
+A blob's bytes go to its partial file (partial.py), hashed as they arrive. An interrupted
+transfer (a reset, a timeout, a 5xx, the agent killed) leaves the partial file; the next attempt,
+in this process or the next, hashes what is there and asks for the rest with `Range`. The URLs
+are tried in order within a round; a round in which no URL succeeded is followed by a backoff
+with jitter, and a round that moved any bytes forward resets the count. Only then is the blob
+failed. Which HTTP answers are worth another try is the retry policy's call (errors.py).
 
 When the bytes are all there, they are checked against the digest and handed to a verifier (the
 signature check) before the partial file is committed, so the store only ever holds verified
@@ -14,15 +15,12 @@ blobs. Cancelling stops at the next await: partial files stay for the next attem
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import hashlib
-import os
 import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 import httpcore
 import httpx
@@ -33,15 +31,13 @@ from ...backoff import Backoff
 from ...errors import AosCode, BlobError, transient_http_status
 from ...logs import get_logger
 from ...protocol import BlobUrlInfo
-from .blobstore import HASH_CHUNK, NO_SPACE, BlobStore, digest_hex
+from .blobstore import NO_SPACE, BlobStore, digest_hex
 from .crashpoints import BLOB_TRANSFER
+from .partial import IO_POOL, PartialFile
 
 log = get_logger("imagemanager.download")
 
 Verifier = Callable[[Mapping[str, bytes]], None]
-
-# Hashing, writing and fsyncing blob bytes happen here, off the event loop.
-_IO_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="blob-io")
 
 
 @dataclass(frozen=True)
@@ -98,85 +94,6 @@ class _Retry(Exception):
 
 class _Refused(Exception):
     """This URL will not give this blob: go to the next one without retrying it."""
-
-
-class _Partial:
-    """The partial file of one blob, open for appending, with hashes of every byte in it."""
-
-    def __init__(self, store: BlobStore, digest: str, hash_names: Sequence[str]) -> None:
-        self.path = store.partial_path(digest)
-        self.hash_names = tuple(dict.fromkeys(("sha256", *hash_names)))
-        self.file: IO[bytes] | None = None
-        self.size = 0
-        self._hashers: dict[str, Any] = {}
-        self._job: concurrent.futures.Future[None] | None = None
-
-    async def open(self, limit: int | None) -> int:
-        """Open the file and hash what is already in it (yielding between chunks, so a cancel
-        is not held up); a file longer than `limit` is started again. Returns the bytes kept."""
-        self.file = open(self.path, "a+b")  # noqa: SIM115 - closed by close()
-        self._hashers = {name: hashlib.new(name) for name in self.hash_names}
-        self.file.seek(0)
-        size = 0
-        while chunk := self.file.read(HASH_CHUNK):
-            for h in self._hashers.values():
-                h.update(chunk)
-            size += len(chunk)
-            await asyncio.sleep(0)
-        self.size = size
-        if limit is not None and size > limit:
-            self.reset()
-        return self.size
-
-    def reset(self) -> None:
-        assert self.file is not None
-        self.file.truncate(0)
-        self.file.seek(0)
-        self.size = 0
-        self._hashers = {name: hashlib.new(name) for name in self.hash_names}
-
-    def write(self, chunks: Sequence[bytes]) -> None:
-        """Append and hash `chunks` as received: each is written as it is, with no copy made
-        to join them (at a blob's rates every pass over the bytes shows)."""
-        assert self.file is not None
-        for chunk in chunks:
-            self.file.write(chunk)
-            for h in self._hashers.values():
-                h.update(chunk)
-            self.size += len(chunk)
-
-    async def write_async(self, chunks: Sequence[bytes]) -> None:
-        """`write` on the I/O pool: hashing and writing release the GIL there, so they run on
-        another core while the loop reads the next bytes of every transfer."""
-        self._job = _IO_POOL.submit(self.write, chunks)
-        await asyncio.wrap_future(self._job)
-
-    def settle(self) -> None:
-        """Wait for a write still running on the pool (a cancel does not stop it)."""
-        job, self._job = self._job, None
-        if job is not None:
-            concurrent.futures.wait([job])
-
-    async def finish(self) -> dict[str, bytes]:
-        """Flush and fsync (on the pool, so other transfers go on); the hashes of the file."""
-        assert self.file is not None
-        self.file.flush()
-        fd = os.dup(self.file.fileno())  # closing the file on a cancel cannot pull it away
-        await asyncio.wrap_future(_IO_POOL.submit(_fsync_and_close, fd))
-        return {name: h.digest() for name, h in self._hashers.items()}
-
-    def close(self) -> None:
-        self.settle()
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-
-
-def _fsync_and_close(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def widen_http_reads(read_bytes: int) -> None:
@@ -257,7 +174,7 @@ class Downloader:
                 them, or the disk is full (noMemory).
         """
         async with self._slots:
-            partial = _Partial(self._store, info.digest, hash_names)
+            partial = PartialFile(self._store, info.digest, hash_names)
             transfer = Transfer(info.digest, info.size)
             self.active[info.digest] = transfer
             try:
@@ -275,7 +192,7 @@ class Downloader:
                 self.active.pop(info.digest, None)
 
     async def _fetch(
-        self, info: BlobUrlInfo, partial: _Partial, transfer: Transfer, verify: Verifier
+        self, info: BlobUrlInfo, partial: PartialFile, transfer: Transfer, verify: Verifier
     ) -> Fetched:
         want = digest_hex(info.digest)
         size = info.size or None
@@ -309,7 +226,7 @@ class Downloader:
                 if hashes["sha256"].hex() == want:
                     verify(hashes)
                     stat = await asyncio.wrap_future(
-                        _IO_POOL.submit(self._store.commit, info.digest)
+                        IO_POOL.submit(self._store.commit, info.digest)
                     )
                     return Fetched(
                         info.digest,
@@ -351,7 +268,7 @@ class Downloader:
             await self._sleep(delay)
 
     async def _attempt(
-        self, url: str, info: BlobUrlInfo, partial: _Partial, transfer: Transfer
+        self, url: str, info: BlobUrlInfo, partial: PartialFile, transfer: Transfer
     ) -> None:
         offset = partial.size
         # A blob is its bytes as stored: no content coding, so that Range offsets and the
@@ -401,7 +318,7 @@ class Downloader:
         if info.size and partial.size < info.size:
             raise _Retry(f"the body ended after {partial.size} of {info.size} bytes")
 
-    def _took(self, n: int, info: BlobUrlInfo, partial: _Partial, transfer: Transfer) -> None:
+    def _took(self, n: int, info: BlobUrlInfo, partial: PartialFile, transfer: Transfer) -> None:
         """Account for `n` bytes just appended to the partial file."""
         before = partial.size - n
         transfer.fetched += n
