@@ -1,8 +1,9 @@
 """A phase graph: phases, events, and the one next phase for each (phase, event).
 
 The table is plain data so it can be read top to bottom, tested alone, and drawn
-(`Graph.to_mermaid`). Legality is enforced by a `transitions.Machine` built from the same
-table, so an illegal move is refused by the library, not by a hand-written check.
+(`Graph.to_mermaid`). Legality is declared by a `transitions.Machine` built from the same
+table; `declared_moves` reads the moves back from that machine once, so a durable machine
+checks each move with one lookup in what the library declared instead of a hand-written rule.
 """
 
 from __future__ import annotations
@@ -92,3 +93,25 @@ class Graph:
             for event, target in events.items():
                 lines.append(f"    {phase} --> {target}: {event}")
         return "\n".join(lines) + "\n"
+
+
+def declared_moves(machine: Machine) -> dict[tuple[str, str], str]:
+    """(phase, event) -> next phase, as declared in `machine`.
+
+    Read once when a durable machine is built: checking a move is then one dictionary lookup,
+    instead of running the library's trigger machinery on every move (it walks every event and
+    queues callbacks we do not use). The moves come from the `transitions` machine, so the
+    library's declaration stays the one that decides what is legal.
+
+    Raises:
+        ValueError: a move has conditions, callbacks or several destinations, which a lookup
+            would skip or could not decide.
+    """
+    moves: dict[tuple[str, str], str] = {}
+    for event, declared in machine.events.items():
+        for source, candidates in declared.transitions.items():
+            move = candidates[0]
+            if len(candidates) != 1 or move.conditions or move.prepare or move.before or move.after:
+                raise ValueError(f"{source} --{event}-->: not one plain, unconditional move")
+            moves[(source, event)] = move.dest
+    return moves

@@ -1,10 +1,15 @@
 """A phase machine whose every move is committed before anything else happens.
 
-`fire(event)` checks the move against the graph (through `transitions`), writes the new phase,
-its payload and a journal row in one SQLite transaction, then moves the in-memory model, then
-passes the crash point `<machine>.<phase>.committed`. A refused move changes nothing. On
-construction the machine resumes at the stored phase without running any callback, which is
-what resuming after a power cut wants.
+`fire(event)` checks the move against the graph, writes the new phase, its payload and a
+journal row in one SQLite transaction, then moves the in-memory model, then passes the crash
+point `<machine>.<phase>.committed`. A refused move changes nothing. On construction the machine
+resumes at the stored phase without running any callback, which is what resuming after a power
+cut wants.
+
+A move should cost about one durable commit, so legality is checked once: the moves are read
+back from the `transitions` machine at construction (`declared_moves`) and each `fire` is one
+lookup; the model is then set with `set_state`, since the trigger machinery would only check the
+same move again and run callbacks the graph does not have.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ from typing import Any
 
 import peewee
 
-from .crashpoints import crashpoint
+from .crashpoints import committed_point, crashpoint
 from .errors import IllegalTransition, UnknownPhase
-from .graph import Graph
+from .graph import Graph, declared_moves
 from .store import JournalRecord, Tables
 
 _KEEP: Any = object()
@@ -63,6 +68,7 @@ class DurableMachine:
         self._revision: int = row.revision
         self._model = _Model()
         self._machine = graph.build_machine(self._model, row.phase)
+        self._moves = declared_moves(self._machine)
 
     @property
     def phase(self) -> str:
@@ -82,7 +88,7 @@ class DurableMachine:
         return self.phase in self.graph.resting
 
     def can(self, event: str) -> bool:
-        return event in self._machine.get_triggers(self.phase)
+        return (self._model.phase, event) in self._moves
 
     def fire(self, event: str, payload: dict[str, Any] | None = _KEEP, note: str = "") -> str:
         """Commit the move `event` from the current phase, then make it in memory.
@@ -95,46 +101,30 @@ class DurableMachine:
         Raises:
             IllegalTransition: the move is not in the graph; nothing changed.
         """
-        source = self.phase
-        if not self.can(event):
+        source = self._model.phase
+        target = self._moves.get((source, event))
+        if target is None:
             raise IllegalTransition(self.name, source, event)
-        target = self.graph.next(source, event)
         new_payload = self._payload if payload is _KEEP else payload
-        encoded = Tables.encode(new_payload)
-        now = self._clock()
-        t = self._tables
-        with t.db.atomic("IMMEDIATE"):
-            t.phase_row.update(
-                phase=target, payload=encoded, revision=self._revision + 1, updated_at=now
-            ).where(t.phase_row.machine == self.name).execute()
-            t.journal_row.create(
-                machine=self.name,
-                from_phase=source,
-                event=event,
-                to_phase=target,
-                payload=encoded,
-                note=note,
-                at=now,
-            )
-        self._model.trigger(event)
+        self._tables.move(
+            self.name,
+            source,
+            event,
+            target,
+            Tables.encode(new_payload),
+            note,
+            self._revision + 1,
+            self._clock(),
+        )
+        self._machine.set_state(target, model=self._model)
         self._payload = new_payload
         self._revision += 1
-        crashpoint(f"{self.name}.{target}.committed")
+        crashpoint(committed_point(self.name, target))
         return target
 
     def note(self, event: str, note: str) -> None:
         """Journal something that happened in the current phase without moving."""
-        t = self._tables
-        with t.db.atomic("IMMEDIATE"):
-            t.journal_row.create(
-                machine=self.name,
-                from_phase=self.phase,
-                event=event,
-                to_phase=self.phase,
-                payload=None,
-                note=note,
-                at=self._clock(),
-            )
+        self._tables.journal_note(self.name, self.phase, event, note, self._clock())
 
     def journal(self, limit: int | None = None) -> list[JournalRecord]:
         """Every move and note of this machine, oldest first."""

@@ -3,6 +3,10 @@
 The caller owns the database (its file, WAL and `synchronous=FULL` pragmas); the engine only
 adds its two tables. Model classes are made per database so that machines on different files
 never share a binding.
+
+A move is the hot path: its two statements are SQL text made once from the models, run through
+the database's own `execute_sql` (so peewee's transaction stack, error types and query hooks
+still apply, and `sqlite3` reuses its prepared statements), without building a query per call.
 """
 
 from __future__ import annotations
@@ -62,6 +66,38 @@ class Tables:
         self.phase_row = PhaseRow
         self.journal_row = JournalRow
         db.create_tables([PhaseRow, JournalRow], safe=True)
+        self._move_sql = _update_sql(
+            PhaseRow, ("phase", "payload", "revision", "updated_at"), key="machine"
+        )
+        self._journal_sql = _insert_sql(
+            JournalRow, ("machine", "from_phase", "event", "to_phase", "payload", "note", "at")
+        )
+
+    def move(
+        self,
+        machine: str,
+        source: str,
+        event: str,
+        target: str,
+        payload: bytes | None,
+        note: str,
+        revision: int,
+        at: float,
+    ) -> None:
+        """Write the new phase row and its journal row in one `BEGIN IMMEDIATE` transaction,
+        so a power cut keeps both or neither."""
+        db = self.db
+        with db.atomic("IMMEDIATE"):
+            db.execute_sql(self._move_sql, (target, payload, revision, float(at), machine))
+            db.execute_sql(
+                self._journal_sql, (machine, source, event, target, payload, note, float(at))
+            )
+
+    def journal_note(self, machine: str, phase: str, event: str, note: str, at: float) -> None:
+        """Append a journal row that does not move the phase (in its own transaction)."""
+        db = self.db
+        with db.atomic("IMMEDIATE"):
+            db.execute_sql(self._journal_sql, (machine, phase, event, phase, None, note, float(at)))
 
     @staticmethod
     def encode(payload: dict[str, Any] | None) -> bytes | None:
@@ -91,3 +127,20 @@ class Tables:
             )
             for r in rows
         ]
+
+
+def _column(model: type[peewee.Model], field: str) -> str:
+    return '"' + model._meta.fields[field].column_name + '"'
+
+
+def _update_sql(model: type[peewee.Model], fields: tuple[str, ...], *, key: str) -> str:
+    """`UPDATE table SET f = ?, ... WHERE key = ?`; parameters in `fields` order, key last."""
+    sets = ", ".join(f"{_column(model, f)} = ?" for f in fields)
+    return f'UPDATE "{model._meta.table_name}" SET {sets} WHERE {_column(model, key)} = ?'
+
+
+def _insert_sql(model: type[peewee.Model], fields: tuple[str, ...]) -> str:
+    """`INSERT INTO table (f, ...) VALUES (?, ...)`; parameters in `fields` order."""
+    columns = ", ".join(_column(model, f) for f in fields)
+    marks = ", ".join("?" * len(fields))
+    return f'INSERT INTO "{model._meta.table_name}" ({columns}) VALUES ({marks})'
