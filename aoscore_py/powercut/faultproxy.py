@@ -1,10 +1,11 @@
 """A loopback reverse proxy that injects download faults on demand.
 
 Integration tests and the download benchmark need the blob downloader to meet dropped connections,
-error answers, corrupted bodies and stalls from a real registry while the agent runs as a separate
-process. The proxy sits between the two on 127.0.0.1, the test process scripts its faults with
-`Fault` rules, and it counts the exact body bytes written to clients, so a test can bound how much
-a resumed download fetched again.
+error answers, corrupted, oversized or misplaced bodies, refused ranges and stalls from a real
+registry while the agent runs as a separate process. The proxy sits between the two on
+127.0.0.1, the test process scripts its faults with `Fault` rules, and it counts the exact body
+bytes written to clients, so a test can see which requests a resumed download made and what
+they fetched.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from aoscore_py.errors import LocalError
 from aoscore_py.logs import get_logger
 
 CHUNK = 64 * 1024
-KINDS = frozenset({"drop", "status", "corrupt", "stall", "dead"})
+KINDS = frozenset(
+    {"drop", "status", "corrupt", "stall", "dead", "oversize", "wrong_range", "unsatisfiable"}
+)
 STOP_JOIN_S = 5.0
 DRAIN_S = 1.0
 
@@ -62,8 +65,15 @@ class Fault:
     - corrupt: flip every body byte from offset `after_bytes` on; the length stays the same.
     - stall: send `after_bytes` body bytes, wait for `release()` or `stall_s`, then go on.
     - dead: reset the connection without any response.
+    - oversize: pass the body through, then send `extra_bytes` more; Content-Length says so,
+      as a server holding a bigger blob than the cloud announced would.
+    - wrong_range: ask upstream for `bytes=<after_bytes>-` instead of the range the client asked
+      (or did not ask) for, and pass its 206 back: a Content-Range for another range.
+    - unsatisfiable: answer 416 with `Content-Range: bytes */<length>` (the length upstream
+      gives), without sending a body, as a server does for a range past the end.
 
-    Offsets count from the start of this response's body, not of the blob.
+    Offsets count from the start of this response's body, not of the blob (for wrong_range,
+    `after_bytes` is the first byte of the blob served).
     """
 
     kind: str
@@ -72,6 +82,7 @@ class Fault:
     status: int = 500
     times: int = 1  # how many requests it applies to; -1 means always
     stall_s: float = 3600.0
+    extra_bytes: int = 1024
 
 
 @dataclass(frozen=True)
@@ -202,6 +213,8 @@ class FaultProxy:
             raise LocalError(f"unknown fault kind {fault.kind!r}: expected one of {sorted(KINDS)}")
         if fault.after_bytes < 0:
             raise LocalError(f"after_bytes must be >= 0, not {fault.after_bytes}")
+        if fault.extra_bytes < 0:
+            raise LocalError(f"extra_bytes must be >= 0, not {fault.extra_bytes}")
         with self._cond:
             self._rules.append(_Rule(fault, fault.times))
 
@@ -411,6 +424,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._answer(record, fault.status, f"fault proxy: status {fault.status}\n")
             elif fault is not None and fault.kind == "dead":
                 self._abort(drain=False)
+            elif fault is not None and fault.kind == "unsatisfiable":
+                self._unsatisfiable(record)
             else:
                 self._forward(record, fault)
         except (OSError, httpx.HTTPError) as exc:
@@ -418,9 +433,23 @@ class _Handler(BaseHTTPRequestHandler):
             _log.debug("faultproxy.broken", path=self.path, error=repr(exc))
             self._abort(drain=False)
 
+    def _unsatisfiable(self, record: _Live) -> None:
+        url = self.server.proxy.upstream + self.path
+        try:
+            head = self.server.client.head(url, headers={"Accept-Encoding": "identity"})
+        except httpx.HTTPError as exc:
+            self._answer(record, 502, f"fault proxy: upstream failed: {exc}\n")
+            return
+        length = head.headers.get("content-length", "*")
+        text = "fault proxy: range not satisfiable\n"
+        self._answer(record, 416, text, {"Content-Range": f"bytes */{length}"})
+
     def _forward(self, record: _Live, fault: Fault | None) -> None:
         headers = {name: v for name in _FORWARDED if (v := self.headers.get(name)) is not None}
         headers["Accept-Encoding"] = "identity"  # raw bytes then equal the body we count
+        if fault is not None and fault.kind == "wrong_range":
+            headers["Range"] = f"bytes={fault.after_bytes}-"
+        extra = fault.extra_bytes if fault is not None and fault.kind == "oversize" else 0
         url = self.server.proxy.upstream + self.path
         with contextlib.ExitStack() as stack:
             try:
@@ -430,17 +459,22 @@ class _Handler(BaseHTTPRequestHandler):
             except httpx.HTTPError as exc:
                 self._answer(record, 502, f"fault proxy: upstream failed: {exc}\n")
                 return
-            self._send_head(record, upstream.status_code, upstream.headers)
+            self._send_head(record, upstream.status_code, upstream.headers, extra)
             has_body = self.command != "HEAD" and upstream.status_code not in _NO_BODY
             if has_body:
                 self._send_body(record, fault, upstream.iter_raw(CHUNK))
+                self._send_extra(record, extra)
             elif fault is not None and fault.kind == "drop":
                 self._abort(drain=True)
 
-    def _send_head(self, record: _Live, status: int, headers: httpx.Headers) -> None:
+    def _send_head(
+        self, record: _Live, status: int, headers: httpx.Headers, extra: int = 0
+    ) -> None:
         self.send_response(status)
         for name in _PASSED_BACK:
             if (value := headers.get(name)) is not None:
+                if name == "Content-Length" and extra:
+                    value = str(int(value) + extra)
                 self.send_header(name, value)
         if "content-length" not in headers and self.command != "HEAD":
             self.send_header("Connection", "close")  # the end of the body marks its length
@@ -468,6 +502,13 @@ class _Handler(BaseHTTPRequestHandler):
             offset += len(chunk)
         if kind == "drop":
             self._abort(drain=True)  # the body ended before the cut: close all the same
+
+    def _send_extra(self, record: _Live, extra: int) -> None:
+        """The bytes an oversize fault adds after the body."""
+        while extra > 0:
+            n = min(extra, CHUNK)
+            self._write(record, b"\xa5" * n)
+            extra -= n
 
     def _write(self, record: _Live, data: bytes) -> None:
         # Counted before the write, so a client holding the bytes always finds them counted;

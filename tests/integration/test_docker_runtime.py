@@ -150,9 +150,13 @@ class TestContainers:
         assert attrs["HostConfig"]["NetworkMode"] == "none"
         assert attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
 
-        started = time.monotonic()
+        # The default command exits on SIGTERM (its trap says 0) instead of being killed after
+        # the grace period (137): stopping is prompt by behaviour. How long a stop takes is a
+        # figure for a benchmark; none reports it yet.
+        docker_runtime.stop_container(container_id, timeout_s=30)
+        state = docker_runtime.client.api.inspect_container(container_id)["State"]
+        assert (state["Status"], state["ExitCode"], state["OOMKilled"]) == ("exited", 0, False)
         docker_runtime.remove_container(container_id, timeout_s=10)
-        assert time.monotonic() - started < 5, "the default command must exit on SIGTERM"
         assert docker_runtime.list_containers({LABEL_UNIT: unit}) == []
         docker_runtime.remove_container(container_id)  # gone already: no error
 

@@ -1,5 +1,10 @@
 """The cloud link over a real WebSocket: a nack's retryAfter is honoured, and a message whose
-handler fails unexpectedly is nacked while the link stays up."""
+handler fails unexpectedly is nacked while the link stays up.
+
+Behaviour only: a nacked message is sent again, not before its retryAfter, and because of the
+nack (the ack timeout is set far beyond the test). How soon after retryAfter it goes out is a
+figure no benchmark reports yet; it is not asserted here.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,9 @@ from aoscore_py.protocol import (
 
 pytestmark = pytest.mark.integration
 
+RETRY_AFTER_MS = 100
+WAIT_S = 10.0  # how long a test waits for a frame before failing: a guard, not a figure
+
 
 class Cloud:
     """A scripted peer: nacks the first unitStatus, records every frame with its time."""
@@ -41,7 +49,7 @@ class Cloud:
             self.frames.append((time.monotonic(), env))
             statuses = [e for _, e in self.frames if isinstance(e.data, UnitStatus)]
             if isinstance(env.data, UnitStatus) and len(statuses) == 1:
-                nack = Nack(retry_after=100)
+                nack = Nack(retry_after=RETRY_AFTER_MS)
                 await ws.send(dump_frame(Envelope(new_header("u1", txn=env.header.txn), nack)))
 
 
@@ -73,14 +81,19 @@ async def test_a_nacked_message_is_resent_after_retry_after() -> None:
         return None
 
     link, task, server = await start_link(cloud, ignore)
+    # Only the nack can cause a resend within the test: the ack timeout is far beyond it.
+    link.session.ack_timeout = 3600.0
     try:
         txn = await link.send(UnitStatus(is_delta_info=False))
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline and len(cloud.frames) < 2:
             await asyncio.sleep(0.02)
-        (first, _), (second, again) = cloud.frames[:2]
-        assert again.header.txn == txn, "the same message, sent again"
-        assert 0.09 <= second - first < 1.0, "after retryAfter (100 ms), not the 10 s ack timeout"
+        assert len(cloud.frames) >= 2, "the nacked message was sent again"
+        (first, sent), (second, again) = cloud.frames[:2]
+        assert isinstance(sent.data, UnitStatus)
+        assert again.header.txn == txn and again.data == sent.data, "the same message, again"
+        # The nack left after the first frame arrived, so this holds on any machine.
+        assert second - first >= RETRY_AFTER_MS / 1000, "not before retryAfter"
     finally:
         await stop_link(link, task, server)
 
@@ -97,7 +110,7 @@ async def test_an_unexpected_handler_error_is_nacked_and_the_link_stays_up() -> 
         assert cloud.ws is not None
         frame = dump_frame(Envelope(new_header("u1", txn="t-ds"), DesiredStatus()))
         await cloud.ws.send(frame)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline and not cloud.frames:
             await asyncio.sleep(0.02)
         (_, reply), *_ = cloud.frames

@@ -3,6 +3,11 @@
 Real agent, real cloud, real Docker. Each test holds the first cycle in one phase by real means
 (a slow cloud, many containers to start, an instance that stays activating) and pushes the
 second desired status while the agent reports being in that phase.
+
+These tests check behaviour: the phase was cut short, the cycle restarted at downloading, the
+first cycle's work went no further, the unit converged on the second status. How fast the cut
+is (the agent's own "superseding message received -> old phase task finished") is a figure,
+reported by `scripts/bench supersede` (median per phase), not asserted here.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import pytest
 from aoscore_py.cloud.oci import OciImage
 from aoscore_py.cloud.registry import Registry
 from aoscore_py.cloud.state import CloudState
-from aoscore_py.powercut.testbed import CloudProcess, scenario, supersede_run
+from aoscore_py.powercut.testbed import CloudProcess, SupersedeRun, scenario, supersede_run
 from aoscore_py.sm.docker_runtime import DockerRuntime
 
 pytestmark = pytest.mark.integration
@@ -38,6 +43,27 @@ def slow_cloud(
     slow.stop()
 
 
+def cut_short_and_restarted(run: SupersedeRun, phase: str) -> list[dict[str, object]]:
+    """Check the first cycle was still in `phase` when the second status came (so the phase was
+    cancelled, not finished) and that the cycle then restarted at downloading; returns the log
+    records before the cut."""
+    assert run.superseded_in == phase
+    assert run.convergence.ok, run.convergence.problems
+    records = run.log.records()
+    cut = records.index(run.log.find("cycle.superseded")[0])
+    entered = [(i, r) for i, r in enumerate(records) if r.get("event") == "phase.entered"]
+    before = [r for i, r in entered if i < cut]
+    after = [r for i, r in entered if i > cut]
+    assert before and before[-1]["phase"] == phase, "the phase never ended by itself"
+    assert after, "the cycle restarted"
+    assert (after[0]["phase"], after[0]["previous"], after[0]["trigger"]) == (
+        "downloading",
+        phase,
+        "supersede",
+    )
+    return records[:cut]
+
+
 def test_during_downloading(
     slow_cloud: CloudProcess,
     images: dict[str, OciImage],
@@ -48,9 +74,7 @@ def test_during_downloading(
     first = scenario([("svc-a", images["it-alpha"])])
     second = scenario([("svc-b", images["it-beta"])], num_instances=1)
     run = supersede_run(slow_cloud, docker_runtime, tmp_path, unit, first, second, "downloading")
-    assert run.superseded_in == "downloading"
-    assert run.convergence.ok, run.convergence.problems
-    assert run.latency_s < 1.0
+    cut_short_and_restarted(run, "downloading")
     assert not run.log.find("item.ready", item="svc-a"), "the first item's download was abandoned"
 
 
@@ -66,12 +90,8 @@ def test_during_launching(
     )
     second = scenario([("svc-b", images["it-beta"])], num_instances=2)
     run = supersede_run(cloud, docker_runtime, tmp_path, unit, first, second, "launching")
-    assert run.superseded_in == "launching"
-    assert run.convergence.ok, run.convergence.problems
-    assert run.latency_s < 1.0
-    records = run.log.records()
-    cut = records.index(run.log.find("cycle.superseded")[0])
-    entered = [r["phase"] for r in records[:cut] if r.get("event") == "phase.entered"]
+    before = cut_short_and_restarted(run, "launching")
+    entered = [r["phase"] for r in before if r.get("event") == "phase.entered"]
     assert "waitingActive" not in entered, "the first cycle never got past launching"
 
 
@@ -85,6 +105,7 @@ def test_during_waiting_active(
     first = scenario([("svc-stuck", images["it-stuck"])], num_instances=1)
     second = scenario([("svc-a", images["it-alpha"])], num_instances=1)
     run = supersede_run(cloud, docker_runtime, tmp_path, unit, first, second, "waitingActive")
-    assert run.superseded_in == "waitingActive"
-    assert run.convergence.ok, run.convergence.problems
-    assert run.latency_s < 1.0, "no waiting out the activation timeout"
+    before = cut_short_and_restarted(run, "waitingActive")
+    assert not run.log.find("wait_active.timeout"), "no waiting out the activation timeout"
+    entered = [r["phase"] for r in before if r.get("event") == "phase.entered"]
+    assert "finalizing" not in entered, "the first cycle never got past waitingActive"

@@ -248,9 +248,61 @@ class TestFaults:
             assert body.result(timeout=10) == BLOB
         assert client.get(f"{proxy.url}/blob/a").status_code == 200
 
+    def test_oversize_sends_more_than_the_blob_and_says_so(
+        self, proxy: FaultProxy, client: httpx.Client
+    ) -> None:
+        proxy.add(Fault("oversize", extra_bytes=100_000))
+        response = client.get(f"{proxy.url}/blob/a")
+        assert response.status_code == 200
+        assert response.headers["content-length"] == str(len(BLOB) + 100_000)
+        assert response.content[: len(BLOB)] == BLOB
+        assert len(response.content) == len(BLOB) + 100_000
+        assert proxy.bytes_sent() == len(BLOB) + 100_000
+        assert [r.fault for r in proxy.requests()] == ["oversize"]
+        assert fetch(client, f"{proxy.url}/blob/a") == BLOB  # used up: the next one passes
+
+    def test_wrong_range_answers_a_206_for_another_range(
+        self, proxy: FaultProxy, client: httpx.Client
+    ) -> None:
+        proxy.add(Fault("wrong_range", after_bytes=0, times=2))
+        response = client.get(f"{proxy.url}/blob/a", headers={"Range": "bytes=1000-"})
+        assert response.status_code == 206
+        assert response.headers["content-range"] == f"bytes 0-{len(BLOB) - 1}/{len(BLOB)}"
+        assert response.content == BLOB
+        # without a Range the client gets a 206 it did not ask for
+        unasked = client.get(f"{proxy.url}/blob/a")
+        assert unasked.status_code == 206
+        assert [(r.range, r.status, r.fault) for r in proxy.requests()] == [
+            ("bytes=1000-", 206, "wrong_range"),
+            (None, 206, "wrong_range"),
+        ]
+
+    def test_wrong_range_from_an_offset(self, proxy: FaultProxy, client: httpx.Client) -> None:
+        proxy.add(Fault("wrong_range", after_bytes=5))
+        response = client.get(f"{proxy.url}/blob/a", headers={"Range": "bytes=1000-"})
+        assert response.headers["content-range"] == f"bytes 5-{len(BLOB) - 1}/{len(BLOB)}"
+        assert response.content == BLOB[5:]
+
+    def test_unsatisfiable_answers_416_with_the_blob_length(
+        self, proxy: FaultProxy, client: httpx.Client
+    ) -> None:
+        proxy.add(Fault("unsatisfiable"))
+        response = client.get(f"{proxy.url}/blob/a", headers={"Range": "bytes=1000-"})
+        assert response.status_code == 416
+        assert response.headers["content-range"] == f"bytes */{len(BLOB)}"
+        assert proxy.requests()[0] == Request(
+            "GET", "/blob/a", "bytes=1000-", 416, len(response.content), "unsatisfiable"
+        )
+        again = client.get(f"{proxy.url}/blob/a", headers={"Range": "bytes=1000-"})
+        assert (again.status_code, again.content) == (206, BLOB[1000:])
+
     def test_an_unknown_kind_is_refused(self, proxy: FaultProxy) -> None:
         with pytest.raises(LocalError):
             proxy.add(Fault("explode"))
+
+    def test_negative_extra_bytes_are_refused(self, proxy: FaultProxy) -> None:
+        with pytest.raises(LocalError, match="extra_bytes"):
+            proxy.add(Fault("oversize", extra_bytes=-1))
 
 
 class TestCounters:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -92,6 +93,33 @@ class Server:
 @pytest.fixture
 def store(tmp_path: Path) -> BlobStore:
     return BlobStore(tmp_path)
+
+
+class _UrlFailures(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "blob.url_failed":
+            fields = getattr(record, "fields", {})
+            self.seen.append((fields["url"], fields["error"]))
+
+
+@pytest.fixture
+def url_failures() -> Iterator[list[tuple[str, str]]]:
+    """Every (url, error) the downloader logs as `blob.url_failed`, in order.
+
+    A handler on the downloader's own logger, so it sees the records whatever another test
+    did to the logging tree (`logs.configure` stops propagation).
+    """
+    logger = logging.getLogger("aoscore.imagemanager.download")
+    handler = _UrlFailures()
+    logger.addHandler(handler)
+    try:
+        yield handler.seen
+    finally:
+        logger.removeHandler(handler)
 
 
 def downloader(store: BlobStore, server: Server, **policy: object) -> Downloader:
@@ -247,11 +275,114 @@ async def test_a_corrupt_mirror_is_skipped_for_a_good_one(store: BlobStore) -> N
     assert store.read(DIGEST) == DATA
 
 
-async def test_more_bytes_than_announced_are_refused(store: BlobStore) -> None:
-    server = Server(mirror_b=serve(DATA + b"extra"))
-    with pytest.raises(BlobError):
+class Endless(httpx.AsyncByteStream):
+    """`data`, then more bytes for as long as the client reads; counts what it gave."""
+
+    def __init__(self, data: bytes, cap: int = 64 << 20) -> None:
+        self.data, self.cap, self.given = data, cap, 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        body = self.data
+        while self.given < self.cap:
+            chunk = body[:65536] or b"x" * 65536
+            body = body[len(chunk) :]
+            self.given += len(chunk)
+            yield chunk
+
+
+async def test_more_bytes_than_announced_are_refused_before_the_digest_check(
+    store: BlobStore, url_failures: list[tuple[str, str]]
+) -> None:
+    body = Endless(DATA)
+    server = Server(mirror_b=lambda r: httpx.Response(200, stream=body))
+    with pytest.raises(BlobError) as err:
         await downloader(store, server).fetch(info(GOOD), ("sha256",), accept)
+    # failed, not invalidChecksum: the bytes were refused as too many, not hashed and compared
+    assert err.value.code == AosCode.FAILED
+    refusal = f"sent more than the {len(DATA)} bytes announced"
+    assert f"{GOOD}: {refusal}" in err.value.message, err.value.message
+    assert url_failures == [(GOOD, refusal)]
+    assert len(server.requests) == 1, "a URL that sends too much is not asked again"
+    assert body.given <= len(DATA) + 2 * DownloadPolicy().chunk_bytes, "stopped reading at once"
     assert store.stat(DIGEST) is None
+    assert store.partial_size(DIGEST) == 0, "the extra bytes are not kept for resuming"
+
+
+async def test_an_oversized_body_is_refused_for_that_url_and_the_next_url_used(
+    store: BlobStore, url_failures: list[tuple[str, str]]
+) -> None:
+    server = Server(mirror_a=serve(DATA + b"extra"), mirror_b=serve())
+    result = await downloader(store, server).fetch(info(OTHER, GOOD), ("sha256",), accept)
+    assert result.url == GOOD
+    assert server.requests == [("mirror-a.test", None), ("mirror-b.test", None)]
+    assert url_failures == [(OTHER, f"sent more than the {len(DATA)} bytes announced")]
+    assert store.read(DIGEST) == DATA
+
+
+def wrong_range(data: bytes = DATA, start: int = 0) -> Callable[[httpx.Request], httpx.Response]:
+    """Answers every request with a 206 for `data` from `start`, whatever range was asked."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        headers = {"content-range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
+        return httpx.Response(206, content=data[start:], headers=headers)
+
+    return handle
+
+
+def unsatisfiable(data: bytes = DATA) -> Callable[[httpx.Request], httpx.Response]:
+    """Answers every Range request with 416, and a request without one with the whole blob."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("range"):
+            return httpx.Response(416, headers={"content-range": f"bytes */{len(data)}"})
+        return httpx.Response(200, content=data)
+
+    return handle
+
+
+async def test_a_206_for_another_range_restarts_from_zero_and_succeeds(
+    store: BlobStore, url_failures: list[tuple[str, str]]
+) -> None:
+    store.partial_path(DIGEST).write_bytes(DATA[:300_000])
+    server = Server(mirror_b=wrong_range())
+    result = await downloader(store, server).fetch(info(GOOD), ("sha256",), accept)
+    assert server.requests == [("mirror-b.test", "bytes=300000-"), ("mirror-b.test", None)]
+    assert url_failures == [(GOOD, "HTTP 206 for another range than bytes=300000-")]
+    assert result.fetched == len(DATA), "the blob was fetched again from byte 0"
+    assert store.read(DIGEST) == DATA
+
+
+async def test_a_206_for_another_range_every_time_fails_the_blob_after_the_rounds(
+    store: BlobStore,
+) -> None:
+    server = Server(mirror_b=wrong_range(start=5))
+    with pytest.raises(BlobError) as err:
+        await downloader(store, server, rounds=2).fetch(info(GOOD), ("sha256",), accept)
+    assert err.value.code == AosCode.FAILED
+    assert f"{GOOD}: HTTP 206 for another range than bytes=0-" in err.value.message
+    assert server.requests == [("mirror-b.test", None)] * 2, "retried, each time from 0"
+    assert store.partial_size(DIGEST) == 0, "bytes of another range are not kept"
+
+
+async def test_a_416_for_a_resumed_range_restarts_from_zero_and_succeeds(
+    store: BlobStore, url_failures: list[tuple[str, str]]
+) -> None:
+    store.partial_path(DIGEST).write_bytes(DATA[:300_000])
+    server = Server(mirror_b=unsatisfiable())
+    result = await downloader(store, server).fetch(info(GOOD), ("sha256",), accept)
+    assert server.requests == [("mirror-b.test", "bytes=300000-"), ("mirror-b.test", None)]
+    assert url_failures == [(GOOD, "HTTP 416 for bytes=300000-; starting over")]
+    assert result.fetched == len(DATA), "the blob was fetched again from byte 0"
+    assert store.read(DIGEST) == DATA
+
+
+async def test_a_416_without_a_range_refuses_the_url(store: BlobStore) -> None:
+    server = Server(mirror_b=lambda r: httpx.Response(416))
+    with pytest.raises(BlobError) as err:
+        await downloader(store, server).fetch(info(GOOD), ("sha256",), accept)
+    assert err.value.code == AosCode.FAILED
+    assert err.value.message.endswith(f"every URL failed: {GOOD}: HTTP 416"), err.value.message
+    assert len(server.requests) == 1
 
 
 async def test_a_refused_signature_keeps_the_blob_out_of_the_store(store: BlobStore) -> None:

@@ -21,6 +21,8 @@ from hypothesis import assume
 from hypothesis import strategies as st
 
 from aoscore_py.protocol import (
+    AlertRule,
+    AlertRules,
     Certificate,
     CertificateChain,
     DesiredInstance,
@@ -32,6 +34,8 @@ from aoscore_py.protocol import (
     Identity,
     ItemType,
     NodeConfig,
+    PartitionAlertRule,
+    ResourceRatios,
     SubjectType,
     UnitConfig,
 )
@@ -58,17 +62,48 @@ def by_id(kind: str | None = None) -> st.SearchStrategy[Identity]:
 by_codename = keys.map(lambda k: Identity(codename=k))
 
 node_statuses = st.builds(DesiredNodeStatus, by_codename, st.sampled_from(DesiredNodeState))
+
+# Every field `compare` looks at in a unit config varies here, so a comparison that forgot one
+# would be caught by the single edits below. Values survive a dump and parse round trip:
+# durations in whole or half seconds, thresholds that are exact floats.
+format_versions = st.sampled_from(["1", "2"])
+node_group_subjects = st.none() | by_id()
+_timeouts = st.sampled_from([0.0, 1.5, 60.0])
+_thresholds = st.sampled_from([0.0, 0.5, 75.0, 90.0])
+alert_rule = st.builds(AlertRule, _timeouts, _thresholds, _thresholds)
+partition_alert_rules = st.lists(
+    st.builds(
+        PartitionAlertRule, st.sampled_from(["root", "data"]), _timeouts, _thresholds, _thresholds
+    ),
+    max_size=2,
+    unique_by=lambda r: r.name,
+).map(tuple)
+alert_rules = st.none() | st.builds(
+    AlertRules,
+    cpu=st.none() | alert_rule,
+    ram=st.none() | alert_rule,
+    partitions=partition_alert_rules,
+    download=st.none() | alert_rule,
+    upload=st.none() | alert_rule,
+)
+_percents = st.none() | st.sampled_from([0, 50, 100])
+resource_ratios = st.none() | st.builds(
+    ResourceRatios, cpu=_percents, ram=_percents, storage=_percents, state=_percents
+)
 node_configs = st.builds(
     NodeConfig,
     node=by_codename,
+    node_group_subject=node_group_subjects,
     version=st.none() | versions,
+    alert_rules=alert_rules,
+    resource_ratios=resource_ratios,
     labels=labels,
     priority=priorities,
 )
 unit_configs = st.builds(
     UnitConfig,
     versions,
-    st.just("1"),
+    format_versions,
     unique(node_configs, lambda n: n.node.key),
 )
 items = st.builds(
@@ -107,7 +142,7 @@ full_desired_statuses = st.builds(
     DesiredStatus,
     st.none() | st.text(min_size=1, max_size=8),
     unique(node_statuses, lambda n: n.item.key, 1),
-    st.builds(UnitConfig, versions, st.just("1"), unique(node_configs, lambda n: n.node.key, 1)),
+    st.builds(UnitConfig, versions, format_versions, unique(node_configs, lambda n: n.node.key, 1)),
     unique(items, lambda i: i.item.key, 1),
     unique(instances, lambda i: (i.item.key, i.subject.key), 1),
     unique(subjects, lambda s: s.identity.key, 1),
@@ -117,7 +152,10 @@ full_desired_statuses = st.builds(
 
 
 def reordered(ds: DesiredStatus, rnd: random.Random, correlation_id: str | None) -> DesiredStatus:
-    """The same desired status with every list (and label list) shuffled."""
+    """The same desired status with every list (and label list) shuffled.
+
+    Partition alert rules keep their order: `compare` takes a node's alert rules as given.
+    """
 
     def shuffle(values: tuple[Any, ...]) -> tuple[Any, ...]:
         out = list(values)
@@ -253,13 +291,22 @@ def _uc_version(draw: Draw, ds: DesiredStatus) -> Mutation | None:
     )
 
 
+@edit("unitConfig.formatVersion")
+def _uc_format_version(draw: Draw, ds: DesiredStatus) -> Mutation | None:
+    uc = ds.unit_config
+    if uc is None:
+        return None
+    new = rep(uc, format_version=_other(draw, format_versions, uc.format_version))
+    return _with_config("unitConfig.formatVersion", ds, new)
+
+
 @edit("unitConfig.nodes.add")
 def _uc_node_add(draw: Draw, ds: DesiredStatus) -> Mutation | None:
     uc = ds.unit_config
     if uc is None:
         return None
     name = _fresh(draw, {n.node.key for n in uc.nodes})
-    node = NodeConfig(Identity(codename=name), labels=draw(labels), priority=draw(priorities))
+    node = rep(draw(node_configs), node=Identity(codename=name))
     return _with_config("unitConfig.nodes.add", ds, rep(uc, nodes=(*uc.nodes, node)))
 
 
@@ -287,6 +334,18 @@ _uc_node_edit("unitConfig.node.labels", lambda d, n: rep(n, labels=_toggle_label
 _uc_node_edit("unitConfig.node.priority", lambda d, n: rep(n, priority=n.priority + 1))
 _uc_node_edit(
     "unitConfig.node.version", lambda d, n: rep(n, version=_other(d, versions, n.version))
+)
+_uc_node_edit(
+    "unitConfig.node.nodeGroupSubject",
+    lambda d, n: rep(n, node_group_subject=_other(d, node_group_subjects, n.node_group_subject)),
+)
+_uc_node_edit(
+    "unitConfig.node.alertRules",
+    lambda d, n: rep(n, alert_rules=_other(d, alert_rules, n.alert_rules)),
+)
+_uc_node_edit(
+    "unitConfig.node.resourceRatios",
+    lambda d, n: rep(n, resource_ratios=_other(d, resource_ratios, n.resource_ratios)),
 )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,7 +32,7 @@ from .strategies import (
 )
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-# run once per kind of edit (about 35 of them)
+# run once per kind of edit (about 40 of them)
 EDITS = settings(
     max_examples=6,
     deadline=None,
@@ -79,7 +82,20 @@ class TestIdenticalNeedsNothing:
         assert changes.summary() != "none"
 
 
+def _camel(name: str) -> str:
+    return re.sub(r"_(.)", lambda m: m[1].upper(), name)
+
+
 class TestEveryChangeIsDetected:
+    def test_every_unit_config_field_has_an_edit(self) -> None:
+        # A field the strategies never vary is a field whose comparison nothing checks.
+        node_fields = {f.name for f in dataclasses.fields(NodeConfig)} - {"node"}
+        config_fields = {f.name for f in dataclasses.fields(UnitConfig)} - {"nodes"}
+        wanted = {f"unitConfig.node.{_camel(f)}" for f in node_fields} | {
+            f"unitConfig.{_camel(f)}" for f in config_fields
+        }
+        assert wanted - set(MUTATIONS) == set()
+
     @pytest.mark.parametrize("name", sorted(MUTATIONS))
     @EDITS
     @given(data=st.data())
