@@ -10,11 +10,20 @@ a loopback registry, against `skopeo copy` of the same image to an OCI folder in
 
 phase: one committed phase change (`DurableMachine.fire`) against a raw `sqlite3` one-row commit
 (WAL, `synchronous=FULL`) in the same folder, interleaved, several hundred samples each; medians.
+
+link: the cloud link's resend after a nack with retryAfter R, from a loopback WebSocket peer's
+view (first frame's arrival to the resent frame's), against a plain `asyncio.sleep(R)` in the
+same event loop, interleaved; medians and p90. Needs no Docker engine.
+
+stop: `DockerRuntime.stop_container` of a running instance whose command exits on SIGTERM,
+against `docker stop` of the same kind of container with the Docker CLI (whose time includes
+starting the CLI process), interleaved; medians and p90.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import statistics
@@ -27,15 +36,18 @@ from pathlib import Path
 
 import click
 import orjson
+from websockets.asyncio.server import ServerConnection, serve
 
 from aoscore_py.cloud.oci import OciImage, blob_url, build_test_image, push_image
 from aoscore_py.cloud.registry import Registry
 from aoscore_py.cloud.state import CloudState
+from aoscore_py.cm.communication.link import CloudLink
 from aoscore_py.cm.imagemanager.blobstore import BlobStore, digest_hex
 from aoscore_py.cm.imagemanager.download import blob_client
 from aoscore_py.cm.imagemanager.manager import ImageManager, ImagePolicy
 from aoscore_py.crypto.pki import Pki, init_pki
 from aoscore_py.iam.tls import client_context
+from aoscore_py.logs import configure as configure_logs
 from aoscore_py.powercut.testbed import (
     CloudProcess,
     publish_test_set,
@@ -44,13 +56,26 @@ from aoscore_py.powercut.testbed import (
     supersede_run,
 )
 from aoscore_py.protocol import (
+    Ack,
     BlobUrlInfo,
     DesiredItem,
     DesiredStatus,
+    Envelope,
     Identity,
     ItemState,
+    Nack,
+    UnitStatus,
+    dump_frame,
+    new_header,
+    parse_frame,
 )
-from aoscore_py.sm.docker_runtime import DockerRuntime
+from aoscore_py.sm.docker_runtime import (
+    LABEL_ITEM,
+    LABEL_UNIT,
+    ContainerSpec,
+    DockerRuntime,
+    container_name,
+)
 from aoscore_py.storage import Storage
 
 _MIB = 1 << 20
@@ -475,6 +500,384 @@ def phase(json_path: Path, samples: int, base_dir: Path | None) -> None:
         "raw_commit_p90_ms": round(_quantile(raw_s, 0.9) * 1000, 4),
         "samples": samples,
         "goal_ratio": PHASE_GOAL_RATIO,
+    }
+    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"wrote {json_path}")
+
+
+LINK_SYSTEM_ID = "bench-link"
+LINK_WAIT_S = 10.0  # how long one sample waits for a frame before the bench fails: a guard
+
+
+class _NackingCloud:
+    """A loopback cloud: nacks each unitStatus once with retryAfter and acks its resend.
+
+    For each resent message it queues (txn, first arrival, resend arrival, same bytes), the
+    times read with `time.perf_counter` as each frame comes off the socket.
+    """
+
+    def __init__(self, retry_after_ms: int) -> None:
+        self.retry_after_ms = retry_after_ms
+        self.resent: asyncio.Queue[tuple[str, float, float, bool]] = asyncio.Queue()
+        self._first: dict[str, tuple[float, bytes | str]] = {}
+
+    async def handler(self, ws: ServerConnection) -> None:
+        async for raw in ws:
+            arrived = time.perf_counter()
+            env = parse_frame(raw)
+            if not isinstance(env.data, UnitStatus):
+                continue
+            txn = env.header.txn
+            first = self._first.pop(txn, None)
+            if first is None:
+                self._first[txn] = (arrived, raw)
+                reply: Nack | Ack = Nack(retry_after=self.retry_after_ms)
+            else:
+                reply = Ack()
+                self.resent.put_nowait((txn, first[0], arrived, first[1] == raw))
+            await ws.send(dump_frame(Envelope(new_header(LINK_SYSTEM_ID, txn=txn), reply)))
+
+
+async def _link_run(retry_after_ms: int, samples: int) -> tuple[list[float], list[float]]:
+    """`samples` nacked-then-resent unitStatus messages through a real CloudLink and as many
+    plain sleeps of retryAfter in the same loop, interleaved after one untimed round of each.
+
+    Raises:
+        click.ClickException: a resend did not come, came under another txn or with other
+            bytes, or was not acked.
+    """
+    cloud = _NackingCloud(retry_after_ms)
+    server = await serve(cloud.handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def ignore(message: object, arrived: float) -> None:
+        return None
+
+    async def on_connect() -> None:
+        return None
+
+    link = CloudLink(
+        f"ws://127.0.0.1:{port}", LINK_SYSTEM_ID, on_message=ignore, on_connect=on_connect
+    )
+    # Only the nack can cause a resend within the bench: the ack timeout is far beyond it.
+    link.session.ack_timeout = 3600.0
+    task = asyncio.create_task(link.run())
+    resend_s: list[float] = []
+    sleep_s: list[float] = []
+    try:
+        await asyncio.wait_for(link.connected.wait(), LINK_WAIT_S)
+        for i in range(samples + 1):
+            for side in ("resend", "sleep") if i % 2 else ("sleep", "resend"):
+                if side == "sleep":
+                    started = time.perf_counter()
+                    await asyncio.sleep(retry_after_ms / 1000)
+                    elapsed = time.perf_counter() - started
+                else:
+                    elapsed = await _link_resend_once(link, cloud)
+                if i > 0:
+                    (resend_s if side == "resend" else sleep_s).append(elapsed)
+    finally:
+        await link.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        server.close()
+        await server.wait_closed()
+    return resend_s, sleep_s
+
+
+async def _link_resend_once(link: CloudLink, cloud: _NackingCloud) -> float:
+    """Send one unitStatus; the time from its first frame's arrival to its resend's arrival.
+
+    Raises:
+        click.ClickException: see `_link_run`.
+    """
+    txn = await link.send(UnitStatus(is_delta_info=False))
+    if txn is None:
+        raise click.ClickException("link: the link went down during the bench")
+    try:
+        resent_txn, first, again, same = await asyncio.wait_for(cloud.resent.get(), LINK_WAIT_S)
+    except TimeoutError:
+        raise click.ClickException(f"link: no resend of {txn} within {LINK_WAIT_S} s") from None
+    if resent_txn != txn or not same:
+        raise click.ClickException(f"link: {txn} was resent as {resent_txn} (same bytes: {same})")
+    # Untimed: let the ack land so that each sample starts with nothing pending.
+    deadline = time.monotonic() + LINK_WAIT_S
+    while link.session.next_deadline() is not None:
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"link: the ack of {txn} was not taken")
+        await asyncio.sleep(0.001)
+    return again - first
+
+
+@bench.command()
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Write the results here.",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(5, 10_000),
+    default=30,
+    show_default=True,
+    help="Timed samples per side, interleaved.",
+)
+@click.option(
+    "--retry-after-ms",
+    type=click.IntRange(1, 60_000),
+    default=100,
+    show_default=True,
+    help="The retryAfter of every nack, and the peer's sleep.",
+)
+def link(json_path: Path, samples: int, retry_after_ms: int) -> None:
+    """Resend after a nack (first frame's arrival -> resend's arrival) against asyncio.sleep."""
+    # The link logs every nack; formatted as in the agent, but kept off the bench's output.
+    with open(os.devnull, "w") as devnull:
+        configure_logs("info", stream=devnull)
+        try:
+            resend_s, sleep_s = asyncio.run(_link_run(retry_after_ms, samples))
+        finally:
+            logging.getLogger("aoscore").handlers.clear()
+
+    resend_ms = statistics.median(resend_s) * 1000
+    sleep_ms = statistics.median(sleep_s) * 1000
+    ratio = resend_ms / sleep_ms
+    late_ms = resend_ms - retry_after_ms
+    print(
+        f"resend after a nack with retryAfter {retry_after_ms} ms over a loopback WebSocket, "
+        f"against asyncio.sleep({retry_after_ms / 1000:g}) in the same loop"
+    )
+    print(f"{'side':<12} {'median ms':>10} {'p90 ms':>8} {'min ms':>8} {'max ms':>8}  samples")
+    for name, values in (("resend", resend_s), ("peer sleep", sleep_s)):
+        print(
+            f"{name:<12} {statistics.median(values) * 1000:>10.3f} "
+            f"{_quantile(values, 0.9) * 1000:>8.3f} {min(values) * 1000:>8.3f} "
+            f"{max(values) * 1000:>8.3f}  {len(values)}"
+        )
+    print(
+        f"ratio resend/sleep {ratio:.3f}; resend median {late_ms:.3f} ms after retryAfter "
+        f"(the sleep's: {sleep_ms - retry_after_ms:.3f} ms)"
+    )
+    result = {
+        "resend_ms": round(resend_ms, 4),
+        "peer_sleep_ms": round(sleep_ms, 4),
+        "ratio": round(ratio, 4),
+        "late_ms": round(late_ms, 4),
+        "peer_late_ms": round(sleep_ms - retry_after_ms, 4),
+        "resend_p90_ms": round(_quantile(resend_s, 0.9) * 1000, 4),
+        "peer_sleep_p90_ms": round(_quantile(sleep_s, 0.9) * 1000, 4),
+        "retry_after_ms": retry_after_ms,
+        "samples": samples,
+    }
+    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"wrote {json_path}")
+
+
+STOP_GRACE_S = 10
+STOP_WAIT_S = 20.0  # how long a container may take to be running with its trap set: a guard
+_SIGTERM_BIT = 1 << 14  # SIGTERM (15) in /proc/PID/status SigCgt
+
+
+def _docker_cli() -> str:
+    """The Debian client that matches the engine, else the one on PATH (as scripts/engines)."""
+    if os.access("/usr/bin/docker", os.X_OK):
+        return "/usr/bin/docker"
+    found = shutil.which("docker")
+    if found is None:
+        raise click.ClickException("no Docker CLI: neither /usr/bin/docker nor docker on PATH")
+    return found
+
+
+def _load_plain_image(runtime: DockerRuntime, folder: Path) -> str:
+    """The tests' plain image (its command exits 0 on SIGTERM), loaded from blobs laid out as
+    the image manager does (`<folder>/sha256/<hex>`); a no-op when the engine has it."""
+    image = build_test_image("aoscore-test-plain")
+
+    def blob_path(digest: str) -> Path:
+        algorithm, hex_digest = digest.split(":", 1)
+        return folder / algorithm / hex_digest
+
+    for digest, data in image.blobs.items():
+        path = blob_path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return runtime.ensure_image(image.config_digest, image.manifest, blob_path)
+
+
+def _traps_sigterm(pid: int) -> bool | None:
+    """Whether process `pid` catches SIGTERM; None when its /proc entry cannot be read (an
+    engine in another PID namespace), in which case the exit code check still holds."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & _SIGTERM_BIT)
+    return None
+
+
+def _running_container(runtime: DockerRuntime, image_id: str, unit: str, side: str, n: int) -> str:
+    """Create and start one container through DockerRuntime; return once it runs and, where
+    /proc shows it, its shell has set the SIGTERM trap (before that, a stop would wait for the
+    SIGKILL, PID 1 ignoring SIGTERM by default).
+
+    Raises:
+        click.ClickException: it did not get there within STOP_WAIT_S.
+    """
+    spec = ContainerSpec(
+        name=container_name(unit, side, "bench", n),
+        image_id=image_id,
+        labels={LABEL_UNIT: unit, LABEL_ITEM: side},
+    )
+    container_id = runtime.create_container(spec)
+    runtime.start_container(container_id)
+    deadline = time.monotonic() + STOP_WAIT_S
+    state: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        state = runtime.client.api.inspect_container(container_id)["State"]
+        pid = state.get("Pid") if state.get("Status") == "running" else None
+        if isinstance(pid, int) and pid > 0 and _traps_sigterm(pid) is not False:
+            return container_id
+        time.sleep(0.01)
+    raise click.ClickException(f"stop: {spec.name} not running within {STOP_WAIT_S} s: {state}")
+
+
+def _check_exited(runtime: DockerRuntime, container_id: str, side: str) -> None:
+    """The container exited through its trap (0), not by SIGKILL after the grace (137).
+
+    Raises:
+        click.ClickException: it did not.
+    """
+    state = runtime.client.api.inspect_container(container_id)["State"]
+    if (state["Status"], state["ExitCode"]) != ("exited", 0):
+        raise click.ClickException(
+            f"stop ({side}): {container_id[:12]} ended {state['Status']} with "
+            f"{state['ExitCode']}, not exited 0 through its SIGTERM trap"
+        )
+
+
+def _stop_ours(runtime: DockerRuntime, container_id: str) -> float:
+    started = time.perf_counter()
+    runtime.stop_container(container_id, timeout_s=STOP_GRACE_S)
+    return time.perf_counter() - started
+
+
+def _stop_cli(cli: str, container_id: str) -> float:
+    """One `docker stop`, timed from the CLI's launch to its exit.
+
+    Raises:
+        click.ClickException: the CLI failed.
+    """
+    started = time.perf_counter()
+    done = subprocess.run(
+        [cli, "stop", "-t", str(STOP_GRACE_S), container_id],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise click.ClickException(
+            f"docker stop exited with {done.returncode}: {done.stderr.decode(errors='replace')}"
+        )
+    return elapsed
+
+
+@bench.command()
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Write the results here.",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(3, 200),
+    default=10,
+    show_default=True,
+    help="Timed stops per side, interleaved.",
+)
+def stop(json_path: Path, samples: int) -> None:
+    """Instance stop (DockerRuntime.stop_container) against `docker stop` with the Docker CLI.
+
+    Both stop a running container of the plain test image, whose command exits 0 on SIGTERM,
+    with a 10 s grace. The CLI's time includes starting the `docker` process, so the ratio
+    flatters ours by that much; `ours_vs_sigterm_grace` shows the stop does not wait for the
+    SIGKILL. Every container made is labelled with a unit id of this run and removed at the end.
+    """
+    cli = _docker_cli()
+    unit = f"bench-stop-{uuid.uuid4().hex[:8]}"
+    work = Path(tempfile.mkdtemp(prefix="aoscore-bench-stop-"))
+    ours: list[float] = []
+    peer: list[float] = []
+    cli_start: list[float] = []
+    runtime = DockerRuntime()
+    try:
+        runtime.ping()
+        image_id = _load_plain_image(runtime, work / "blobs")
+        for n in range(samples):
+            for side in ("ours", "cli") if n % 2 else ("cli", "ours"):
+                container_id = _running_container(runtime, image_id, unit, side, n)
+                if side == "ours":
+                    ours.append(_stop_ours(runtime, container_id))
+                else:
+                    peer.append(_stop_cli(cli, container_id))
+                _check_exited(runtime, container_id, side)
+                runtime.remove_container(container_id, timeout_s=1)
+            # What the CLI costs before it talks to the engine: start, parse, print, exit.
+            started = time.perf_counter()
+            subprocess.run(
+                [cli, "--version"], stdin=subprocess.DEVNULL, capture_output=True, check=True
+            )
+            cli_start.append(time.perf_counter() - started)
+    finally:
+        try:
+            for info in runtime.list_containers({LABEL_UNIT: unit}):
+                runtime.remove_container(info.id, timeout_s=1)
+        finally:
+            runtime.close()
+            shutil.rmtree(work, ignore_errors=True)
+
+    ours_ms = statistics.median(ours) * 1000
+    cli_ms = statistics.median(peer) * 1000
+    start_ms = statistics.median(cli_start) * 1000
+    ratio = ours_ms / cli_ms
+    grace = ours_ms / (STOP_GRACE_S * 1000)
+    print(
+        f"stop of a running container (exits 0 on SIGTERM; grace {STOP_GRACE_S} s): "
+        f"DockerRuntime.stop_container against `{cli} stop -t {STOP_GRACE_S}`"
+    )
+    print(f"{'side':<16} {'median ms':>10} {'p90 ms':>8} {'min ms':>8} {'max ms':>8}  samples")
+    sides = (("ours", ours), ("docker stop CLI", peer), ("docker --version", cli_start))
+    for name, values in sides:
+        print(
+            f"{name:<16} {statistics.median(values) * 1000:>10.3f} "
+            f"{_quantile(values, 0.9) * 1000:>8.3f} {min(values) * 1000:>8.3f} "
+            f"{max(values) * 1000:>8.3f}  {len(values)}"
+        )
+    print(
+        f"ratio ours/CLI {ratio:.3f}: the CLI's time includes starting the docker process "
+        f"(`docker --version` alone: {start_ms:.1f} ms median), ours runs in a warm client"
+    )
+    print(
+        f"ours / {STOP_GRACE_S} s grace {grace:.4f}: the stop is prompt (SIGTERM, exit 0), "
+        "not a wait for SIGKILL"
+    )
+    result = {
+        "ours_ms": round(ours_ms, 4),
+        "docker_cli_ms": round(cli_ms, 4),
+        "ratio": round(ratio, 4),
+        "ours_p90_ms": round(_quantile(ours, 0.9) * 1000, 4),
+        "docker_cli_p90_ms": round(_quantile(peer, 0.9) * 1000, 4),
+        "docker_cli_start_ms": round(start_ms, 4),
+        "ours_vs_sigterm_grace": round(grace, 6),
+        "grace_s": STOP_GRACE_S,
+        "samples": samples,
+        "docker_cli": cli,
     }
     json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
     print(f"wrote {json_path}")
