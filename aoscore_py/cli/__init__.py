@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import click
 
-from ..protocol.cli import protocol
 from .agent import agent
 from .cloud import cloud
 from .images import images
 from .powercut import powercut
+from .protocol import protocol
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,8 @@ _IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 
 
 def fail(message: str, code: int = 1) -> None:
-    click.echo(f"aoscore: {message}", err=True)
+    line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    click.echo(f"aoscore: {line}", err=True)
     sys.exit(code)
 
 
@@ -40,6 +42,19 @@ def exit_codes(interrupted: str = "interrupted") -> Iterator[None]:
         fail(exc.message)
     except KeyboardInterrupt:
         fail(interrupted, 130)
+    except Exception as exc:
+        if not _is_database_error(exc):
+            raise
+        fail(f"the agent's store cannot be read: {exc}")
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """SQLite's errors, raw or as peewee wraps them (peewee is not imported for this: if it is
+    not loaded, the error is not one of its)."""
+    peewee = sys.modules.get("peewee")
+    return isinstance(exc, sqlite3.Error) or (
+        peewee is not None and isinstance(exc, peewee.DatabaseError)
+    )
 
 
 def run(coro: Any) -> Any:

@@ -35,8 +35,9 @@ def images_status(data_dir: Path, as_json: bool) -> None:
 
     storage = _open_store(data_dir, read_only=True)
     try:
-        items = storage.items()
-        blobs = storage.blobs()
+        with exit_codes():
+            items = storage.items()
+            blobs = storage.blobs()
     finally:
         storage.close()
     progress = read_progress(data_dir)
@@ -83,7 +84,8 @@ def images_verify(data_dir: Path) -> None:
 
     storage = _open_store(data_dir, read_only=False)
     try:
-        rows = audit(storage, BlobStore(data_dir))
+        with exit_codes():
+            rows = audit(storage, BlobStore(data_dir))
     finally:
         storage.close()
     for row in rows:

@@ -4,7 +4,7 @@ This is the sans-I/O core of the cloud link: it turns bytes into frozen dataclas
 never touches a socket. Every reading failure is an `aoscore_py.errors.ProtocolError` naming the
 JSON path of the bad value. `rules` holds what we check beyond AosCore (header version, systemId,
 digests), for other components to apply the same rules. The `aoscore protocol check` command
-lives in `aoscore_py.protocol.cli` and is not imported here, so the core does not depend on click.
+lives in `aoscore_py.cli.protocol` and is not imported here, so the core does not depend on click.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from protocol_support import CONFORMANCE_DIR, conformance_params, read_conformance
 
+from aoscore_py.cli.protocol import protocol
 from aoscore_py.protocol import MAX_MESSAGE_BYTES
-from aoscore_py.protocol.cli import protocol
 
 REPO = Path(__file__).resolve().parents[3]
 PLACEHOLDER_DIGESTS = "cloud-to-unit-desiredStatus-toFromJSON.json"
@@ -200,12 +200,12 @@ def test_usage_errors() -> None:
     assert "Missing argument" in err
 
 
-def test_runs_as_a_module(tmp_path: Path) -> None:
+def test_runs_as_the_aoscore_command(tmp_path: Path) -> None:
     good = tmp_path / "good.json"
     good.write_bytes(b'{"messageType":"unitStatus"}')
     bad = tmp_path / "bad.json"
     bad.write_bytes(b"\xff")
-    command = [sys.executable, "-m", "aoscore_py.protocol.cli", "check", str(good), str(bad)]
+    command = [sys.executable, "-m", "aoscore_py", "protocol", "check", str(good), str(bad)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 2
     assert result.stdout == "ok unitStatus\n"

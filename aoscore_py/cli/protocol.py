@@ -101,7 +101,3 @@ def check(
     """
     results = [_check_one(name, message_type, not lenient_digests) for name in files]
     ctx.exit(0 if all(results) else EXIT_INVALID)
-
-
-if __name__ == "__main__":
-    protocol(prog_name="aoscore protocol")
