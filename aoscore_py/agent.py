@@ -3,6 +3,11 @@
 Shutdown on SIGINT or SIGTERM: stop taking messages, cancel the running phase at its next
 await (it stays committed, the journal notes the interruption), close the cloud link, exit 0.
 Containers keep running; the next start resumes.
+
+Start-up: the data dir is locked for the life of the process (a second agent on it exits 1
+naming the holder's pid) and checked writable (a read-only or unwritable one exits 1 naming it);
+a damaged store, or one that lost state, is moved aside and the agent starts on a new one
+(storage/database.py).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from .protocol import DesiredStatus, Message
 from .sm.docker_runtime import DockerRuntime
 from .sm.manager import DockerServiceManager
 from .storage import Storage
+from .storage.lock import DataDirLock
 
 log = get_logger("agent")
 
@@ -81,7 +87,14 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.storage = Storage(config.data_dir)
+        # One agent per data dir, for this process's life (a second one stops here, naming the
+        # holder's pid); taking it also checks the data dir is writable.
+        self.lock = DataDirLock.acquire(config.data_dir)
+        try:
+            self.storage = Storage(config.data_dir)
+        except BaseException:
+            self.lock.release()
+            raise
         policy = config.image_policy()
         self.http = blob_client(
             policy.download, config.download_timeout_s, client_context(config.trusted_ca)
@@ -136,8 +149,11 @@ class Agent:
             phase=self.handler.machine.phase,
             boot_id=self.status.boot_id,
         )
-        if self.handler.machine.phase in ("none", "failed"):
-            self.images.collect()  # a removed item's TTL also runs out between cycles
+        if self.handler.machine.phase in ("none", "failed") and self.images.records():
+            # A removed item's TTL also runs out between cycles. Not on a store with no item:
+            # that is a new unit, or a new store in place of one moved aside, whose blob files
+            # are adopted by their hashes when the cloud sends the desired status again.
+            self.images.collect()
         await self.handler.start()
         link_task = asyncio.create_task(self.link.run(), name="link")
         stop_task = asyncio.create_task(stop.wait(), name="stop")
@@ -162,6 +178,7 @@ class Agent:
         self.runtime.close()
         phase = self.handler.machine.phase
         self.storage.close()
+        self.lock.release()
         log.info("agent.stopped", phase=phase, seconds=round(time.monotonic() - started, 3))
         if link_error is not None:
             raise LinkError(f"the cloud link failed: {link_error}") from link_error

@@ -8,6 +8,9 @@ listed below, in the scenario that reaches it.
   in), two desired instances with numInstances 2 (four containers), one node.
 - upgrade: the unit first converges on the install scenario; then one item moves to a new
   version with `--removed-ttl 0`, so the old version is removed and collected in finalizing.
+- a spoiled store: the unit first converges on the install scenario; then its store file is
+  emptied (as a lost write-ahead log or a bad card would leave it), so the agent moves it aside,
+  starts on a new one and adopts what runs.
 - a fault: an unexpected error injected at another point first (AOSCORE_FAULT), to reach the
   sticky failed phase.
 
@@ -38,6 +41,8 @@ from ..cm.updatemanager.handler import MACHINE
 from ..protocol import DesiredStatus
 from ..sm import crashpoints as sm
 from ..sm.docker_runtime import DockerRuntime
+from ..storage import DB_NAME
+from ..storage import crashpoints as storage
 from .registry import ALL_POINTS
 from .testbed import (
     CloudProcess,
@@ -49,7 +54,7 @@ from .testbed import (
     start_agent,
 )
 
-INSTALL, UPGRADE = "install", "upgrade"
+INSTALL, UPGRADE, SPOILED = "install", "upgrade", "spoiled store"
 
 # Which arrivals of a point get a row (default: the first): the second item's, a later blob's
 # or container's.
@@ -66,6 +71,8 @@ ARRIVALS: dict[str, tuple[int, ...]] = {
 UPGRADE_POINTS = frozenset(
     {imagemanager.ITEM_REMOVED, imagemanager.ITEM_REMOVING, imagemanager.ITEM_COLLECTED}
 )
+# Points only a store that cannot be trusted reaches.
+SPOILED_POINTS = frozenset({storage.MOVED_ASIDE})
 # Points only an unexpected error reaches, and where that error is injected.
 FAULTS: dict[str, str] = {committed_point(MACHINE, "failed"): launcher.PLACEMENT_STORED}
 
@@ -89,7 +96,9 @@ def build_cases(points: tuple[str, ...] = ALL_POINTS) -> tuple[Case, ...]:
     for point in points:
         arrivals = ARRIVALS.get(point)
         specs = [f"{point}:{n}" for n in arrivals] if arrivals else [point]
-        kind = UPGRADE if point in UPGRADE_POINTS else INSTALL
+        kind = (
+            UPGRADE if point in UPGRADE_POINTS else SPOILED if point in SPOILED_POINTS else INSTALL
+        )
         cases += [Case(spec, kind, FAULTS.get(point)) for spec in specs]
     return tuple(cases)
 
@@ -169,16 +178,19 @@ def run_point(
     data_dir = work / unit / "data"
     first = scenario([("svc-alpha", images.alpha), ("svc-beta", images.beta)])
     ds, extra = first, ()
-    if case.scenario == UPGRADE:
-        extra = ("--removed-ttl", "0")
+    if case.scenario in (UPGRADE, SPOILED):
+        extra = ("--removed-ttl", "0") if case.scenario == UPGRADE else ()
         save_desired(cloud.state, unit, first)
         ok, detail = _converge(
             unit, first, cloud, data_dir, work / unit / "agent-0.log", runtime, extra
         )
         if not ok:
             remove_unit_containers(runtime, unit)
-            return Row(case.spec, False, False, 0.0, f"the upgrade's first version: {detail}")
+            return Row(case.spec, False, False, 0.0, f"the scenario's first step: {detail}")
+    if case.scenario == UPGRADE:
         ds = upgraded(scenario([("svc-alpha", images.alpha2), ("svc-beta", images.beta)]))
+    if case.scenario == SPOILED:
+        (data_dir / DB_NAME).write_bytes(b"")
     save_desired(cloud.state, unit, ds)
     env = {FAULT_ENV_VAR: case.fault} if case.fault else None
     agent = start_agent(

@@ -15,6 +15,7 @@ from ..cm.launcher import crashpoints as launcher
 from ..cm.updatemanager import crashpoints as updatemanager
 from ..cm.updatemanager.handler import MACHINE
 from ..sm import crashpoints as sm
+from ..storage import crashpoints as storage
 
 
 def machine_points(machine: str, graph: Graph) -> tuple[str, ...]:
@@ -24,6 +25,7 @@ def machine_points(machine: str, graph: Graph) -> tuple[str, ...]:
 
 # Component -> its points, in the order an update cycle first reaches them.
 REGISTRY: dict[str, tuple[str, ...]] = {
+    "storage": storage.CRASH_POINTS,
     "updatemanager": updatemanager.CRASH_POINTS,
     MACHINE: machine_points(MACHINE, UPDATE_CYCLE),
     "imagemanager": imagemanager.CRASH_POINTS,

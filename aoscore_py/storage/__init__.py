@@ -1,6 +1,16 @@
 """The agent's durable state: one SQLite file, WAL, synchronous=FULL, forward migrations."""
 
 from .database import DB_NAME, SCHEMA_VERSION, open_database, open_readonly
+from .lock import DataDirInUse, DataDirLock, DataDirUnusable
 from .store import Storage
 
-__all__ = ["DB_NAME", "SCHEMA_VERSION", "Storage", "open_database", "open_readonly"]
+__all__ = [
+    "DB_NAME",
+    "SCHEMA_VERSION",
+    "DataDirInUse",
+    "DataDirLock",
+    "DataDirUnusable",
+    "Storage",
+    "open_database",
+    "open_readonly",
+]

@@ -1,25 +1,32 @@
 """The one implementation of every component's storage Protocol. Components never see SQL.
 
-Every write is one short transaction (`BEGIN IMMEDIATE`), never spanning an await.
+Every write is one short transaction (`BEGIN IMMEDIATE`), never spanning an await. A write that
+SQLite refuses raises a StorageError naming what was not stored and why: noMemory when the disk
+is full (SQLite has then rolled the transaction back by itself), so that a desired status that
+cannot be stored is nacked with aosCode 3 and what runs keeps running.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
-import peewee
 
 from statemachine import DurableMachine, Graph
 
 from ..cm.imagemanager.interfaces import BlobRecord, ItemRecord
 from ..cm.launcher.interfaces import InstanceRecord
 from ..cm.updatemanager.interfaces import UnitConfigRecord
+from ..logs import get_logger
 from ..nodes import InstanceKey
 from ..protocol import ErrorInfo, InstanceState, ItemState, UnitConfigState
-from .database import open_database, open_readonly
+from .database import DB_ERRORS, DB_NAME, open_database, open_readonly, translated
+
+log = get_logger("storage")
 
 
 def _error_out(error: ErrorInfo | None) -> bytes | None:
@@ -53,14 +60,27 @@ class Storage:
         self._node = m["NodeRow"]
 
     def close(self) -> None:
-        self.db.close()
+        """Close the file (the last connection checkpoints the log into it); never raises."""
+        try:
+            self.db.close()
+        except DB_ERRORS as exc:
+            log.warning(
+                "storage.close_failed",
+                path=str(self.data_dir / DB_NAME),
+                error=str(exc),
+                next="the log is checkpointed at the next open",
+            )
 
     def machine(self, name: str, graph: Graph) -> DurableMachine:
         """The durable machine `name` of `graph`, kept in this store (its phase and journal)."""
         return DurableMachine(name, graph, self.db)
 
-    def _tx(self) -> peewee._atomic:
-        return self.db.atomic("IMMEDIATE")
+    @contextmanager
+    def _tx(self, doing: str) -> Iterator[None]:
+        """One write transaction; SQLite's refusal becomes a StorageError saying what was not
+        done (noMemory on a full disk)."""
+        with translated(self.data_dir / DB_NAME, doing), self.db.atomic("IMMEDIATE"):
+            yield
 
     @property
     def schema_version(self) -> int:
@@ -69,7 +89,7 @@ class Storage:
     # update manager
 
     def save_desired_status(self, body: bytes) -> None:
-        with self._tx():
+        with self._tx("store the desired status"):
             self._desired.insert(
                 id=1, body=body, received_at=time.time()
             ).on_conflict_replace().execute()
@@ -79,7 +99,7 @@ class Storage:
         return None if row is None else bytes(row.body)
 
     def set_node_states(self, states: dict[str, str]) -> None:
-        with self._tx():
+        with self._tx("store the node states"):
             self._node.delete().execute()
             for node, state in sorted(states.items()):
                 self._node.create(node=node, state=state)
@@ -88,7 +108,7 @@ class Storage:
         return {r.node: r.state for r in self._node.select()}
 
     def save_unit_config(self, record: UnitConfigRecord) -> None:
-        with self._tx():
+        with self._tx("store the unit config"):
             self._unit_config.insert(
                 id=1,
                 version=record.version,
@@ -110,7 +130,7 @@ class Storage:
 
     def reserve_seq(self, block: int) -> int:
         """Reserve `block` sequence numbers; returns the first. Numbers never repeat."""
-        with self._tx():
+        with self._tx("reserve sequence numbers"):
             row = self._meta.get_or_none(self._meta.key == "seq_next")
             start = int(row.value) if row else 1
             self._meta.insert(
@@ -121,7 +141,7 @@ class Storage:
     # image manager
 
     def upsert_item(self, record: ItemRecord) -> None:
-        with self._tx():
+        with self._tx("store the item record"):
             self._item.insert(
                 item_id=record.item_id,
                 version=record.version,
@@ -153,13 +173,13 @@ class Storage:
         return None if row is None else self._item_record(row)
 
     def delete_item(self, item_id: str, version: str) -> None:
-        with self._tx():
+        with self._tx("delete the item record"):
             self._item.delete().where(
                 (self._item.item_id == item_id) & (self._item.version == version)
             ).execute()
 
     def record_blob(self, record: BlobRecord) -> None:
-        with self._tx():
+        with self._tx("store the blob record"):
             self._blob.insert(
                 digest=record.digest,
                 size=record.size,
@@ -179,7 +199,7 @@ class Storage:
         return [self._blob_record(r) for r in self._blob.select().order_by(self._blob.digest)]
 
     def delete_blob(self, digest: str) -> None:
-        with self._tx():
+        with self._tx("delete the blob record"):
             self._blob.delete().where(self._blob.digest == digest).execute()
 
     def item_updated_at(self, item_id: str, version: str) -> float | None:
@@ -205,13 +225,13 @@ class Storage:
         }
 
     def replace_instances(self, records: list[InstanceRecord]) -> None:
-        with self._tx():
+        with self._tx("store the placement"):
             self._instance.delete().execute()
             for r in records:
                 self._instance.insert(**self._instance_fields(r)).execute()
 
     def update_instances(self, records: list[InstanceRecord]) -> None:
-        with self._tx():
+        with self._tx("store the instance states"):
             for r in records:
                 self._instance.insert(**self._instance_fields(r)).on_conflict_replace().execute()
 

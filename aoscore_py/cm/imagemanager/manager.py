@@ -191,9 +191,24 @@ class ImageManager:
         return len(fetched)
 
     def _have(self, digest: str) -> bool:
-        """Whether `digest` is stored and unchanged since it was verified (by its record)."""
+        """Whether `digest` is stored and unchanged since it was verified (by its record).
+
+        A stored file with no record (its record was lost with a store moved aside) is hashed
+        once and adopted when it matches its digest: only a verified blob reaches `blobs/`.
+        """
         rec = self._storage.blob(digest)
         stat = self._store.stat(digest)
+        if rec is None and stat is not None and hash_file(self._store.path(digest)) == digest:
+            self._storage.record_blob(
+                BlobRecord(digest, stat.st_size, stat.st_mtime_ns, time.time())
+            )
+            log.info(
+                "blob.adopted",
+                digest=digest,
+                size=stat.st_size,
+                next="trusted by its record from now on",
+            )
+            return True
         if rec is not None and stat is not None and stat.st_size == rec.size:
             if stat.st_mtime_ns == rec.mtime_ns:
                 return True

@@ -217,12 +217,32 @@ class Launcher:
         return updates
 
     async def refresh(self) -> list[InstanceRecord]:
-        """Ask every node how its instances run and record what changed."""
+        """Ask every node how its instances run and record what changed.
+
+        With no instance record at all (a new store in place of one that was lost, or a unit
+        that never launched), what the nodes report is adopted as it runs, so that it is
+        reported and the next placement keeps each instance on its node. Once a placement is
+        stored, an instance it does not name is one the node is removing (or failed to
+        remove): it is not adopted, or its record would outlive its container and be
+        reported failed.
+        """
         statuses: list[InstanceStatus] = []
         for node in sorted(self._nodes):
             statuses += await self._nodes[node].instance_statuses()
         reported = {s.key for s in statuses}
         known = {r.key: r for r in self._storage.instances()}
+        if not known and statuses:
+            adopted = [
+                InstanceRecord(s.key, "service", s.version, s.node, 0, s.state, s.error)
+                for s in sorted(statuses, key=lambda s: s.key)
+            ]
+            self._storage.update_instances(adopted)
+            log.warning(
+                "instances.adopted",
+                instances=[str(r.key) for r in adopted],
+                next="reported as they run; the next desired status places them again",
+            )
+            return self._storage.instances()
         missing = [
             InstanceStatus(
                 k,
