@@ -277,10 +277,14 @@ class DesiredStatusHandler:
     async def _retry_later(self, delay_s: float) -> None:
         await self._sleep(delay_s)
         async with self._lock:
-            if self.runner.running or self.failure is not Retry.TRANSIENT:
+            if self.runner.running:
                 return
             self._retry_task = None
-            self._restart("retry after a failed cycle")
+            if not self.machine.resting:
+                log.info("cycle.resume", phase=self.machine.phase, next="running it again")
+                self._run()
+            elif self.failure is Retry.TRANSIENT:
+                self._restart("retry after a failed cycle")
 
     async def accept(self, ds: DesiredStatus, arrived: float) -> None:
         """Take a desired status from the cloud; returns once it is stored (then it is acked).
@@ -353,7 +357,16 @@ class DesiredStatusHandler:
             return
         exc = task.exception()
         if exc is not None:
-            log.error("cycle.error", error=f"{type(exc).__name__}: {exc}", phase=self.machine.phase)
+            # The machine itself could not move (its store refused the write: a full disk, an
+            # I/O error): it is still in the phase it last committed, which is run again later.
+            delay = self._retry.next()
+            log.error(
+                "cycle.error",
+                error=f"{type(exc).__name__}: {exc}",
+                phase=self.machine.phase,
+                next=f"running {self.machine.phase} again in {delay:.0f} s",
+            )
+            self._schedule_retry(delay, "the cycle could not move")
             return
         failure = self.failure
         if failure is Retry.TRANSIENT:

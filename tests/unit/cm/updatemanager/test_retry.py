@@ -318,3 +318,26 @@ async def test_a_refused_item_is_fetched_once_in_ten_minutes(
     assert cloud.served[refused] == len(image.blobs[refused]), "served once, in ten minutes"
     assert rig.clock.slept == [], "no retry was even scheduled"
     print(f"\n{fault}: {cloud.served[refused]} bytes of {refused[:19]} served in 10 min")
+
+
+async def test_a_move_the_store_refuses_is_tried_again_from_the_committed_phase(
+    rig: Rig,
+) -> None:
+    """A full disk under the journal: the move out of launching fails, the cycle stays in the
+    phase it last committed, and runs it again after the backoff."""
+    handler = await rig.hold_in(FIRST, "launching")
+    assert rig.storage is not None
+    rig.storage.db.execute_sql(
+        "CREATE TRIGGER full BEFORE INSERT ON sm_journal "
+        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    rig.launcher.launch_gate.opened.set()
+    await settle(handler)
+    assert rig.machine.phase == "launching" and handler.idle
+    assert rig.clock.waiting == 1, "a new try is scheduled"
+
+    rig.storage.db.execute_sql("DROP TRIGGER full")
+    rig.open_gates()
+    await rig.clock.advance(5.0, handler)
+    assert rig.machine.phase == "none"
+    assert len(rig.launcher.launches) == 2, "launching ran again"
