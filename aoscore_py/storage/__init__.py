@@ -1,7 +1,8 @@
 """The agent's durable state: one SQLite file, WAL, synchronous=FULL, forward migrations."""
 
-from .database import DB_NAME, SCHEMA_VERSION, open_database, open_readonly
+from .database import SCHEMA_VERSION, open_database, open_readonly
 from .lock import DataDirInUse, DataDirLock, DataDirUnusable
+from .names import DB_NAME
 from .store import Storage
 
 __all__ = [

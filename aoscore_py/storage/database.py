@@ -35,36 +35,40 @@ left as it is too, so that a downgrade never destroys a newer agent's state.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import orjson
 import peewee
 
 from statemachine import crashpoint
 
 from ..errors import AosCode, StorageError
-from ..fsutil import atomic_write, fsync_dir
 from ..logs import get_logger
 from . import models
-from .crashpoints import GENERATION_COMMITTED, MOVED_ASIDE, SIDECAR_WRITTEN
+from .crashpoints import GENERATION_COMMITTED, SIDECAR_WRITTEN
+from .names import DB_NAME, SIDECAR_NAME
+from .recovery import (
+    MovedAside,
+    StoreIdentity,
+    db_identity,
+    file_size,
+    lost_state,
+    missing_or_empty,
+    move_aside,
+    read_sidecar,
+    write_sidecar,
+)
+from .sqlerrors import DB_ERRORS, sqlite_cause, storage_error, translated
 
 log = get_logger("storage")
 
-DB_NAME = "aoscore.db"
-SIDECAR_NAME = f"{DB_NAME}.id"
 PRAGMAS = {"journal_mode": "wal", "synchronous": "full", "foreign_keys": 1}
 # How long a statement waits for another connection's lock before it fails.
 BUSY_TIMEOUT_S = 5.0
-DB_ERRORS = (peewee.DatabaseError, sqlite3.Error)
 
 
 def _v1_initial(db: peewee.Database, bound: dict[str, type[peewee.Model]]) -> None:
@@ -93,158 +97,8 @@ MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_blob_mtime, _v3_store_iden
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-# errors
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """`exc` and every exception behind it (causes, contexts, and the sqlite3 error peewee wraps
-    as its first argument), outermost first."""
-    out: list[BaseException] = []
-    todo: list[BaseException] = [exc]
-    while todo:
-        e = todo.pop(0)
-        if any(e is seen for seen in out):
-            continue
-        out.append(e)
-        todo += [a for a in e.args[:1] if isinstance(a, BaseException)]
-        todo += [n for n in (e.__cause__, e.__context__) if n is not None]
-    return out
-
-
-def sqlite_cause(exc: BaseException) -> sqlite3.Error | None:
-    """The SQLite error behind `exc`: the first that says why, not a failed rollback after it
-    (SQLite rolls back by itself on a full disk, and peewee's rollback then fails too)."""
-    errors = [e for e in _chain(exc) if isinstance(e, sqlite3.Error)]
-    useful = [e for e in errors if "no transaction is active" not in str(e)]
-    return (useful or errors or [None])[0]
-
-
-def _primary_code(error: sqlite3.Error | None) -> int | None:
-    code = getattr(error, "sqlite_errorcode", None)
-    return None if code is None else code & 0xFF
-
-
-def storage_error(exc: BaseException, path: Path, doing: str) -> StorageError:
-    """A StorageError that says what could not be done to the store at `path`, and why.
-
-    A full disk is noMemory (the retry policy's "no space yet"); the message names the folder.
-    """
-    cause = sqlite_cause(exc)
-    text = str(cause if cause is not None else exc)
-    code = _primary_code(cause)
-    if code == sqlite3.SQLITE_FULL or "disk is full" in text:
-        return StorageError(
-            f"no space left on the device of {path.parent}: cannot {doing} ({text})",
-            code=AosCode.NO_MEMORY,
-        )
-    if code == sqlite3.SQLITE_READONLY:
-        return StorageError(f"{path} is read-only: cannot {doing} ({text})")
-    return StorageError(f"{path}: cannot {doing} ({text})")
-
-
 class _Corrupt(Exception):
     """SQLite says the file is not a database, or its integrity check fails."""
-
-
-# the store's identity
-
-
-@dataclass(frozen=True)
-class StoreIdentity:
-    """Which store a database is, and how many read-write opens it has seen."""
-
-    store_id: str
-    generation: int
-
-
-def read_sidecar(data_dir: Path) -> StoreIdentity | None:
-    """The identity the sidecar names; None when there is none (or it is unreadable: then there
-    is nothing to compare, and it is written again)."""
-    path = data_dir / SIDECAR_NAME
-    try:
-        body = orjson.loads(path.read_bytes())
-        return StoreIdentity(str(body["storeId"]), int(body["generation"]))
-    except FileNotFoundError:
-        return None
-    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        log.warning(
-            "storage.sidecar_unreadable",
-            path=str(path),
-            error=str(exc),
-            next="not compared; written again once the store is open",
-        )
-        return None
-
-
-def write_sidecar(data_dir: Path, identity: StoreIdentity) -> None:
-    """Write the sidecar durably: temporary name, fsync, rename, fsync the folder."""
-    body = {"storeId": identity.store_id, "generation": identity.generation}
-    atomic_write(data_dir / SIDECAR_NAME, orjson.dumps(body))
-
-
-def _db_identity(db: peewee.Database) -> StoreIdentity | None:
-    """The identity a database holds; None when it holds none (empty, or an older schema)."""
-    if not db.table_exists("meta"):
-        return None
-    rows = dict(
-        db.execute_sql(
-            "SELECT key, value FROM meta WHERE key IN ('store_id', 'generation')"
-        ).fetchall()
-    )
-    if "store_id" not in rows:
-        return None
-    return StoreIdentity(rows["store_id"], int(rows.get("generation") or 0))
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _missing_or_empty(path: Path, expected: StoreIdentity) -> str | None:
-    """Why a store its sidecar names is not there at all, before SQLite opens (and makes) it."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return f"the database file is missing; its sidecar names store {expected.store_id}"
-    if size == 0:
-        return f"the database file is empty (0 bytes); its sidecar names store {expected.store_id}"
-    return None
-
-
-def _lost_state(
-    found: StoreIdentity | None, expected: StoreIdentity, log_gone: bool = False
-) -> str | None:
-    """Why a database does not hold what its sidecar says it must; None when it does.
-
-    Args:
-        log_gone: whether its write-ahead log was missing or empty before SQLite opened it.
-    """
-    gone = (
-        "its write-ahead log (-wal) is gone or empty"
-        if log_gone
-        else "its write-ahead log was lost"
-    )
-    if found is None:
-        return f"the database holds no store id, its sidecar names store {expected.store_id}: " + (
-            gone if log_gone else "the file was replaced or emptied, or " + gone
-        )
-    if found.store_id != expected.store_id:
-        return (
-            f"the database is store {found.store_id}, its sidecar names store "
-            f"{expected.store_id}: the file was replaced"
-        )
-    if found.generation < expected.generation:
-        return (
-            f"the database is at generation {found.generation}, its sidecar at "
-            f"{expected.generation}: {gone}, with every commit since an earlier start"
-        )
-    return None
-
-
-# opening
 
 
 def _connect(path: Path) -> peewee.SqliteDatabase:
@@ -270,125 +124,6 @@ def _connect(path: Path) -> peewee.SqliteDatabase:
         db.close()
         raise _Corrupt(f"quick_check: {row[0] if row else 'no answer'}")
     return db
-
-
-def describe(path: Path) -> dict[str, Any] | str:
-    """What the store file at `path` holds, as far as it can still be read: the phase of each
-    durable machine, whether a desired status is stored, how many items, blobs and instances,
-    and the next sequence number; "unreadable" or "empty (0 bytes)" when nothing can be read.
-    Never raises."""
-    try:
-        if path.stat().st_size == 0:
-            return "empty (0 bytes)"
-    except OSError:
-        return "unreadable (missing)"
-    queries = {
-        "phases": "SELECT machine, phase FROM sm_phase",
-        "desired_status": "SELECT count(*) > 0 FROM desired_status",
-        "items": "SELECT count(*) FROM item",
-        "blobs": "SELECT count(*) FROM blob",
-        "instances": "SELECT count(*) FROM instance",
-        "seq_next": "SELECT value FROM meta WHERE key = 'seq_next'",
-    }
-    # Without a log beside it, read it as immutable: SQLite then makes no -wal or -shm for it.
-    uris = [f"file:{path}?mode=ro&immutable=1"]
-    if Path(f"{path}-wal").exists():
-        uris.insert(0, f"file:{path}?mode=ro")
-    for uri in uris:
-        try:
-            conn = sqlite3.connect(uri, uri=True, timeout=0.5)
-        except sqlite3.Error:
-            continue
-        held: dict[str, Any] = {}
-        try:
-            try:
-                (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            except sqlite3.Error:
-                tables = None
-            if tables == 0:
-                return "no tables (nothing had reached the main file)"
-            for name, sql in queries.items():
-                try:
-                    rows = conn.execute(sql).fetchall()
-                except sqlite3.Error:
-                    held[name] = "unreadable"
-                    continue
-                if name == "phases":
-                    held[name] = dict(rows)
-                elif name == "desired_status":
-                    held[name] = bool(rows[0][0])
-                elif name == "seq_next":
-                    held[name] = int(rows[0][0]) if rows and str(rows[0][0]).isdigit() else None
-                else:
-                    held[name] = rows[0][0]
-        finally:
-            conn.close()
-        if any(v != "unreadable" for v in held.values()):
-            return held
-    return "unreadable"
-
-
-@dataclass(frozen=True)
-class MovedAside:
-    """A store that was moved aside: where it went, why, and what it held."""
-
-    path: Path
-    kind: str
-    reason: str
-    moved: tuple[str, ...]
-    held: dict[str, Any] | str
-
-    @property
-    def seq_next(self) -> int | None:
-        value = self.held.get("seq_next") if isinstance(self.held, dict) else None
-        return value if isinstance(value, int) else None
-
-
-def _move_aside(path: Path, kind: str, reason: str) -> MovedAside:
-    """Rename the store's files aside (its log first, its sidecar last, the folder fsynced after
-    each step, so a cut never leaves a log beside a new file, nor a file without its sidecar's
-    check), then log what was lost."""
-    stamp = f"{kind}-{time.time_ns()}"
-    aside = path.with_name(f"{path.name}.{stamp}")
-    moved: list[str] = []
-    try:
-        for suffix in ("-wal", "-shm", ""):
-            part = Path(str(path) + suffix)
-            if part.exists():
-                os.replace(part, Path(str(aside) + suffix))
-                moved.append(part.name)
-        fsync_dir(path.parent)
-        sidecar = path.with_name(SIDECAR_NAME)
-        if sidecar.exists():
-            os.replace(sidecar, sidecar.with_name(f"{sidecar.name}.{stamp}"))
-            moved.append(sidecar.name)
-            fsync_dir(path.parent)
-    except OSError as exc:
-        raise StorageError(
-            f"{path}: the store must be moved aside ({reason}) but cannot be ({exc.strerror})"
-        ) from exc
-    crashpoint(MOVED_ASIDE)
-    held = describe(aside)
-    log.error(
-        f"storage.{kind}",
-        path=str(path),
-        reason=reason,
-        moved=moved,
-        moved_to=str(aside),
-        held=held,
-        next="starting on a new store: running containers are adopted and reported, stored "
-        "blobs adopted by their hashes, and the cloud sends the desired status again",
-    )
-    return MovedAside(aside, kind, reason, tuple(moved), held)
-
-
-@contextlib.contextmanager
-def translated(path: Path, doing: str) -> Iterator[None]:
-    """Turn SQLite's errors inside into a StorageError saying what could not be done, and why."""
-    try:
-        yield
-    except DB_ERRORS as exc:
-        raise storage_error(exc, path, doing) from exc
 
 
 def open_readonly(data_dir: Path) -> tuple[peewee.SqliteDatabase, dict[str, type[peewee.Model]]]:
@@ -422,7 +157,7 @@ def open_readonly(data_dir: Path) -> tuple[peewee.SqliteDatabase, dict[str, type
                     "aside at its next start"
                 )
             expected = read_sidecar(data_dir)
-            lost = None if expected is None else _lost_state(_db_identity(db), expected)
+            lost = None if expected is None else lost_state(db_identity(db), expected)
             if lost is not None:
                 raise StorageError(
                     f"{path}: the store lost committed state ({lost}); the agent moves it "
@@ -447,18 +182,18 @@ def open_readonly(data_dir: Path) -> tuple[peewee.SqliteDatabase, dict[str, type
 def _open_checked(path: Path) -> tuple[peewee.SqliteDatabase, MovedAside | None]:
     """The store at `path` if it can be trusted; else it is moved aside and a new file opened."""
     expected = read_sidecar(path.parent)
-    reason = None if expected is None else _missing_or_empty(path, expected)
-    log_gone = _size(Path(f"{path}-wal")) == 0  # missing or empty, before SQLite opens it
+    reason = None if expected is None else missing_or_empty(path, expected)
+    log_gone = file_size(Path(f"{path}-wal")) == 0  # missing or empty, before SQLite opens it
     if reason is None:
         try:
             db = _connect(path)
         except _Corrupt as exc:
-            aside = _move_aside(path, "corrupt", str(exc))
+            aside = move_aside(path, "corrupt", str(exc))
         else:
             if expected is None:
                 return db, None
             try:
-                found = _db_identity(db)
+                found = db_identity(db)
             except DB_ERRORS as exc:
                 db.close()
                 if isinstance(sqlite_cause(exc), sqlite3.OperationalError):
@@ -466,15 +201,15 @@ def _open_checked(path: Path) -> tuple[peewee.SqliteDatabase, MovedAside | None]
                     raise StorageError(
                         f"{error.message}; it was left as it is", code=error.code
                     ) from exc
-                aside = _move_aside(path, "corrupt", f"its identity cannot be read ({exc})")
+                aside = move_aside(path, "corrupt", f"its identity cannot be read ({exc})")
             else:
-                reason = _lost_state(found, expected, log_gone)
+                reason = lost_state(found, expected, log_gone)
                 if reason is None:
                     return db, None
                 db.close()
-                aside = _move_aside(path, "lost", reason)
+                aside = move_aside(path, "lost", reason)
     else:
-        aside = _move_aside(path, "lost", reason)
+        aside = move_aside(path, "lost", reason)
     try:
         return _connect(path), aside
     except _Corrupt as exc:

@@ -23,11 +23,10 @@ from ..errors import AosCode, StorageError
 from ..fsutil import fsync_dir
 from ..logs import get_logger
 from .crashpoints import LOCK_TAKEN
-from .database import DB_NAME, SIDECAR_NAME
+from .names import DB_NAME, LOCK_NAME, SIDECAR_NAME
 
 log = get_logger("storage")
 
-LOCK_NAME = "aoscore.lock"
 # What the agent writes under its data directory besides the lock: it must be able to.
 _DIRS = ("blobs", "blobs/sha256", "partial")
 _FILES = (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", SIDECAR_NAME)

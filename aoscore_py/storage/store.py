@@ -24,7 +24,9 @@ from ..cm.updatemanager.interfaces import UnitConfigRecord
 from ..logs import get_logger
 from ..nodes import InstanceKey
 from ..protocol import ErrorInfo, InstanceState, ItemState, UnitConfigState
-from .database import DB_ERRORS, DB_NAME, open_database, open_readonly, translated
+from .database import open_database, open_readonly
+from .names import DB_NAME
+from .sqlerrors import DB_ERRORS, translated
 
 log = get_logger("storage")
 

@@ -22,7 +22,8 @@ from aoscore_py.errors import AosCode, StorageError
 from aoscore_py.nodes import InstanceKey
 from aoscore_py.protocol import InstanceState, ItemState
 from aoscore_py.storage import DB_NAME, SCHEMA_VERSION, Storage
-from aoscore_py.storage.database import SIDECAR_NAME, read_sidecar
+from aoscore_py.storage.names import SIDECAR_NAME
+from aoscore_py.storage.recovery import read_sidecar
 from statemachine import UPDATE_CYCLE
 
 DIGEST = "sha256:" + "d" * 64
