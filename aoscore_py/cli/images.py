@@ -31,7 +31,7 @@ def _open_store(data_dir: Path, *, read_only: bool) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 def images_status(data_dir: Path, as_json: bool) -> None:
     """Items with their states, and the downloads under way (bytes, rate)."""
-    from ..cm.imagemanager.manager import read_progress
+    from ..cm.imagemanager.progress import read_progress
 
     storage = _open_store(data_dir, read_only=True)
     try:

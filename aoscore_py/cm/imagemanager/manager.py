@@ -7,8 +7,9 @@ is checked against its digest and its signature before it enters the store. A bl
 stored is trusted by its record (size and mtime), never hashed again; one whose file changed is
 fetched again. One item's failure marks that item failed with an errorInfo; the others go on.
 
-Retired versions are kept (state removed) for a TTL, so that going back to one needs no
-download, and then collected with every blob nothing references any more.
+Finalizing retires other versions (state removed); they are kept for a TTL, so that going back
+to one needs no download, and then collected (collector.py). Transfers are reported by
+progress.py, fetched by download.py into partial files (partial.py).
 """
 
 from __future__ import annotations
@@ -19,11 +20,9 @@ import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 from cryptography import x509
 
 from statemachine import crashpoint
@@ -36,17 +35,17 @@ from ...protocol import BlobUrlInfo, DesiredItem, DesiredStatus, ErrorInfo, Item
 from ..communication.interfaces import BlobUrlSource
 from . import oci
 from .blobstore import BlobStore, digest_hex, hash_file
+from .collector import collect
 from .crashpoints import (
     BLOB_VERIFIED,
-    ITEM_COLLECTED,
     ITEM_FIRST_BLOB,
     ITEM_INSTALLED,
     ITEM_PENDING,
     ITEM_REMOVED,
-    ITEM_REMOVING,
 )
 from .download import Downloader, DownloadPolicy
 from .interfaces import BlobRecord, ImageStorage, ItemRecord
+from .progress import PROGRESS_FILE, ProgressReporter
 
 log = get_logger("imagemanager")
 
@@ -105,7 +104,11 @@ class ImageManager:
         self.downloader = Downloader(http, store, self.policy.download, sleep=sleep)
         self._platform = host_platform()
         self._locks: dict[str, asyncio.Lock] = {}
-        self.progress_path = store.root / "progress.json"
+        self.progress = ProgressReporter(
+            self.downloader.active,
+            store.root / PROGRESS_FILE,
+            self.policy.download.progress_interval_s,
+        )
 
     def records(self) -> list[ItemRecord]:
         return self._storage.items()
@@ -119,14 +122,14 @@ class ImageManager:
         """Make every item's blobs present; returns each item's record (pending or failed)."""
         verifier = ChainVerifier(self.policy.trusted_roots, ds.certificates, ds.certificate_chains)
         self._locks = {}
-        reporter = asyncio.create_task(self._report_progress(), name="download.progress")
+        reporter = asyncio.create_task(self.progress.run(), name="download.progress")
         try:
             return list(await asyncio.gather(*(self._download_item(i, verifier) for i in ds.items)))
         finally:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
-            self._write_progress()
+            self.progress.write()
 
     async def _download_item(self, item: DesiredItem, verifier: ChainVerifier) -> ItemRecord:
         item_id = item.item.key or ""
@@ -328,51 +331,6 @@ class ImageManager:
             return  # allowed by policy, checked before the download began
         verifier.verify(info.digest, info.sign_info, hashes)
 
-    # progress
-
-    async def _report_progress(self) -> None:
-        interval = self.policy.download.progress_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            transfers = list(self.downloader.active.values())
-            if not transfers:
-                continue
-            present = sum(t.present for t in transfers)
-            total = sum(t.size for t in transfers)
-            rate = sum(t.rate for t in transfers)
-            log.info(
-                "download.progress",
-                blobs=len(transfers),
-                present=present,
-                total=total,
-                percent=round(100 * present / total, 1) if total else None,
-                mib_s=round(rate / _MIB, 1),
-                eta_s=round((total - present) / rate, 1) if rate else None,
-            )
-            self._write_progress()
-
-    def _write_progress(self) -> None:
-        """What is downloading now, for `aoscore images status` (not state: no fsync)."""
-        body = {
-            "updatedAt": time.time(),
-            "transfers": [
-                {
-                    "digest": t.digest,
-                    "size": t.size,
-                    "present": t.present,
-                    "resumedFrom": t.resumed_from,
-                    "bytesPerSecond": round(t.rate),
-                }
-                for t in self.downloader.active.values()
-            ],
-        }
-        tmp = self.progress_path.with_suffix(".tmp")
-        try:
-            tmp.write_bytes(orjson.dumps(body))
-            tmp.replace(self.progress_path)
-        except OSError as exc:  # a full disk must not fail a download over a progress report
-            log.debug("progress.not_written", path=str(self.progress_path), error=str(exc))
-
     # layouts
 
     def _manifest_digest(self, index_digest: str) -> str:
@@ -439,57 +397,16 @@ class ImageManager:
         )
 
     def collect(self, now: float | None = None) -> dict[str, int]:
-        """Collect removed items past their TTL, then every blob and partial file no item
-        references. Rows go before files, so a cut never leaves a record of a missing file
-        trusted. Returns what was collected."""
-        now = time.time() if now is None else now
-        for record in self._storage.items():
-            if record.state != ItemState.REMOVED:
-                continue
-            since = self._storage.item_updated_at(record.item_id, record.version) or now
-            if now - since >= self.policy.removed_ttl_s:
-                self._set_state(record, ItemState.REMOVING)
-                crashpoint(ITEM_REMOVING)
-        items = self._storage.items()
-        live: set[str] = set()
-        for record in items:
-            if record.state != ItemState.REMOVING:
-                live |= self.references(record.index_digest)
-        blobs = 0
-        freed = 0
-        for rec in self._storage.blobs():
-            if rec.digest not in live:
-                self._storage.delete_blob(rec.digest)
-        for digest in self._store.stored():
-            if digest not in live:
-                stat = self._store.stat(digest)
-                freed += stat.st_size if stat else 0
-                self._store.remove(digest)
-                blobs += 1
-        partials = 0
-        for digest, size in self._store.partial_digests().items():
-            if digest not in live and digest not in self.downloader.active:
-                self._store.remove_partial(digest)
-                freed += size
-                partials += 1
-        if blobs or partials:
-            self._store.sync()
-        collected = 0
-        for record in items:
-            if record.state == ItemState.REMOVING:
-                self._storage.delete_item(record.item_id, record.version)
-                collected += 1
-                log.info("item.collected", item=record.item_id, version=record.version)
-                crashpoint(ITEM_COLLECTED)
-        if blobs or partials or collected:
-            log.info(
-                "store.collected",
-                items=collected,
-                blobs=blobs,
-                partials=partials,
-                freed=_mib(freed),
-            )
-        return {"items": collected, "blobs": blobs, "partials": partials, "freed_bytes": freed}
+        """Collect removed items past their TTL and every blob and partial file no item
+        references (collector.py); returns what was collected."""
+        return collect(
+            self._storage,
+            self._store,
+            self.references,
+            in_transfer=self.downloader.active,
+            removed_ttl_s=self.policy.removed_ttl_s,
+            now=time.time() if now is None else now,
+        )
 
 
 _RETIRED = (ItemState.REMOVED, ItemState.REMOVING)
@@ -503,11 +420,3 @@ def _first(group: BaseExceptionGroup) -> BaseException:
         if not isinstance(exc, asyncio.CancelledError):
             return exc
     return group.exceptions[0]
-
-
-def read_progress(data_dir: Path) -> dict[str, Any]:
-    """What `_write_progress` last wrote, or no transfers."""
-    try:
-        return dict(orjson.loads((data_dir / "progress.json").read_bytes()))
-    except (FileNotFoundError, orjson.JSONDecodeError):
-        return {"transfers": []}
