@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from cryptography import x509
 from statemachine import crashpoint
 
 from ...crypto.signing import ChainVerifier, hash_names_for
-from ...errors import AosCode, AosError, BlobError
+from ...errors import AosCode, AosError, BlobError, classify
 from ...logs import get_logger
 from ...nodes import ImageLayout
 from ...protocol import BlobUrlInfo, DesiredItem, DesiredStatus, ErrorInfo, ItemState
@@ -118,23 +118,49 @@ class ImageManager:
 
     # downloading
 
-    async def download(self, ds: DesiredStatus) -> list[ItemRecord]:
-        """Make every item's blobs present; returns each item's record (pending or failed)."""
+    async def download(self, ds: DesiredStatus, skip: Collection[str] = ()) -> list[ItemRecord]:
+        """Make every item's blobs present; returns each item's record (pending or failed).
+
+        Args:
+            ds: the desired status whose items to fetch.
+            skip: items not to fetch again when their record says they failed for this very
+                version and index digest (the update cycle found them failed for good).
+        """
         verifier = ChainVerifier(self.policy.trusted_roots, ds.certificates, ds.certificate_chains)
         self._locks = {}
         reporter = asyncio.create_task(self.progress.run(), name="download.progress")
         try:
-            return list(await asyncio.gather(*(self._download_item(i, verifier) for i in ds.items)))
+            return list(
+                await asyncio.gather(
+                    *(self._download_item(i, verifier, i.item.key in skip) for i in ds.items)
+                )
+            )
         finally:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
             self.progress.write()
 
-    async def _download_item(self, item: DesiredItem, verifier: ChainVerifier) -> ItemRecord:
+    async def _download_item(
+        self, item: DesiredItem, verifier: ChainVerifier, skip: bool
+    ) -> ItemRecord:
         item_id = item.item.key or ""
         kind = item.item.type or "service"
         known = self.record(item_id, item.version)
+        if (
+            skip
+            and known is not None
+            and known.state == ItemState.FAILED
+            and known.index_digest == item.index_digest
+        ):
+            log.info(
+                "item.skipped",
+                item=item_id,
+                version=item.version,
+                error=known.error.message if known.error else None,
+                next="not fetched again for this desired status",
+            )
+            return known
         state = known.state if known and known.index_digest == item.index_digest else None
         if state not in (ItemState.PENDING, ItemState.INSTALLED):
             state = ItemState.DOWNLOADING
@@ -165,7 +191,8 @@ class ImageManager:
                 item=item_id,
                 version=item.version,
                 error=str(exc),
-                next="other items go on; the running version keeps running; retried later",
+                retry=classify(exc).value,
+                next="other items go on; the running version keeps running",
             )
             return failed
         if state == ItemState.DOWNLOADING:

@@ -232,26 +232,30 @@ class DesiredStatusHandler:
         """Resume where the last run stopped."""
         async with self._lock:
             phase = self.machine.phase
-            applied = (self.machine.payload or {}).get("ds")
-            if self._desired is not None and applied != self._digest:
-                log.info(
-                    "cycle.restart", phase=phase, reason="stored desired status not yet applied"
-                )
-                self._restart("stored desired status not applied")
-            elif not self.machine.resting:
-                log.info("cycle.resume", phase=phase, next=f"running {phase} again")
-                self._run()
-            elif self.failure is Retry.TRANSIENT:
-                self._schedule_retry(0.0, "the last cycle failed")
-            elif self.failure is Retry.PERMANENT:
-                log.info(
-                    "cycle.failed_permanently",
-                    phase=phase,
-                    error=(self.machine.payload or {}).get("error"),
-                    next="waiting for a new desired status or an operator's retry",
-                )
-            else:
-                log.info("cycle.idle", phase=phase)
+            try:
+                if self._desired is not None and self._applied != self._digest:
+                    log.info(
+                        "cycle.restart",
+                        phase=phase,
+                        reason="stored desired status not yet applied",
+                    )
+                    self._restart("stored desired status not applied")
+                elif not self.machine.resting:
+                    log.info("cycle.resume", phase=phase, next=f"running {phase} again")
+                    self._run()
+                elif self.failure is Retry.TRANSIENT:
+                    self._schedule_retry(0.0, "the last cycle failed")
+                elif self.failure is Retry.PERMANENT:
+                    log.info(
+                        "cycle.failed_permanently",
+                        phase=phase,
+                        error=(self.machine.payload or {}).get("error"),
+                        next="waiting for a new desired status or an operator's retry",
+                    )
+                else:
+                    log.info("cycle.idle", phase=phase)
+            except Exception as exc:
+                self._could_not_move(exc)
 
     async def retry(self) -> bool:
         """An operator's retry: run the cycle again for the stored desired status, whatever
@@ -280,17 +284,45 @@ class DesiredStatusHandler:
             if self.runner.running:
                 return
             self._retry_task = None
-            if not self.machine.resting:
-                log.info("cycle.resume", phase=self.machine.phase, next="running it again")
-                self._run()
-            elif self.failure is Retry.TRANSIENT:
-                self._restart("retry after a failed cycle")
+            try:
+                if self._desired is not None and self._applied != self._digest:
+                    self._restart("the stored desired status was not applied yet")
+                elif not self.machine.resting:
+                    log.info("cycle.resume", phase=self.machine.phase, next="running it again")
+                    self._run()
+                elif self.failure is Retry.TRANSIENT:
+                    self._restart("retry after a failed cycle", skip=self._permanent_items())
+            except Exception as exc:
+                self._could_not_move(exc)
+
+    @property
+    def _applied(self) -> str | None:
+        """The digest of the desired status the committed cycle applies."""
+        return (self.machine.payload or {}).get("ds")
+
+    def _permanent_items(self) -> list[str]:
+        """Items the resting cycle found failed for good: a retry for a transient failure of
+        another part of the same desired status does not fetch them again."""
+        return list((self.machine.payload or {}).get("permanent_items") or ())
+
+    def _could_not_move(self, exc: BaseException) -> None:
+        """The machine could not move (its store refused the write: a full disk, an I/O error):
+        it is still where it last committed; try again after the backoff."""
+        delay = self._retry.next()
+        log.error(
+            "cycle.error",
+            error=f"{type(exc).__name__}: {exc}",
+            phase=self.machine.phase,
+            next=f"trying again in {delay:.0f} s",
+        )
+        self._schedule_retry(delay, "the cycle could not move")
 
     async def accept(self, ds: DesiredStatus, arrived: float) -> None:
         """Take a desired status from the cloud; returns once it is stored (then it is acked).
 
         Raises:
             ProtocolError: it cannot be applied (duplicates); nothing changed.
+            StorageError: it could not be stored (noMemory on a full disk); nothing changed.
         """
         validate(ds)
         async with self._lock:
@@ -306,24 +338,28 @@ class DesiredStatusHandler:
                 elif self.idle:
                     self._spawn(self._status.send_full("desired status needs no update"))
                 return
-            self._cancel_retry()
-            self._retry.reset()
             body = dump_message(ds)
             self._storage.save_desired_status(body)
             crashpoint(DESIRED_STORED)
+            # Stored: from here on it is ours to apply, and a failure below is tried again.
+            self._cancel_retry()
+            self._retry.reset()
             self._desired, self._digest = ds, digest_of(body)
             self._status.use_desired(ds)
             log.info("desired.stored", digest=self._digest, changes=changes.summary())
             phase = self.machine.phase
-            if self.runner.running:
-                await self.runner.cancel("superseded by a new desired status")
-                log.info(
-                    "cycle.superseded",
-                    phase=phase,
-                    latency_s=round(time.monotonic() - arrived, 6),
-                    next="restarting at downloading",
-                )
-            self._restart(changes.summary())
+            try:
+                if self.runner.running:
+                    await self.runner.cancel("superseded by a new desired status")
+                    log.info(
+                        "cycle.superseded",
+                        phase=phase,
+                        latency_s=round(time.monotonic() - arrived, 6),
+                        next="restarting at downloading",
+                    )
+                self._restart(changes.summary())
+            except Exception as exc:
+                self._could_not_move(exc)
 
     async def stop(self) -> None:
         """Cancel the running phase at its next await; it stays committed for the next start."""
@@ -341,11 +377,15 @@ class DesiredStatusHandler:
         for task in list(self._tasks):
             task.cancel()
 
-    def _restart(self, note: str) -> None:
+    def _restart(self, note: str, skip: list[str] | None = None) -> None:
         """Begin a cycle at downloading for the stored desired status, from wherever it rests
-        (`supersede` from a working phase, `start` from none or failed)."""
+        (`supersede` from a working phase, `start` from none or failed); `skip` names items not
+        to fetch again (found failed for good by the last try of the same desired status)."""
         event = "supersede" if self.machine.can("supersede") else "start"
-        self._fire(event, {"ds": self._digest}, note)
+        payload: dict[str, Any] = {"ds": self._digest}
+        if skip:
+            payload["skip"] = skip
+        self._fire(event, payload, note)
         self._run()
 
     def _run(self) -> None:
@@ -357,16 +397,7 @@ class DesiredStatusHandler:
             return
         exc = task.exception()
         if exc is not None:
-            # The machine itself could not move (its store refused the write: a full disk, an
-            # I/O error): it is still in the phase it last committed, which is run again later.
-            delay = self._retry.next()
-            log.error(
-                "cycle.error",
-                error=f"{type(exc).__name__}: {exc}",
-                phase=self.machine.phase,
-                next=f"running {self.machine.phase} again in {delay:.0f} s",
-            )
-            self._schedule_retry(delay, "the cycle could not move")
+            self._could_not_move(exc)
             return
         failure = self.failure
         if failure is Retry.TRANSIENT:
@@ -402,20 +433,26 @@ class DesiredStatusHandler:
         return self._desired
 
     async def _downloading(self, payload: dict[str, Any]) -> Outcome:
-        records = await self._images.download(self._ds())
+        records = await self._images.download(self._ds(), skip=payload.get("skip") or ())
         failed = [r for r in records if r.error is not None]
         kind = None
+        permanent = []
         for r in failed:
             assert r.error is not None
-            kind = worse(kind, classify_code(r.error.aos_code))
+            item_kind = classify_code(r.error.aos_code)
+            kind = worse(kind, item_kind)
+            if item_kind is Retry.PERMANENT:
+                permanent.append(r.item_id)
+        names = [r.item_id for r in failed]
         return Outcome(
             "done",
             {
                 **payload,
-                "failed_items": [r.item_id for r in failed],
+                "failed_items": names,
+                "permanent_items": permanent,
                 "retry": kind.value if kind else None,
             },
-            note=f"{len(records) - len(failed)} items ready, failed: {[r.item_id for r in failed]}",
+            note=f"{len(records) - len(failed)} items ready, failed: {names}",
         )
 
     async def _pending(self, payload: dict[str, Any]) -> Outcome:

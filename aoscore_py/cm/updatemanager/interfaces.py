@@ -9,7 +9,7 @@ the handler's central rule is tested in milliseconds against stubs (tests/unit/c
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,9 +54,11 @@ class ItemSource(Protocol):
 class ImageProvider(ItemSource, Protocol):
     """The image manager, as the update cycle drives it."""
 
-    async def download(self, ds: DesiredStatus) -> list[ItemRecord]:
+    async def download(self, ds: DesiredStatus, skip: Collection[str] = ()) -> list[ItemRecord]:
         """Make every item's blobs present and verified; each item's record (pending or
-        failed, with its errorInfo). One item's failure does not stop the others."""
+        failed, with its errorInfo). One item's failure does not stop the others. An item
+        named in `skip` whose record says it failed, for this very version and index digest,
+        is not fetched again: its record is returned as it is."""
         ...
 
     def finalize(self, desired: Sequence[DesiredItem], running: set[tuple[str, str]]) -> None:

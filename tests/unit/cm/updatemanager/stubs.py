@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aoscore_py.cm.imagemanager.interfaces import ItemRecord
@@ -23,7 +23,6 @@ from aoscore_py.protocol import (
     DesiredItem,
     DesiredStatus,
     ErrorInfo,
-    InstanceState,
     ItemState,
 )
 
@@ -61,14 +60,20 @@ class StubImages:
         self.gate = gate or Gate(opened=True)
         self.outcome = outcome or (lambda _item: None)
         self.downloads: list[DesiredStatus] = []
+        self.skipped: list[tuple[str, ...]] = []
         self.finalized: list[tuple[tuple[str, str], ...]] = []
         self._records: dict[tuple[str, str], ItemRecord] = {}
 
-    async def download(self, ds: DesiredStatus) -> list[ItemRecord]:
+    async def download(self, ds: DesiredStatus, skip: Collection[str] = ()) -> list[ItemRecord]:
         self.downloads.append(ds)
+        self.skipped.append(tuple(skip))
         await self.gate.pass_through()
         out = []
         for item in ds.items:
+            known = self._records.get((item.item.key or "", item.version))
+            if item.item.key in skip and known and known.state == ItemState.FAILED:
+                out.append(known)
+                continue
             error = self.outcome(item)
             state = ItemState.FAILED if error else ItemState.PENDING
             record = ItemRecord(
@@ -127,17 +132,6 @@ class StubLauncher:
 
     async def refresh(self) -> list[InstanceRecord]:
         return list(self._records)
-
-    def running(self, record: InstanceRecord) -> None:
-        self._records.append(record)
-
-
-def active(item_id: str, version: str) -> InstanceRecord:
-    from aoscore_py.nodes import InstanceKey
-
-    return InstanceRecord(
-        InstanceKey(item_id, "subj", 0), "service", version, "node-1", 0, InstanceState.ACTIVE
-    )
 
 
 class RecordingStatus:

@@ -102,8 +102,68 @@ async def test_one_transient_failure_among_permanent_ones_is_retried(rig: Rig) -
     rig.images.outcome = outcome
     await first_cycle(rig, two)
     assert rig.handler is not None and rig.handler.failure is Retry.TRANSIENT
+    assert rig.images.skipped == [()]
     await rig.clock.advance(5.0, rig.handler)
     assert len(rig.images.downloads) == 2
+    assert rig.images.skipped[-1] == ("svc",), "the item that failed for good is not refetched"
+
+
+async def test_a_new_desired_status_tries_every_item_again(rig: Rig) -> None:
+    extra = DesiredItem(Identity(id="other", type="service"), "1.0.0", "sha256:" + "c" * 64)
+
+    def outcome(item: DesiredItem) -> ErrorInfo:
+        code = AosCode.INVALID_CHECKSUM if item.item.key == "svc" else AosCode.TIMEOUT
+        return ErrorInfo(int(code), 0, "no")
+
+    rig.images.outcome = outcome
+    await first_cycle(rig, replace(FIRST, items=(*FIRST.items, extra)))
+    assert rig.handler is not None
+    await rig.handler.accept(replace(SECOND, items=(*SECOND.items, extra)), time.monotonic())
+    await settle(rig.handler)
+    assert rig.images.skipped[-1] == (), "permanent for that desired status, not for this one"
+
+
+async def test_a_retry_the_store_refuses_to_start_is_tried_again(rig: Rig) -> None:
+    rig.images.outcome = failing(AosCode.NO_MEMORY)
+    await first_cycle(rig)
+    assert rig.handler is not None and rig.storage is not None
+    full_disk(rig)
+    await rig.clock.advance(5.0, rig.handler)
+    assert len(rig.images.downloads) == 1, "the retry could not start"
+    assert rig.clock.waiting == 1, "and is tried again later"
+
+    rig.storage.db.execute_sql("DROP TRIGGER full")
+    rig.images.outcome = lambda _item: None
+    await rig.clock.advance(TEN_MINUTES, rig.handler)
+    assert len(rig.images.downloads) == 2 and rig.handler.failure is None
+
+
+async def test_a_desired_status_that_cannot_be_stored_leaves_the_retry_in_place(
+    rig: Rig,
+) -> None:
+    rig.images.outcome = failing(AosCode.TIMEOUT)
+    await first_cycle(rig)
+    assert rig.handler is not None and rig.storage is not None
+    rig.storage.db.execute_sql(
+        "CREATE TRIGGER full_ds BEFORE INSERT ON desired_status "
+        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    with pytest.raises(AosError) as refused:
+        await rig.handler.accept(SECOND, time.monotonic())
+    assert refused.value.code == AosCode.NO_MEMORY
+    assert rig.handler.desired == FIRST
+    assert rig.clock.waiting == 1, "the first desired status's retry is still scheduled"
+    await rig.clock.advance(5.0, rig.handler)
+    assert rig.images.downloads == [FIRST, FIRST]
+
+
+def full_disk(rig: Rig) -> None:
+    """Every move of the cycle is refused, as a full disk refuses the journal's insert."""
+    assert rig.storage is not None
+    rig.storage.db.execute_sql(
+        "CREATE TRIGGER full BEFORE INSERT ON sm_journal "
+        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
 
 
 async def test_the_same_desired_status_again_does_not_retry_a_permanent_failure(rig: Rig) -> None:
@@ -231,11 +291,24 @@ class TamperingCloud:
     """Answers requestBlobUrls truthfully but serves one blob with a byte flipped (or all of
     them signed over other bytes); counts every byte it serves."""
 
-    def __init__(self, pki: Pki, image: OciImage, *, tamper: str | None, wrong_sign: bool) -> None:
+    def __init__(
+        self,
+        pki: Pki,
+        image: OciImage,
+        *,
+        tamper: str | None,
+        wrong_sign: bool,
+        unavailable: OciImage | None = None,
+    ) -> None:
         self.pki = pki
         self.blobs = dict(image.blobs)
         self.tamper = tamper
         self.wrong_sign = wrong_sign
+        # A second item whose every blob answers 503: a transient failure beside the refusal.
+        # (its blobs the first image shares, such as the busybox layer, are served as usual)
+        mine = dict(unavailable.blobs) if unavailable else {}
+        self.unavailable = {d for d in mine if d not in self.blobs}
+        self.blobs.update(mine)
         self.served: dict[str, int] = {}
 
     async def request_blob_urls(self, digests: Sequence[str]) -> list[BlobUrlInfo]:
@@ -257,6 +330,8 @@ class TamperingCloud:
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         digest = request.url.path.lstrip("/")
+        if digest in self.unavailable:
+            return httpx.Response(503)
         body = self.blobs[digest]
         if digest == self.tamper:
             body = body[:-1] + bytes([body[-1] ^ 0xFF])
@@ -274,17 +349,28 @@ def image() -> OciImage:
     return build_test_image("tampered", extra_layer_bytes=200_000)
 
 
-@pytest.mark.parametrize("fault", ["tampered layer", "wrong signature"])
+@pytest.fixture(scope="module")
+def flaky() -> OciImage:
+    return build_test_image("flaky")
+
+
+@pytest.mark.parametrize(
+    "fault", ["tampered layer", "wrong signature", "tampered layer, another item unavailable"]
+)
 async def test_a_refused_item_is_fetched_once_in_ten_minutes(
-    tmp_path: Path, pki: Pki, image: OciImage, fault: str
+    tmp_path: Path, pki: Pki, image: OciImage, flaky: OciImage, fault: str
 ) -> None:
-    """The real image manager and downloader over HTTP (MockTransport), a real store."""
+    """The real image manager and downloader over HTTP (MockTransport), a real store. With an
+    unavailable second item the cycle is retried with backoff for it, and the refused one is
+    still not fetched again."""
     big = max(image.layer_digests, key=lambda d: len(image.blobs[d]))
+    beside = "unavailable" in fault
     cloud = TamperingCloud(
         pki,
         image,
-        tamper=big if fault == "tampered layer" else None,
+        tamper=big if fault.startswith("tampered layer") else None,
         wrong_sign=fault == "wrong signature",
+        unavailable=flaky if beside else None,
     )
     rig = Rig(tmp_path / "data")
     rig.build()
@@ -297,9 +383,12 @@ async def test_a_refused_item_is_fetched_once_in_ten_minutes(
         http,
         ImagePolicy(trusted_roots=(pki.root,), download=DownloadPolicy(rounds=1)),
     )
+    items = [replace(FIRST.items[0], index_digest=image.index_digest)]
+    if beside:
+        items.append(DesiredItem(Identity(id="flaky", type="service"), "1.0.0", flaky.index_digest))
     ds = replace(
         FIRST,
-        items=(replace(FIRST.items[0], index_digest=image.index_digest),),
+        items=tuple(items),
         certificates=pki.certificates(),
         certificate_chains=(pki.chain(),),
     )
@@ -314,9 +403,12 @@ async def test_a_refused_item_is_fetched_once_in_ten_minutes(
     (record,) = [r for r in rig.images.records() if r.item_id == "svc"]
     assert record.state is ItemState.FAILED and record.error is not None
     assert record.error.aos_code == AosCode.INVALID_CHECKSUM
-    refused = big if fault == "tampered layer" else image.index_digest
+    refused = big if fault.startswith("tampered layer") else image.index_digest
     assert cloud.served[refused] == len(image.blobs[refused]), "served once, in ten minutes"
-    assert rig.clock.slept == [], "no retry was even scheduled"
+    if beside:
+        assert rig.clock.slept == [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0], "flaky retried"
+    else:
+        assert rig.clock.slept == [], "no retry was even scheduled"
     print(f"\n{fault}: {cloud.served[refused]} bytes of {refused[:19]} served in 10 min")
 
 
@@ -327,10 +419,7 @@ async def test_a_move_the_store_refuses_is_tried_again_from_the_committed_phase(
     phase it last committed, and runs it again after the backoff."""
     handler = await rig.hold_in(FIRST, "launching")
     assert rig.storage is not None
-    rig.storage.db.execute_sql(
-        "CREATE TRIGGER full BEFORE INSERT ON sm_journal "
-        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
-    )
+    full_disk(rig)
     rig.launcher.launch_gate.opened.set()
     await settle(handler)
     assert rig.machine.phase == "launching" and handler.idle
