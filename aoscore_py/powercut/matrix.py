@@ -72,7 +72,9 @@ UPGRADE_POINTS = frozenset(
     {imagemanager.ITEM_REMOVED, imagemanager.ITEM_REMOVING, imagemanager.ITEM_COLLECTED}
 )
 # Points only a store that cannot be trusted reaches.
-SPOILED_POINTS = frozenset({storage.MOVED_ASIDE})
+SPOILED_POINTS = frozenset(
+    {storage.MOVED_ASIDE, imagemanager.BLOB_ADOPTED, launcher.INSTANCES_ADOPTED}
+)
 # Points only an unexpected error reaches, and where that error is injected.
 FAULTS: dict[str, str] = {committed_point(MACHINE, "failed"): launcher.PLACEMENT_STORED}
 

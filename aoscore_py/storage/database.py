@@ -272,17 +272,20 @@ def open_database(data_dir: Path) -> tuple[peewee.SqliteDatabase, dict[str, type
 def _next_generation(
     db: peewee.SqliteDatabase, meta: type[peewee.Model], path: Path, aside: MovedAside | None
 ) -> StoreIdentity:
-    """Add one to the store's generation, in one transaction. A new store made in place of one
-    moved aside starts its sequence numbers past the old store's and past the clock's
-    milliseconds: the old store may have lost the reservations it made, so they still only
-    grow (a unit reserves about a hundred per start, the clock a thousand per second)."""
+    """Add one to the store's generation, in one transaction. A new store starts its sequence
+    numbers past the clock's milliseconds (and past those of a store moved aside at this start):
+    a store that was lost, or moved aside at a start cut before this point, may have handed out
+    numbers nothing remembers, so they still only grow (a unit reserves about a hundred per
+    start, the clock a thousand per second)."""
     with translated(path, "move the store's generation on"), db.atomic("IMMEDIATE"):
         rows = dict(db.execute_sql("SELECT key, value FROM meta").fetchall())
         identity = StoreIdentity(rows["store_id"], int(rows.get("generation") or 0) + 1)
         meta.insert(
             key="generation", value=str(identity.generation)
         ).on_conflict_replace().execute()
-        if aside is not None and "seq_next" not in rows:
-            seq = max(aside.seq_next or 0, int(time.time() * 1000))
+        if "seq_next" not in rows:
+            # A new store, perhaps in place of one moved aside at this start or at a start that
+            # was cut right after the move: its numbers begin past the clock's milliseconds.
+            seq = max((aside.seq_next or 0) if aside else 0, int(time.time() * 1000))
             meta.insert(key="seq_next", value=str(seq)).execute()
     return identity

@@ -2,6 +2,7 @@
 
 BLOB_TRANSFER = "imagemanager.blob.transfer"  # half-way through a blob's bytes
 BLOB_VERIFIED = "imagemanager.blob.verified"
+BLOB_ADOPTED = "imagemanager.blob.adopted"  # a stored file with no record, hashed and kept
 ITEM_FIRST_BLOB = "imagemanager.item.first_blob"
 ITEM_PENDING = "imagemanager.item.pending"
 ITEM_INSTALLED = "imagemanager.item.installed"
@@ -12,6 +13,7 @@ ITEM_COLLECTED = "imagemanager.item.collected"
 CRASH_POINTS = (
     BLOB_TRANSFER,
     BLOB_VERIFIED,
+    BLOB_ADOPTED,
     ITEM_FIRST_BLOB,
     ITEM_PENDING,
     ITEM_INSTALLED,

@@ -37,6 +37,7 @@ from . import oci
 from .blobstore import BlobStore, digest_hex, hash_file
 from .collector import collect
 from .crashpoints import (
+    BLOB_ADOPTED,
     BLOB_VERIFIED,
     ITEM_FIRST_BLOB,
     ITEM_INSTALLED,
@@ -45,6 +46,7 @@ from .crashpoints import (
 )
 from .download import Downloader, DownloadPolicy
 from .interfaces import BlobRecord, ImageStorage, ItemRecord
+from .partial import IO_POOL
 from .progress import PROGRESS_FILE, ProgressReporter
 
 log = get_logger("imagemanager")
@@ -220,7 +222,13 @@ class ImageManager:
         await self._ensure([config, *layers], verifier, fetched, attempted)
         return len(fetched)
 
-    def _have(self, digest: str) -> bool:
+    async def _hashes_to(self, digest: str) -> bool:
+        """Whether the stored file of `digest` hashes to it; hashed on the I/O pool, so a large
+        blob does not hold up the loop (keepalives, a superseding desired status)."""
+        path = self._store.path(digest)
+        return await asyncio.wrap_future(IO_POOL.submit(hash_file, path)) == digest
+
+    async def _have(self, digest: str) -> bool:
         """Whether `digest` is stored and unchanged since it was verified (by its record).
 
         A stored file with no record (its record was lost with a store moved aside) is hashed
@@ -228,10 +236,11 @@ class ImageManager:
         """
         rec = self._storage.blob(digest)
         stat = self._store.stat(digest)
-        if rec is None and stat is not None and hash_file(self._store.path(digest)) == digest:
+        if rec is None and stat is not None and await self._hashes_to(digest):
             self._storage.record_blob(
                 BlobRecord(digest, stat.st_size, stat.st_mtime_ns, time.time())
             )
+            crashpoint(BLOB_ADOPTED)
             log.info(
                 "blob.adopted",
                 digest=digest,
@@ -242,7 +251,7 @@ class ImageManager:
         if rec is not None and stat is not None and stat.st_size == rec.size:
             if stat.st_mtime_ns == rec.mtime_ns:
                 return True
-            if rec.mtime_ns == 0 and hash_file(self._store.path(digest)) == digest:
+            if rec.mtime_ns == 0 and await self._hashes_to(digest):
                 # recorded before mtimes were kept: checked once, trusted by its record after
                 self._storage.record_blob(
                     BlobRecord(digest, rec.size, stat.st_mtime_ns, time.time())
@@ -267,7 +276,7 @@ class ImageManager:
         fetched: list[str],
         attempted: set[str],
     ) -> None:
-        missing = list(dict.fromkeys(d for d in digests if not self._have(d)))
+        missing = [d for d in dict.fromkeys(digests) if not await self._have(d)]
         if not missing:
             return
         for d in missing:
@@ -325,7 +334,7 @@ class ImageManager:
     ) -> None:
         lock = self._locks.setdefault(info.digest, asyncio.Lock())
         async with lock:
-            if self._have(info.digest):
+            if await self._have(info.digest):
                 return  # another item fetched it meanwhile
             result = await self.downloader.fetch(
                 info,

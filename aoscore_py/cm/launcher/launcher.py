@@ -24,7 +24,7 @@ from ...nodes import (
 )
 from ...protocol import DesiredStatus, ErrorInfo, InstanceState, ItemState
 from ..imagemanager.interfaces import ItemRecord
-from .crashpoints import NODE_ANSWERED, PLACEMENT_STORED
+from .crashpoints import INSTANCES_ADOPTED, NODE_ANSWERED, PLACEMENT_STORED
 from .interfaces import InstanceRecord, LauncherStorage
 from .placement import NodeCandidate, WantedInstance, place
 
@@ -237,6 +237,7 @@ class Launcher:
                 for s in sorted(statuses, key=lambda s: s.key)
             ]
             self._storage.update_instances(adopted)
+            crashpoint(INSTANCES_ADOPTED)
             log.warning(
                 "instances.adopted",
                 instances=[str(r.key) for r in adopted],

@@ -149,7 +149,7 @@ class TestBlobAdoption:
         store = BlobStore(tmp_path / "data")
         digest = put(store, b"layer bytes" * 1000)
         assert storage.blob(digest) is None
-        assert images._have(digest)
+        assert await images._have(digest)
         record = storage.blob(digest)
         stat = store.path(digest).stat()
         assert record is not None
@@ -159,13 +159,13 @@ class TestBlobAdoption:
             raise AssertionError("hashed again")
 
         monkeypatch.setattr(manager_module, "hash_file", no_hashing)
-        assert images._have(digest), "trusted by its record from then on"
+        assert await images._have(digest), "trusted by its record from then on"
 
     async def test_a_stored_file_that_does_not_match_its_digest_is_removed(
         self, images: ImageManager, storage: Storage, tmp_path: Path
     ) -> None:
         store = BlobStore(tmp_path / "data")
         digest = put(store, b"other bytes", "sha256:" + "2" * 64)
-        assert not images._have(digest)
+        assert not await images._have(digest)
         assert not os.path.exists(store.path(digest))
         assert storage.blob(digest) is None
