@@ -77,17 +77,25 @@ def images_status(data_dir: Path, as_json: bool) -> None:
 def images_verify(data_dir: Path) -> None:
     """Hash every stored blob again; remove the corrupt ones so they are fetched again.
 
-    Exits 1 when any blob was corrupt or missing.
+    It changes the store, so it takes the data directory's lock as the agent does: stop the
+    agent first (a running agent is named by its pid). Exits 1 when any blob was corrupt or
+    missing, or when the data directory is in use.
     """
     from ..cm.imagemanager.audit import audit
     from ..cm.imagemanager.blobstore import BlobStore
+    from ..storage import DataDirLock
 
-    storage = _open_store(data_dir, read_only=False)
+    with exit_codes():
+        lock = DataDirLock.acquire(data_dir)
     try:
-        with exit_codes():
-            rows = audit(storage, BlobStore(data_dir))
+        storage = _open_store(data_dir, read_only=False)
+        try:
+            with exit_codes():
+                rows = audit(storage, BlobStore(data_dir))
+        finally:
+            storage.close()
     finally:
-        storage.close()
+        lock.release()
     for row in rows:
         size = "-" if row.size is None else str(row.size)
         click.echo(f"{row.digest}  {size:>12}  {row.verdict:<10}  {row.action}")

@@ -341,6 +341,14 @@ def test_a_second_agent_on_a_data_dir_in_use_exits_1_naming_the_holder(
     assert u.proc.proc.poll() is None, "the first agent runs on"
     assert push(cloud, unit, u.ds)["ok"], "and answers"
     assert_same_containers(docker_runtime, u)
+    verify = subprocess.run(
+        aoscore_cmd("images", "verify", "--data-dir", str(u.data_dir)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verify.returncode == 1, "images verify changes the store: not while the agent runs"
+    assert f"pid {u.proc.pid}" in one_line(verify.stderr)
 
     u.proc.signal(signal.SIGKILL)  # its lock file stays behind
     assert u.proc.wait(10) == -signal.SIGKILL

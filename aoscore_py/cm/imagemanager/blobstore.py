@@ -31,10 +31,17 @@ def digest_hex(digest: str) -> str:
     """The hex part of a `sha256:<hex>` digest.
 
     Raises:
-        BlobError: not a sha256 digest of 64 lowercase hex characters.
+        BlobError: notSupported for a sha384 or sha512 digest (the protocol allows them, this
+            store keeps sha256 blobs only); invalidArgument for anything else that is not a
+            sha256 digest of 64 lowercase hex characters.
     """
     match = _DIGEST.match(digest)
     if match is None:
+        if digest.startswith(("sha384:", "sha512:")):
+            raise BlobError(
+                f"digest {digest!r}: this unit stores sha256 blobs only",
+                code=AosCode.NOT_SUPPORTED,
+            )
         raise BlobError(f"unsupported digest {digest!r}", code=AosCode.INVALID_ARGUMENT)
     return match.group(1)
 

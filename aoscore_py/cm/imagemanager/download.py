@@ -96,6 +96,11 @@ class _Refused(Exception):
     """This URL will not give this blob: go to the next one without retrying it."""
 
 
+class _WrongBytes(_Refused):
+    """This URL gives other bytes than the blob (more than its size): like a digest mismatch,
+    asking again gives the same answer."""
+
+
 def widen_http_reads(read_bytes: int) -> None:
     """Let httpcore read up to `read_bytes` per call instead of its 64 KiB.
 
@@ -199,7 +204,7 @@ class Downloader:
         transfer.present = transfer.resumed_from = await partial.open(size)
         backoff = Backoff(self.policy.backoff_initial_s, cap=self.policy.backoff_cap_s)
         bad_urls: set[str] = set()
-        mismatched: set[str] = set()  # URLs whose whole bytes did not hash to the digest
+        mismatched: set[str] = set()  # URLs whose bytes are not the blob's (digest or size)
         errors: dict[str, str] = {}
         rounds = 0
         fresh_retry = transfer.resumed_from > 0
@@ -214,6 +219,8 @@ class Downloader:
                         await self._attempt(url, info, partial, transfer)
                 except _Refused as exc:
                     bad_urls.add(url)
+                    if isinstance(exc, _WrongBytes):
+                        mismatched.add(url)
                     errors[url] = str(exc)
                     self._url_failed(info, url, exc, "trying the next URL")
                     continue
@@ -326,7 +333,7 @@ class Downloader:
         if info.size and partial.size > info.size:
             partial.reset()
             transfer.present = 0
-            raise _Refused(f"sent more than the {info.size} bytes announced")
+            raise _WrongBytes(f"sent more than the {info.size} bytes announced")
         half = info.size // 2
         if before < half <= partial.size < info.size:
             crashpoint(BLOB_TRANSFER)

@@ -297,8 +297,9 @@ async def test_more_bytes_than_announced_are_refused_before_the_digest_check(
     server = Server(mirror_b=lambda r: httpx.Response(200, stream=body))
     with pytest.raises(BlobError) as err:
         await downloader(store, server).fetch(info(GOOD), ("sha256",), accept)
-    # failed, not invalidChecksum: the bytes were refused as too many, not hashed and compared
-    assert err.value.code == AosCode.FAILED
+    # the bytes are not the blob's, as with a digest mismatch: permanent, not fetched again
+    assert err.value.code == AosCode.INVALID_CHECKSUM
+    assert "no URL gave bytes matching the digest" in err.value.message
     refusal = f"sent more than the {len(DATA)} bytes announced"
     assert f"{GOOD}: {refusal}" in err.value.message, err.value.message
     assert url_failures == [(GOOD, refusal)]
