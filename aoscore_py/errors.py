@@ -142,11 +142,6 @@ def classify(exc: BaseException) -> Retry:
     return Retry.TRANSIENT
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """Whether an operation that raised `exc` is worth trying again later."""
-    return classify(exc) is Retry.TRANSIENT
-
-
 def transient_http_status(status: int) -> bool:
     """Whether an HTTP status is worth asking the same URL again for (a timeout, too many
     requests, a server error); 4xx answers are that URL's final word."""

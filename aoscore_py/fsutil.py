@@ -5,9 +5,13 @@ A power cut at any instant leaves either the old file or the new one, never a to
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
+
+# errnos that mean the disk (or the user's quota) is full: noMemory, "no space yet".
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def fsync_dir(folder: Path) -> None:

@@ -18,6 +18,13 @@ import orjson
 
 _FORMAT = "logfmt"
 
+MIB = 1 << 20
+
+
+def mib(n: float) -> str:
+    """A byte count as log lines and messages show it: `12.3 MiB`."""
+    return f"{n / MIB:.1f} MiB"
+
 
 def _quote(value: Any) -> str:
     text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()

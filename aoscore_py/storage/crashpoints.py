@@ -4,7 +4,8 @@
 - GENERATION_COMMITTED: the store's generation is one higher, committed in the database.
 - SIDECAR_WRITTEN: the sidecar names the store and that generation (written durably).
 - MOVED_ASIDE: a damaged store, or one that lost committed state, was renamed aside (the folder
-  fsynced); a new store is made next. Only a damaged or emptied store reaches it.
+  fsynced); a new store is made next. Only a store that cannot be trusted reaches it: damaged,
+  emptied, missing or replaced, or behind its sidecar (its write-ahead log was lost).
 """
 
 LOCK_TAKEN = "storage.lock.taken"

@@ -35,7 +35,6 @@ left as it is too, so that a downgrade never destroys a newer agent's state.
 
 from __future__ import annotations
 
-import errno
 import sqlite3
 import time
 import uuid
@@ -47,6 +46,7 @@ import peewee
 from statemachine import crashpoint
 
 from ..errors import AosCode, StorageError
+from ..fsutil import NO_SPACE
 from ..logs import get_logger
 from . import models
 from .crashpoints import GENERATION_COMMITTED, SIDECAR_WRITTEN
@@ -263,7 +263,7 @@ def open_database(data_dir: Path) -> tuple[peewee.SqliteDatabase, dict[str, type
         db.close()
         raise StorageError(
             f"{data_dir / SIDECAR_NAME}: cannot write the store's sidecar ({exc.strerror})",
-            code=AosCode.NO_MEMORY if exc.errno in (errno.ENOSPC, errno.EDQUOT) else None,
+            code=AosCode.NO_MEMORY if exc.errno in NO_SPACE else None,
         ) from exc
     crashpoint(SIDECAR_WRITTEN)
     return db, bound

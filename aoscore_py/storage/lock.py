@@ -20,7 +20,7 @@ from pathlib import Path
 from statemachine import crashpoint
 
 from ..errors import AosCode, StorageError
-from ..fsutil import fsync_dir
+from ..fsutil import NO_SPACE, fsync_dir
 from ..logs import get_logger
 from .crashpoints import LOCK_TAKEN
 from .names import DB_NAME, LOCK_NAME, SIDECAR_NAME
@@ -30,7 +30,6 @@ log = get_logger("storage")
 # What the agent writes under its data directory besides the lock: it must be able to.
 _DIRS = ("blobs", "blobs/sha256", "partial")
 _FILES = (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", SIDECAR_NAME)
-NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
 class DataDirUnusable(StorageError):

@@ -197,24 +197,28 @@ class MovedAside:
 
 
 def move_aside(path: Path, kind: str, reason: str) -> MovedAside:
-    """Rename the store's files aside (its log first, its sidecar last, the folder fsynced after
-    each step, so a cut never leaves a log beside a new file, nor a file without its sidecar's
-    check), then log what was lost."""
+    """Rename the store's files aside, then log what was lost: its log (and shared memory)
+    first, then the file, then its sidecar, the folder fsynced after each step, so a cut never
+    leaves an old log beside a new file, nor a new file without its old sidecar's check."""
     stamp = f"{kind}-{time.time_ns()}"
     aside = path.with_name(f"{path.name}.{stamp}")
+    sidecar = path.with_name(SIDECAR_NAME)
+    steps = (
+        [Path(f"{path}-wal"), Path(f"{path}-shm")],
+        [path],
+        [sidecar],
+    )
+    targets = {sidecar: sidecar.with_name(f"{sidecar.name}.{stamp}")}
     moved: list[str] = []
     try:
-        for suffix in ("-wal", "-shm", ""):
-            part = Path(str(path) + suffix)
-            if part.exists():
-                os.replace(part, Path(str(aside) + suffix))
+        for step in steps:
+            parts = [part for part in step if part.exists()]
+            for part in parts:
+                target = targets.get(part) or Path(str(aside) + part.name[len(path.name) :])
+                os.replace(part, target)
                 moved.append(part.name)
-        fsync_dir(path.parent)
-        sidecar = path.with_name(SIDECAR_NAME)
-        if sidecar.exists():
-            os.replace(sidecar, sidecar.with_name(f"{sidecar.name}.{stamp}"))
-            moved.append(sidecar.name)
-            fsync_dir(path.parent)
+            if parts:
+                fsync_dir(path.parent)
     except OSError as exc:
         raise StorageError(
             f"{path}: the store must be moved aside ({reason}) but cannot be ({exc.strerror})"

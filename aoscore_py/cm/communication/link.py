@@ -15,7 +15,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from ...backoff import Backoff
-from ...errors import AosCode, AosError, LinkError, Retry, classify, is_retryable
+from ...errors import AosCode, AosError, LinkError, Retry, classify
 from ...logs import get_logger
 from ...protocol import (
     MAX_MESSAGE_BYTES,
@@ -93,7 +93,7 @@ class CloudLink:
             except asyncio.CancelledError:
                 raise
             except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
-                fatal = not is_retryable(exc) and not isinstance(
+                fatal = classify(exc) is Retry.PERMANENT and not isinstance(
                     exc, websockets.exceptions.WebSocketException
                 )
                 log.warning(

@@ -10,7 +10,6 @@ was verified is what the store's records (size and mtime) answer without hashing
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
@@ -24,7 +23,6 @@ _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 HASH_CHUNK = 1 << 20
 # Errors that mean the file system is full, not that the file is wrong.
-NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
 def digest_hex(digest: str) -> str:

@@ -12,15 +12,13 @@ from dataclasses import replace
 
 from statemachine import crashpoint
 
-from ...logs import get_logger
+from ...logs import get_logger, mib
 from ...protocol import ItemState
 from .blobstore import BlobStore
 from .crashpoints import ITEM_COLLECTED, ITEM_REMOVING
 from .interfaces import ImageStorage
 
 log = get_logger("imagemanager")
-
-_MIB = 1 << 20
 
 
 def collect(
@@ -79,10 +77,6 @@ def collect(
             items=collected,
             blobs=blobs,
             partials=partials,
-            freed=_mib(freed),
+            freed=mib(freed),
         )
     return {"items": collected, "blobs": blobs, "partials": partials, "freed_bytes": freed}
-
-
-def _mib(n: float) -> str:
-    return f"{n / _MIB:.1f} MiB"

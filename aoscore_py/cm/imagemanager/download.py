@@ -29,9 +29,10 @@ from statemachine import crashpoint
 
 from ...backoff import Backoff
 from ...errors import AosCode, BlobError, transient_http_status
+from ...fsutil import NO_SPACE
 from ...logs import get_logger
 from ...protocol import BlobUrlInfo
-from .blobstore import NO_SPACE, BlobStore, digest_hex
+from .blobstore import BlobStore, digest_hex
 from .crashpoints import BLOB_TRANSFER
 from .partial import IO_POOL, PartialFile
 

@@ -29,7 +29,7 @@ from statemachine import crashpoint
 
 from ...crypto.signing import ChainVerifier, hash_names_for
 from ...errors import AosCode, AosError, BlobError, classify
-from ...logs import get_logger
+from ...logs import MIB, get_logger, mib
 from ...nodes import ImageLayout
 from ...protocol import BlobUrlInfo, DesiredItem, DesiredStatus, ErrorInfo, ItemState
 from ..communication.interfaces import BlobUrlSource
@@ -52,7 +52,6 @@ from .progress import PROGRESS_FILE, ProgressReporter
 log = get_logger("imagemanager")
 
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}
-_MIB = 1 << 20
 DAY_S = 86400.0
 
 
@@ -62,10 +61,6 @@ def host_platform() -> tuple[str, str]:
     return "linux", _ARCH.get(machine, machine)
 
 
-def _mib(n: float) -> str:
-    return f"{n / _MIB:.1f} MiB"
-
-
 @dataclass(frozen=True)
 class ImagePolicy:
     """The unit's rules for items: whom to trust, what to keep, how to download."""
@@ -73,7 +68,7 @@ class ImagePolicy:
     trusted_roots: tuple[x509.Certificate, ...] = ()
     allow_unsigned: bool = False
     removed_ttl_s: float = 30 * DAY_S
-    space_reserve_bytes: int = 16 * _MIB
+    space_reserve_bytes: int = 16 * MIB
     download: DownloadPolicy = field(default_factory=DownloadPolicy)
 
 
@@ -323,9 +318,9 @@ class ImageManager:
         reserve = self.policy.space_reserve_bytes
         if need + claimed + reserve > free:
             raise BlobError(
-                f"not enough space: {len(infos)} blobs need {_mib(need)} more "
-                f"(and transfers under way {_mib(claimed)}), {_mib(free)} is free on "
-                f"{self._store.root}, keeping {_mib(reserve)} in reserve",
+                f"not enough space: {len(infos)} blobs need {mib(need)} more "
+                f"(and transfers under way {mib(claimed)}), {mib(free)} is free on "
+                f"{self._store.root}, keeping {mib(reserve)} in reserve",
                 code=AosCode.NO_MEMORY,
             )
 
@@ -352,7 +347,7 @@ class ImageManager:
             fetched=result.fetched,
             resumed_from=result.resumed_from,
             seconds=round(result.seconds, 3),
-            mib_s=round(result.fetched / _MIB / result.seconds, 1) if result.seconds else None,
+            mib_s=round(result.fetched / MIB / result.seconds, 1) if result.seconds else None,
             signed=info.sign_info is not None,
             url=result.url,
         )

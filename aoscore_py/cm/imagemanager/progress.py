@@ -15,13 +15,12 @@ from typing import Any
 
 import orjson
 
-from ...logs import get_logger
+from ...logs import MIB, get_logger
 from .download import Transfer
 
 log = get_logger("imagemanager")
 
 PROGRESS_FILE = "progress.json"
-_MIB = 1 << 20
 
 
 class ProgressReporter:
@@ -54,7 +53,7 @@ class ProgressReporter:
                 present=present,
                 total=total,
                 percent=round(100 * present / total, 1) if total else None,
-                mib_s=round(rate / _MIB, 1),
+                mib_s=round(rate / MIB, 1),
                 eta_s=round((total - present) / rate, 1) if rate else None,
             )
             self.write()
