@@ -22,9 +22,9 @@ from cryptography import x509
 
 from statemachine import UPDATE_CYCLE
 
+from .blobs.download import DownloadPolicy, blob_client
+from .blobs.store import BlobStore
 from .cm.communication.link import CloudLink
-from .cm.imagemanager.blobstore import BlobStore
-from .cm.imagemanager.download import DownloadPolicy, blob_client
 from .cm.imagemanager.manager import DAY_S, ImageManager, ImagePolicy
 from .cm.launcher.launcher import Launcher
 from .cm.updatemanager.handler import MACHINE, DesiredStatusHandler

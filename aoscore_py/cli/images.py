@@ -81,8 +81,8 @@ def images_verify(data_dir: Path) -> None:
     agent first (a running agent is named by its pid). Exits 1 when any blob was corrupt or
     missing, or when the data directory is in use.
     """
+    from ..blobs.store import BlobStore
     from ..cm.imagemanager.audit import audit
-    from ..cm.imagemanager.blobstore import BlobStore
     from ..storage import DataDirLock
 
     with exit_codes():

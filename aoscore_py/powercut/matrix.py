@@ -31,6 +31,7 @@ import orjson
 
 from statemachine import FAULT_ENV_VAR, committed_point, parse_spec
 
+from ..blobs import crashpoints as blobs
 from ..cloud.oci import OciImage
 from ..cloud.registry import Registry
 from ..cloud.service import publish
@@ -61,7 +62,7 @@ INSTALL, UPGRADE, SPOILED = "install", "upgrade", "spoiled store"
 ARRIVALS: dict[str, tuple[int, ...]] = {
     imagemanager.ITEM_FIRST_BLOB: (1, 2),
     imagemanager.BLOB_VERIFIED: (1, 3),
-    imagemanager.BLOB_TRANSFER: (1,),
+    blobs.BLOB_TRANSFER: (1,),
     imagemanager.ITEM_PENDING: (2,),
     imagemanager.ITEM_INSTALLED: (1,),
     sm.CONTAINER_CREATED: (1, 3),

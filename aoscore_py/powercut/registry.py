@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from statemachine import UPDATE_CYCLE, Graph, committed_point
 
+from ..blobs import crashpoints as blobs
 from ..cm.imagemanager import crashpoints as imagemanager
 from ..cm.launcher import crashpoints as launcher
 from ..cm.updatemanager import crashpoints as updatemanager
@@ -29,6 +30,7 @@ REGISTRY: dict[str, tuple[str, ...]] = {
     "updatemanager": updatemanager.CRASH_POINTS,
     MACHINE: machine_points(MACHINE, UPDATE_CYCLE),
     "imagemanager": imagemanager.CRASH_POINTS,
+    "blobs": blobs.CRASH_POINTS,
     "launcher": launcher.CRASH_POINTS,
     "sm": sm.CRASH_POINTS,
 }

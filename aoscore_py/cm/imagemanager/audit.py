@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...blobs.store import BlobStore, hash_file
 from ...logs import get_logger
-from .blobstore import BlobStore, hash_file
 from .interfaces import ImageStorage
 
 log = get_logger("imagemanager.audit")

@@ -12,9 +12,9 @@ from dataclasses import replace
 
 from statemachine import crashpoint
 
+from ...blobs.store import BlobStore
 from ...logs import get_logger, mib
 from ...protocol import ItemState
-from .blobstore import BlobStore
 from .crashpoints import ITEM_COLLECTED, ITEM_REMOVING
 from .interfaces import ImageStorage
 

@@ -1,6 +1,5 @@
 """The image manager's crash points (powercut/registry.py collects every component's)."""
 
-BLOB_TRANSFER = "imagemanager.blob.transfer"  # half-way through a blob's bytes
 BLOB_VERIFIED = "imagemanager.blob.verified"
 BLOB_ADOPTED = "imagemanager.blob.adopted"  # a stored file with no record, hashed and kept
 ITEM_FIRST_BLOB = "imagemanager.item.first_blob"
@@ -11,7 +10,6 @@ ITEM_REMOVING = "imagemanager.item.removing"
 ITEM_COLLECTED = "imagemanager.item.collected"
 
 CRASH_POINTS = (
-    BLOB_TRANSFER,
     BLOB_VERIFIED,
     BLOB_ADOPTED,
     ITEM_FIRST_BLOB,

@@ -27,6 +27,9 @@ from cryptography import x509
 
 from statemachine import crashpoint
 
+from ...blobs.download import Downloader, DownloadPolicy
+from ...blobs.partial import IO_POOL
+from ...blobs.store import BlobStore, digest_hex, hash_file
 from ...crypto.signing import ChainVerifier, hash_names_for
 from ...errors import AosCode, AosError, BlobError, classify
 from ...logs import MIB, get_logger, mib
@@ -34,7 +37,6 @@ from ...nodes import ImageLayout
 from ...protocol import BlobUrlInfo, DesiredItem, DesiredStatus, ErrorInfo, ItemState
 from ..communication.interfaces import BlobUrlSource
 from . import oci
-from .blobstore import BlobStore, digest_hex, hash_file
 from .collector import collect
 from .crashpoints import (
     BLOB_ADOPTED,
@@ -44,9 +46,7 @@ from .crashpoints import (
     ITEM_PENDING,
     ITEM_REMOVED,
 )
-from .download import Downloader, DownloadPolicy
 from .interfaces import BlobRecord, ImageStorage, ItemRecord
-from .partial import IO_POOL
 from .progress import PROGRESS_FILE, ProgressReporter
 
 log = get_logger("imagemanager")

@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
+from ...blobs.download import Transfer
 from ...logs import MIB, get_logger
-from .download import Transfer
 
 log = get_logger("imagemanager")
 

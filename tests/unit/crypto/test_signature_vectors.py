@@ -26,8 +26,8 @@ import httpx
 import orjson
 import pytest
 
-from aoscore_py.cm.imagemanager.blobstore import BlobStore
-from aoscore_py.cm.imagemanager.download import Downloader
+from aoscore_py.blobs.download import Downloader
+from aoscore_py.blobs.store import BlobStore
 from aoscore_py.crypto.signing import (
     ChainVerifier,
     SignatureError,

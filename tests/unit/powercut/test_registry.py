@@ -76,7 +76,7 @@ def test_the_scan_finds_the_calls() -> None:
     assert {
         "aoscore_py.cm.updatemanager.handler",
         "aoscore_py.cm.imagemanager.manager",
-        "aoscore_py.cm.imagemanager.download",
+        "aoscore_py.blobs.download",
         "aoscore_py.cm.launcher.launcher",
         "aoscore_py.sm.manager",
         MACHINE_MODULE,

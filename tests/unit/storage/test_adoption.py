@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aoscore_py.blobs.store import BlobStore
 from aoscore_py.cm.imagemanager import manager as manager_module
-from aoscore_py.cm.imagemanager.blobstore import BlobStore
 from aoscore_py.cm.imagemanager.interfaces import ItemRecord
 from aoscore_py.cm.imagemanager.manager import ImageManager
 from aoscore_py.cm.launcher.launcher import Launcher

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aoscore_py.blobs.download import DownloadPolicy
+from aoscore_py.blobs.store import BlobStore
 from aoscore_py.cloud.oci import OciImage, build_test_image
 from aoscore_py.cm.imagemanager import manager as manager_module
-from aoscore_py.cm.imagemanager.blobstore import BlobStore
-from aoscore_py.cm.imagemanager.download import DownloadPolicy
 from aoscore_py.cm.imagemanager.manager import ImageManager, ImagePolicy
 from aoscore_py.crypto.pki import Pki, init_pki
 from aoscore_py.protocol import (

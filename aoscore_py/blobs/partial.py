@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from typing import IO, Any
 
-from .blobstore import HASH_CHUNK, BlobStore
+from .store import HASH_CHUNK, BlobStore
 
 # Hashing, writing and fsyncing blob bytes happen here, off the event loop.
 IO_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="blob-io")

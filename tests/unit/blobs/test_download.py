@@ -17,13 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aoscore_py.cm.imagemanager.blobstore import BlobStore
-from aoscore_py.cm.imagemanager.download import Downloader, DownloadPolicy, blob_client
+from aoscore_py.blobs.download import Downloader, DownloadPolicy, blob_client
+from aoscore_py.blobs.store import BlobStore
 from aoscore_py.errors import AosCode, BlobError
 from aoscore_py.iam.tls import client_context
 from aoscore_py.protocol import BlobUrlInfo
 
-from ... import loopback
+from .. import loopback
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
 DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
@@ -113,7 +113,7 @@ def url_failures() -> Iterator[list[tuple[str, str]]]:
     A handler on the downloader's own logger, so it sees the records whatever another test
     did to the logging tree (`logs.configure` stops propagation).
     """
-    logger = logging.getLogger("aoscore.imagemanager.download")
+    logger = logging.getLogger("aoscore.blobs.download")
     handler = _UrlFailures()
     logger.addHandler(handler)
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aoscore_py.cm.imagemanager.blobstore import BlobStore, digest_hex, hash_file
+from aoscore_py.blobs.store import BlobStore, digest_hex, hash_file
 from aoscore_py.errors import AosCode, BlobError
 
 DATA = b"blob bytes " * 1000

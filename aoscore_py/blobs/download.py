@@ -27,16 +27,16 @@ import httpx
 
 from statemachine import crashpoint
 
-from ...backoff import Backoff
-from ...errors import AosCode, BlobError, transient_http_status
-from ...fsutil import NO_SPACE
-from ...logs import get_logger
-from ...protocol import BlobUrlInfo
-from .blobstore import BlobStore, digest_hex
+from ..backoff import Backoff
+from ..errors import AosCode, BlobError, transient_http_status
+from ..fsutil import NO_SPACE
+from ..logs import get_logger
+from ..protocol import BlobUrlInfo
 from .crashpoints import BLOB_TRANSFER
 from .partial import IO_POOL, PartialFile
+from .store import BlobStore, digest_hex
 
-log = get_logger("imagemanager.download")
+log = get_logger("blobs.download")
 
 Verifier = Callable[[Mapping[str, bytes]], None]
 

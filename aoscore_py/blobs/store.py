@@ -16,8 +16,8 @@ import re
 import shutil
 from pathlib import Path
 
-from ...errors import AosCode, BlobError
-from ...fsutil import commit_file, fsync_dir
+from ..errors import AosCode, BlobError
+from ..fsutil import commit_file, fsync_dir
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 _HEX = re.compile(r"^[0-9a-f]{64}$")
