@@ -38,12 +38,12 @@ import click
 import orjson
 from websockets.asyncio.server import ServerConnection, serve
 
+from aoscore_py.blobs.download import blob_client
+from aoscore_py.blobs.store import BlobStore, digest_hex
 from aoscore_py.cloud.oci import OciImage, blob_url, build_test_image, push_image
 from aoscore_py.cloud.registry import Registry
 from aoscore_py.cloud.state import CloudState
 from aoscore_py.cm.communication.link import CloudLink
-from aoscore_py.cm.imagemanager.blobstore import BlobStore, digest_hex
-from aoscore_py.cm.imagemanager.download import blob_client
 from aoscore_py.cm.imagemanager.manager import ImageManager, ImagePolicy
 from aoscore_py.crypto.pki import Pki, init_pki
 from aoscore_py.iam.tls import client_context
