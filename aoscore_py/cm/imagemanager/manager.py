@@ -27,6 +27,7 @@ from cryptography import x509
 
 from statemachine import crashpoint
 
+from ...blobs import oci
 from ...blobs.download import Downloader, DownloadPolicy
 from ...blobs.partial import IO_POOL
 from ...blobs.store import BlobStore, digest_hex, hash_file
@@ -36,7 +37,6 @@ from ...logs import MIB, get_logger, mib
 from ...nodes import ImageLayout
 from ...protocol import BlobUrlInfo, DesiredItem, DesiredStatus, ErrorInfo, ItemState
 from ..communication.interfaces import BlobUrlSource
-from . import oci
 from .collector import collect
 from .crashpoints import (
     BLOB_ADOPTED,

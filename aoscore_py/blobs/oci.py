@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from ...errors import AosCode, BlobError
+from ..errors import AosCode, BlobError
 
 INDEX_TYPES = {
     "application/vnd.oci.image.index.v1+json",

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aoscore_py.cm.imagemanager import oci
+from aoscore_py.blobs import oci
 from aoscore_py.errors import AosCode, BlobError
 
 INDEX = "application/vnd.oci.image.index.v1+json"
