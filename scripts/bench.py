@@ -883,5 +883,161 @@ def stop(json_path: Path, samples: int) -> None:
     print(f"wrote {json_path}")
 
 
+# --- placement ------------------------------------------------------------------------------------
+
+PLACEMENT_NODES = 50
+PLACEMENT_ITEMS = 500
+PLACEMENT_PER_ITEM = 20
+_GIB = 1 << 30
+
+
+def _placement_problem(paused: str | None = None, grown: bool = False):
+    """A unit of 50 nodes (labels, priorities, ratios, runtimes with own pools, shared
+    resources), 500 items x 20 instances with item configs, image platforms: deterministic.
+
+    `paused` names a node reported paused; `grown` adds one instance to the last item and a
+    label to another, as a new desired status would.
+    """
+    from aoscore_py.cm.launcher.shapes import Platform
+    from aoscore_py.nodes.itemconfig import ItemConfig, Quotas, RequestedResources, ResourceRequest
+    from aoscore_py.protocol import (
+        ArchInfo,
+        CpuInfo,
+        DesiredInstance,
+        NodeConfig,
+        NodeInfo,
+        NodeState,
+        OsInfo,
+        ResourceInfo,
+        ResourceRatios,
+        RuntimeInfo,
+        UnitConfig,
+    )
+
+    infos, configs_of_nodes = [], []
+    for i in range(PLACEMENT_NODES):
+        name = f"node-{i:02d}"
+        runtimes = [RuntimeInfo(Identity(codename="docker"), "docker", max_instances=400)]
+        if i % 4 == 0:
+            runtimes.append(
+                RuntimeInfo(
+                    Identity(codename="crun"),
+                    "crun",
+                    allowed_dmips=40_000,
+                    allowed_ram=4 * _GIB,
+                )
+            )
+        resources = [ResourceInfo("camera", 4)] if i % 5 == 0 else []
+        infos.append(
+            NodeInfo(
+                identity=Identity(codename=name),
+                state=NodeState.PAUSED if name == paused else NodeState.PROVISIONED,
+                is_connected=True,
+                max_dmips=200_000 + 10_000 * (i % 7),
+                total_ram=(24 + 4 * (i % 3)) * _GIB,
+                os_info=OsInfo("linux"),
+                cpus=(CpuInfo("cpu", arch_info=ArchInfo("x86_64")),),
+                runtimes=tuple(runtimes),
+                resources=tuple(resources),
+            )
+        )
+        labels = tuple(label for label, every in (("gpu", 5), ("edge", 3)) if i % every == 0)
+        ratios = ResourceRatios(cpu=60, ram=40) if i % 6 == 0 else None
+        configs_of_nodes.append(
+            NodeConfig(
+                Identity(codename=name), resource_ratios=ratios, labels=labels, priority=i % 3
+            )
+        )
+    groups, item_configs, platforms = [], {}, {}
+    for i in range(PLACEMENT_ITEMS):
+        item = f"item-{i:03d}"
+        labels = ("gpu",) if i % 10 == 0 else ("edge",) if i % 5 == 1 else ()
+        if grown and i == 7:
+            labels = ("edge",)
+        count = PLACEMENT_PER_ITEM + (1 if grown and i == PLACEMENT_ITEMS - 1 else 0)
+        groups.append(
+            DesiredInstance(Identity(id=item), Identity(id="fleet"), i % 4, count, labels)
+        )
+        item_configs[item] = ItemConfig(
+            runtimes=("crun", "docker") if i % 8 == 0 else (),
+            quotas=Quotas(cpu_dmips_limit=200 + 40 * (i % 16), ram_limit=(32 + 8 * (i % 12)) << 20),
+            requested_resources=RequestedResources(cpu=300) if i % 3 == 0 else None,
+            resources=(ResourceRequest("camera"),) if i % 50 == 3 else (),
+        )
+        platforms[item] = Platform("linux", "amd64")
+    unit_config = UnitConfig("1.0.0", "7", tuple(configs_of_nodes))
+    desired = DesiredStatus(unit_config=unit_config, instances=tuple(groups))
+    return infos, desired, item_configs, platforms
+
+
+def _place_once(previous, infos, desired, item_configs, platforms, current):
+    """What one launching pass computes: the desired status compared, every instance placed."""
+    from aoscore_py.cm.launcher.balancer import balance
+    from aoscore_py.cm.launcher.shapes import demands, node_specs
+    from aoscore_py.cm.updatemanager.compare import compare
+
+    started = time.perf_counter()
+    changes = compare(previous, desired)
+    nodes = node_specs(infos, desired.unit_config)
+    plans = balance(demands(desired, item_configs, platforms), nodes, current)
+    return time.perf_counter() - started, changes, plans
+
+
+@bench.command()
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Write the results here.",
+)
+@click.option(
+    "--runs", type=click.IntRange(1, 200), default=15, show_default=True, help="Timed runs each."
+)
+def placement(json_path: Path, runs: int) -> None:
+    """Compare a desired status, place 10,000 instances (500 items x 20) on 50 nodes."""
+    import gc
+
+    infos, desired, configs, platforms = _placement_problem()
+    moved_infos, grown, _, _ = _placement_problem(paused="node-08", grown=True)
+    first: list[float] = []
+    again: list[float] = []
+    for _ in range(runs):
+        gc.collect()
+        seconds, _, plans = _place_once(None, infos, desired, configs, platforms, {})
+        first.append(seconds)
+        current = {key: slot.node for plan in plans for key, slot in plan if slot.node}
+        gc.collect()
+        seconds, changes, replanned = _place_once(
+            desired, moved_infos, grown, configs, platforms, current
+        )
+        again.append(seconds)
+    slots = [slot for plan in plans for slot in plan.slots]
+    placed = sum(1 for slot in slots if slot.node)
+    after = {key: slot.node for plan in replanned for key, slot in plan}
+    moved = sum(1 for key, node in current.items() if after.get(key) not in (None, node))
+    result = {
+        "seconds": round(max(statistics.median(first), statistics.median(again)), 4),
+        "first_seconds": round(statistics.median(first), 4),
+        "replan_seconds": round(statistics.median(again), 4),
+        "first_runs": [round(s, 4) for s in first],
+        "replan_runs": [round(s, 4) for s in again],
+        "instances": len(slots),
+        "placed": placed,
+        "failed": len(slots) - placed,
+        "replan_changes": len(changes.changes),
+        "replan_moved": moved,
+        "nodes": PLACEMENT_NODES,
+        "goal_seconds": 0.1,
+    }
+    print(
+        f"first placement {result['first_seconds'] * 1000:.1f} ms, "
+        f"replan (node-08 paused, one item grown) {result['replan_seconds'] * 1000:.1f} ms; "
+        f"{placed}/{len(slots)} placed, {moved} moved"
+    )
+    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"wrote {json_path}")
+
+
 if __name__ == "__main__":
     bench()

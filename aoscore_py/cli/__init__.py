@@ -12,6 +12,7 @@ import click
 from .agent import agent
 from .cloud import cloud
 from .images import images
+from .launcher import launcher
 from .powercut import powercut
 from .protocol import protocol
 
@@ -22,7 +23,7 @@ def cli() -> None:
     """aoscore: an edge agent that keeps a unit converged on its cloud's desired status."""
 
 
-for command in (agent, cloud, images, powercut, protocol):
+for command in (agent, cloud, images, launcher, powercut, protocol):
     cli.add_command(command)
 
 
