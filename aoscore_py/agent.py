@@ -109,7 +109,11 @@ class Agent:
         self.images = ImageManager(self.storage, self.blobs, self.link, self.http, policy)
         self.runtime = DockerRuntime(config.docker_url)
         self.sm = DockerServiceManager(
-            config.node_id, config.system_id, self.runtime, self.blobs.path
+            config.node_id,
+            config.system_id,
+            self.runtime,
+            self.blobs.path,
+            state_dir=config.data_dir / "sm",
         )
         nodes = {config.node_id: self.sm}
         self.launcher = Launcher(self.storage, nodes, self.images.layout)
@@ -174,7 +178,7 @@ class Agent:
         stop_task.cancel()
         await asyncio.gather(link_task, stop_task, return_exceptions=True)
         await self.http.aclose()
-        self.sm.close()
+        await self.sm.aclose()
         self.runtime.close()
         phase = self.handler.machine.phase
         self.storage.close()

@@ -70,7 +70,12 @@ ARRIVALS: dict[str, tuple[int, ...]] = {
 }
 # Points only an upgrade reaches: a version retired, then collected.
 UPGRADE_POINTS = frozenset(
-    {imagemanager.ITEM_REMOVED, imagemanager.ITEM_REMOVING, imagemanager.ITEM_COLLECTED}
+    {
+        imagemanager.ITEM_REMOVED,
+        imagemanager.ITEM_REMOVING,
+        imagemanager.ITEM_COLLECTED,
+        sm.CONTAINER_REPLACED,
+    }
 )
 # Points only a store that cannot be trusted reaches.
 SPOILED_POINTS = frozenset(

@@ -2,5 +2,11 @@
 
 CONTAINER_CREATED = "sm.container.created"
 CONTAINER_STARTED = "sm.container.started"
+# The state file (wanted instances, health records) was written; an install reaches it first
+# when the CM's instance list is stored, before any container is created.
+STATE_STORED = "sm.state.stored"
+# Blue-green: the new container became active and the one it replaced was removed. Only an
+# upgrade (a new version of a running instance) reaches it.
+CONTAINER_REPLACED = "sm.container.replaced"
 
-CRASH_POINTS = (CONTAINER_CREATED, CONTAINER_STARTED)
+CRASH_POINTS = (STATE_STORED, CONTAINER_CREATED, CONTAINER_STARTED, CONTAINER_REPLACED)

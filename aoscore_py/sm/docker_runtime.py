@@ -1,48 +1,68 @@
 """The service manager's thin adapter over docker-py: our types in, engine calls out.
 
 Every call blocks (docker-py uses requests), so the service manager calls this class from one
-worker thread. It holds no domain logic: it loads verified OCI blobs as images, creates, starts,
-lists and removes containers, and turns every engine failure into a RuntimeEngineError that names
-the operation and the object. Containers carry `io.aoscore.*` labels, which is how a restarted
-agent finds what it runs.
+worker thread. It holds no domain logic: it loads image archives, creates, starts, lists and
+removes containers and images, and turns every engine failure into a RuntimeEngineError that
+names the operation and the object. Containers carry `io.aoscore.*` labels, which is how a
+restarted agent finds what it runs; their restart policy is `no`, because the service manager
+restarts them itself (health.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import math
-import re
-import tarfile
-import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import docker
 import docker.errors
-import orjson
 import requests
 
 from aoscore_py.errors import AosCode, RuntimeEngineError
 from aoscore_py.logs import get_logger
 
-LABEL_PREFIX = "io.aoscore."
-LABEL_UNIT = LABEL_PREFIX + "unit"
-LABEL_NODE = LABEL_PREFIX + "node"
-LABEL_ITEM = LABEL_PREFIX + "item"
-LABEL_SUBJECT = LABEL_PREFIX + "subject"
-LABEL_INSTANCE = LABEL_PREFIX + "instance"
-LABEL_VERSION = LABEL_PREFIX + "version"
-LABEL_IMAGE = LABEL_PREFIX + "image"
+from . import images
+from .types import (
+    LABEL_GENERATION,
+    LABEL_IMAGE,
+    LABEL_INSTANCE,
+    LABEL_ITEM,
+    LABEL_NODE,
+    LABEL_PREFIX,
+    LABEL_SUBJECT,
+    LABEL_UNIT,
+    LABEL_VERSION,
+    RESTART_POLICY,
+    ContainerInfo,
+    ContainerSpec,
+    ImageInfo,
+    Platform,
+    container_name,
+)
+
+__all__ = [
+    "LABEL_GENERATION",
+    "LABEL_IMAGE",
+    "LABEL_INSTANCE",
+    "LABEL_ITEM",
+    "LABEL_NODE",
+    "LABEL_PREFIX",
+    "LABEL_SUBJECT",
+    "LABEL_UNIT",
+    "LABEL_VERSION",
+    "AlreadyExists",
+    "ContainerInfo",
+    "ContainerSpec",
+    "DockerRuntime",
+    "container_name",
+]
 
 # Docker reports a never-started container with this zero time.
 _NEVER = "0001-01-01T00:00:00Z"
 # States in which ExitCode tells how the last run ended ("restarting" waits out a backoff).
 _EXITED = ("exited", "dead", "restarting")
-_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
 
 _log = get_logger("sm.docker")
 
@@ -55,40 +75,6 @@ class AlreadyExists(RuntimeEngineError):
     def __init__(self, message: str, *, container_id: str) -> None:
         super().__init__(message)
         self.container_id = container_id
-
-
-@dataclass(frozen=True)
-class ContainerSpec:
-    """What to create: the name, the loaded image id, our labels, and an optional command."""
-
-    name: str
-    image_id: str
-    labels: dict[str, str]
-    command: list[str] | None = None
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    """What the engine says about one container."""
-
-    id: str
-    name: str
-    labels: dict[str, str]
-    status: str
-    health: str | None
-    exit_code: int | None
-    started_at: str | None
-    image_id: str
-    restart_count: int = 0
-    error: str | None = None
-
-
-def container_name(unit: str, item: str, subject: str, index: int) -> str:
-    """A valid, readable Docker name; the hash of the exact tuple keeps distinct tuples apart."""
-    exact = orjson.dumps([unit, item, subject, index])
-    suffix = hashlib.sha256(exact).hexdigest()[:8]
-    parts = [_UNSAFE.sub("_", part)[:40] for part in (unit, item, subject, str(index))]
-    return "-".join(["aos", *parts, suffix])
 
 
 @contextlib.contextmanager
@@ -108,11 +94,15 @@ def _engine_errors(operation: str, target: str, *, missing_ok: bool = False) -> 
         raise RuntimeEngineError(f"{operation} {target}: {exc}") from exc
 
 
+def _stamp(value: Any) -> str | None:
+    return str(value) if value and value != _NEVER else None
+
+
 def _info(attrs: dict[str, Any]) -> ContainerInfo:
     state = attrs.get("State") or {}
     status = str(state.get("Status", "unknown"))
     health = state.get("Health")
-    started = state.get("StartedAt")
+    policy = ((attrs.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name")
     return ContainerInfo(
         id=attrs["Id"],
         name=str(attrs.get("Name", "")).lstrip("/"),
@@ -120,10 +110,12 @@ def _info(attrs: dict[str, Any]) -> ContainerInfo:
         status=status,
         health=str(health["Status"]) if health else None,
         exit_code=int(state["ExitCode"]) if status in _EXITED or state.get("Error") else None,
-        started_at=started if started and started != _NEVER else None,
+        started_at=_stamp(state.get("StartedAt")),
         image_id=str(attrs.get("Image", "")),
         restart_count=int(attrs.get("RestartCount") or 0),
         error=str(state["Error"]) if state.get("Error") else None,
+        finished_at=_stamp(state.get("FinishedAt")),
+        restart_policy=str(policy or RESTART_POLICY),
     )
 
 
@@ -157,48 +149,65 @@ class DockerRuntime:
         with _engine_errors("ping", "the Docker engine"):
             self._client.ping()
 
+    def platform(self) -> Platform:
+        """The engine's os and architecture, in OCI spelling."""
+        with _engine_errors("ask", "the Docker engine its platform"):
+            info = self._client.info()
+        return images.normalize(str(info.get("OSType", "")), str(info.get("Architecture", "")))
+
+    # --- images ----------------------------------------------------------------------------------
+
     def ensure_image(
         self,
         config_digest: str,
         manifest: dict[str, Any],
         blob_path: Callable[[str], Path],
         tag: str | None = None,
+        node: Platform | None = None,
     ) -> str:
-        """Load the image of `manifest` unless the engine has it; return its image id.
+        """Load the image of `manifest` unless the engine has it; return its image id
+        (images.ensure_image, which says what is checked and raised)."""
+        return images.ensure_image(self, config_digest, manifest, blob_path, tag=tag, node=node)
 
-        Docker's id for a loaded archive is the digest of its config, so an image whose id is
-        `config_digest` is already this image and needs no load.
-
-        Args:
-            config_digest: the manifest's config digest, the expected image id.
-            manifest: the verified OCI image manifest.
-            blob_path: where the verified blob of a digest lies.
-            tag: an optional repository tag for the loaded image.
-
-        Raises:
-            RuntimeEngineError: a blob is unreadable, the engine refused the archive, or the
-                loaded image has another id.
-        """
-        with _engine_errors("inspect image", config_digest, missing_ok=True):
-            return str(self._client.images.get(config_digest).id)
-        if manifest.get("config", {}).get("digest") != config_digest:
-            raise RuntimeEngineError(
-                f"load image {config_digest}: the manifest names another config"
+    def image_platform(self, image: str) -> Platform | None:
+        """The platform of an image the engine holds; None when it holds none by that name."""
+        with _engine_errors("inspect image", image, missing_ok=True):
+            attrs = self._client.api.inspect_image(image)
+            return images.normalize(
+                str(attrs.get("Os", "")),
+                str(attrs.get("Architecture", "")),
+                attrs.get("Variant", ""),
             )
-        with tempfile.TemporaryFile() as archive:
-            with _engine_errors("assemble image archive for", config_digest):
-                _write_archive(archive, config_digest, manifest, blob_path, tag)
-            archive.seek(0)
-            with _engine_errors("load image", config_digest):
-                loaded = self._client.images.load(archive)
-        ids = [image.id for image in loaded]
-        if ids != [config_digest]:
-            raise RuntimeEngineError(f"load image {config_digest}: the engine loaded {ids}")
-        _log.info("image.loaded", image=config_digest, tag=tag, layers=len(manifest["layers"]))
-        return config_digest
+        return None
+
+    def load_archive(self, archive: IO[bytes]) -> list[str]:
+        """`docker load` a docker-archive stream; the ids of the images it held."""
+        with _engine_errors("load image archive", getattr(archive, "name", "(stream)")):
+            return [str(image.id) for image in self._client.images.load(archive)]
+
+    def list_images(self) -> list[ImageInfo]:
+        """Every image of the engine with its tags (no dangling layers)."""
+        with _engine_errors("list images", "(all)"):
+            found = self._client.api.images()
+        return [ImageInfo(str(i["Id"]), tuple(i.get("RepoTags") or ())) for i in found]
+
+    def remove_image(self, reference: str) -> bool:
+        """Remove a tag, or an untagged image by id, never forcing; False when the engine keeps
+        it because a container uses it (409). An image already gone is fine."""
+        with _engine_errors("remove image", reference, missing_ok=True):
+            try:
+                self._client.api.remove_image(reference, force=False)
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:
+                    return False
+                raise
+            _log.info("image.removed", image=reference)
+        return True
+
+    # --- containers ------------------------------------------------------------------------------
 
     def create_container(self, spec: ContainerSpec) -> str:
-        """Create a container that restarts with the engine and has no network; return its id.
+        """Create a container with no network and restart policy `no`; return its id.
 
         Raises:
             AlreadyExists: a container of that name exists (its id is attached).
@@ -207,7 +216,7 @@ class DockerRuntime:
         api = self._client.api
         with _engine_errors("create container", spec.name):
             host_config = api.create_host_config(
-                network_mode="none", restart_policy={"Name": "unless-stopped"}
+                network_mode="none", restart_policy={"Name": RESTART_POLICY}
             )
             try:
                 created = api.create_container(
@@ -251,7 +260,12 @@ class DockerRuntime:
             self._client.api.remove_container(container_id, force=True)
             _log.info("container.removed", id=container_id)
 
-    def list_containers(self, filters: dict[str, str]) -> list[ContainerInfo]:
+    def set_restart_policy(self, container_id: str, policy: str = RESTART_POLICY) -> None:
+        """Change a container's restart policy in place (no restart)."""
+        with _engine_errors("update restart policy of", container_id):
+            self._client.api.update_container(container_id, restart_policy={"Name": policy})
+
+    def list_containers(self, filters: Mapping[str, str]) -> list[ContainerInfo]:
         """All containers, running or not, whose labels have every given `label: value`."""
         labels = [f"{key}={value}" for key, value in filters.items()]
         with _engine_errors("list containers", ",".join(labels) or "(all)"):
@@ -260,27 +274,23 @@ class DockerRuntime:
             )
         return [_info(container.attrs) for container in containers]
 
+    def container_states(self, filters: Mapping[str, str]) -> list[tuple[str, str, str]]:
+        """(id, state, status text) of the matching containers, from one cheap listing (no
+        inspection): enough to notice that something changed."""
+        labels = [f"{key}={value}" for key, value in filters.items()]
+        with _engine_errors("list containers", ",".join(labels) or "(all)"):
+            found = self._client.api.containers(all=True, filters={"label": labels})
+        return [(str(c["Id"]), str(c.get("State", "")), str(c.get("Status", ""))) for c in found]
 
-def _write_archive(
-    archive: Any,
-    config_digest: str,
-    manifest: dict[str, Any],
-    blob_path: Callable[[str], Path],
-    tag: str | None,
-) -> None:
-    """A docker-archive for `docker load`: manifest.json, the config and the layer blobs."""
-    config_name = config_digest.removeprefix("sha256:") + ".json"
-    layer_names: list[str] = []
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        tar.add(blob_path(config_digest), arcname=config_name)
-        for layer in manifest["layers"]:
-            suffix = ".tar.gz" if "gzip" in layer.get("mediaType", "gzip") else ".tar"
-            name = str(layer["digest"]).removeprefix("sha256:") + suffix
-            tar.add(blob_path(layer["digest"]), arcname=name)
-            layer_names.append(name)
-        index = orjson.dumps(
-            [{"Config": config_name, "RepoTags": [tag] if tag else [], "Layers": layer_names}]
-        )
-        info = tarfile.TarInfo("manifest.json")
-        info.size = len(index)
-        tar.addfile(info, fileobj=io.BytesIO(index))
+    def images_in_use(self) -> set[str]:
+        """The image ids of every container on the engine, ours or not."""
+        with _engine_errors("list containers", "(all)"):
+            found = self._client.api.containers(all=True)
+        return {str(c.get("ImageID", "")) for c in found}
+
+    def container_logs(self, container_id: str, lines: int = 5) -> str:
+        """The last `lines` of a container's output (stdout and stderr); empty if none."""
+        with _engine_errors("read the log of", container_id, missing_ok=True):
+            data = self._client.api.logs(container_id, tail=lines, timestamps=False)
+            return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+        return ""
