@@ -15,6 +15,7 @@ from .images import images
 from .launcher import launcher
 from .powercut import powercut
 from .protocol import protocol
+from .unit import unit
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,7 +24,7 @@ def cli() -> None:
     """aoscore: an edge agent that keeps a unit converged on its cloud's desired status."""
 
 
-for command in (agent, cloud, images, launcher, powercut, protocol):
+for command in (agent, cloud, images, launcher, powercut, protocol, unit):
     cli.add_command(command)
 
 
