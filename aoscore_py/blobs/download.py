@@ -323,6 +323,10 @@ class Downloader:
                         self._took(gathered, info, partial, transfer)
         except httpx.TransportError as exc:
             raise _Retry(f"{type(exc).__name__}: {exc}") from None
+        except ssl.SSLError as exc:
+            # After a TLS 1.3 handshake a refused client certificate surfaces on the first read,
+            # passed on raw by httpcore: this URL will not serve us as we are configured.
+            raise _Refused(f"TLS: {exc}") from None
         if info.size and partial.size < info.size:
             raise _Retry(f"the body ended after {partial.size} of {info.size} bytes")
 

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import logging
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -471,3 +472,16 @@ async def test_the_blob_client_bounds_each_transfers_receive_buffer(kib: int) ->
     else:
         default = int(Path("/proc/sys/net/ipv4/tcp_rmem").read_text().split()[1])
         assert size == default  # left to the kernel
+
+
+async def test_a_tls_refusal_after_the_handshake_moves_on_to_the_next_url(
+    store: BlobStore, url_failures: list[tuple[str, str]]
+) -> None:
+    def refused(_request: httpx.Request) -> httpx.Response:
+        raise ssl.SSLError("tlsv13 alert certificate required")
+
+    server = Server(mirror_a=refused, mirror_b=serve())
+    result = await downloader(store, server).fetch(info(OTHER, GOOD), ("sha256",), accept)
+    assert result.url == GOOD
+    assert url_failures[0][0] == OTHER and url_failures[0][1].startswith("TLS: ")
+    assert store.read(DIGEST) == DATA
