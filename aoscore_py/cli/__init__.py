@@ -15,6 +15,7 @@ from .images import images
 from .launcher import launcher
 from .powercut import powercut
 from .protocol import protocol
+from .sm import sm
 from .unit import unit
 
 
@@ -24,7 +25,7 @@ def cli() -> None:
     """aoscore: an edge agent that keeps a unit converged on its cloud's desired status."""
 
 
-for command in (agent, cloud, images, launcher, powercut, protocol, unit):
+for command in (agent, cloud, images, launcher, powercut, protocol, sm, unit):
     cli.add_command(command)
 
 
