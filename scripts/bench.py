@@ -89,14 +89,18 @@ def bench() -> None:
     """aoscore-py benchmarks."""
 
 
-@bench.command()
-@click.option(
+# Every benchmark writes its figures to the file given with --json.
+json_option = click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
     help="Write the results here.",
 )
+
+
+@bench.command()
+@json_option
 @click.option(
     "--runs", type=click.IntRange(1, 50), default=5, show_default=True, help="Runs per phase."
 )
@@ -271,13 +275,7 @@ def _rate(item_bytes: int, seconds: float) -> str:
 
 
 @bench.command()
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Write the results here.",
-)
+@json_option
 @click.option(
     "--runs",
     type=click.IntRange(1, 20),
@@ -414,14 +412,19 @@ def _quantile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
+def _print_sides(sides: Sequence[tuple[str, Sequence[float]]], *, width: int) -> None:
+    """One line per side of a same-run comparison: median, p90, min and max in ms, samples."""
+    print(f"{'side':<{width}} {'median ms':>10} {'p90 ms':>8} {'min ms':>8} {'max ms':>8}  samples")
+    for name, values in sides:
+        print(
+            f"{name:<{width}} {statistics.median(values) * 1000:>10.3f} "
+            f"{_quantile(values, 0.9) * 1000:>8.3f} {min(values) * 1000:>8.3f} "
+            f"{max(values) * 1000:>8.3f}  {len(values)}"
+        )
+
+
 @bench.command()
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Write the results here.",
-)
+@json_option
 @click.option(
     "--samples",
     type=click.IntRange(50, 100_000),
@@ -484,13 +487,7 @@ def phase(json_path: Path, samples: int, base_dir: Path | None) -> None:
     ratio = move_ms / raw_ms
     verdict = "goal met" if ratio <= PHASE_GOAL_RATIO else "goal missed"
     print(f"phase change against a raw one-row commit (WAL, synchronous=FULL) in {work.parent}")
-    print(f"{'side':<12} {'median ms':>10} {'p90 ms':>8} {'min ms':>8} {'max ms':>8}  samples")
-    for name, values in (("move", move_s), ("raw commit", raw_s)):
-        print(
-            f"{name:<12} {statistics.median(values) * 1000:>10.3f} "
-            f"{_quantile(values, 0.9) * 1000:>8.3f} {min(values) * 1000:>8.3f} "
-            f"{max(values) * 1000:>8.3f}  {len(values)}"
-        )
+    _print_sides((("move", move_s), ("raw commit", raw_s)), width=12)
     print(f"ratio move/raw {ratio:.3f} (goal <= {PHASE_GOAL_RATIO}): {verdict}")
     result = {
         "move_ms": round(move_ms, 4),
@@ -610,13 +607,7 @@ async def _link_resend_once(link: CloudLink, cloud: _NackingCloud) -> float:
 
 
 @bench.command()
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Write the results here.",
-)
+@json_option
 @click.option(
     "--samples",
     type=click.IntRange(5, 10_000),
@@ -649,13 +640,7 @@ def link(json_path: Path, samples: int, retry_after_ms: int) -> None:
         f"resend after a nack with retryAfter {retry_after_ms} ms over a loopback WebSocket, "
         f"against asyncio.sleep({retry_after_ms / 1000:g}) in the same loop"
     )
-    print(f"{'side':<12} {'median ms':>10} {'p90 ms':>8} {'min ms':>8} {'max ms':>8}  samples")
-    for name, values in (("resend", resend_s), ("peer sleep", sleep_s)):
-        print(
-            f"{name:<12} {statistics.median(values) * 1000:>10.3f} "
-            f"{_quantile(values, 0.9) * 1000:>8.3f} {min(values) * 1000:>8.3f} "
-            f"{max(values) * 1000:>8.3f}  {len(values)}"
-        )
+    _print_sides((("resend", resend_s), ("peer sleep", sleep_s)), width=12)
     print(
         f"ratio resend/sleep {ratio:.3f}; resend median {late_ms:.3f} ms after retryAfter "
         f"(the sleep's: {sleep_ms - retry_after_ms:.3f} ms)"
@@ -787,13 +772,7 @@ def _stop_cli(cli: str, container_id: str) -> float:
 
 
 @bench.command()
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Write the results here.",
-)
+@json_option
 @click.option(
     "--samples",
     type=click.IntRange(3, 200),
@@ -851,14 +830,8 @@ def stop(json_path: Path, samples: int) -> None:
         f"stop of a running container (exits 0 on SIGTERM; grace {STOP_GRACE_S} s): "
         f"DockerRuntime.stop_container against `{cli} stop -t {STOP_GRACE_S}`"
     )
-    print(f"{'side':<16} {'median ms':>10} {'p90 ms':>8} {'min ms':>8} {'max ms':>8}  samples")
     sides = (("ours", ours), ("docker stop CLI", peer), ("docker --version", cli_start))
-    for name, values in sides:
-        print(
-            f"{name:<16} {statistics.median(values) * 1000:>10.3f} "
-            f"{_quantile(values, 0.9) * 1000:>8.3f} {min(values) * 1000:>8.3f} "
-            f"{max(values) * 1000:>8.3f}  {len(values)}"
-        )
+    _print_sides(sides, width=16)
     print(
         f"ratio ours/CLI {ratio:.3f}: the CLI's time includes starting the docker process "
         f"(`docker --version` alone: {start_ms:.1f} ms median), ours runs in a warm client"
@@ -984,13 +957,7 @@ def _place_once(previous, infos, desired, item_configs, platforms, current):
 
 
 @bench.command()
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Write the results here.",
-)
+@json_option
 @click.option(
     "--runs", type=click.IntRange(1, 200), default=15, show_default=True, help="Timed runs each."
 )
