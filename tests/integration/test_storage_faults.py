@@ -83,6 +83,15 @@ def converge(
     return Unit(name, ds, proc, log, data_dir, running)
 
 
+def end_agent(u: Unit, how: str) -> None:
+    """Stop the unit's agent cleanly ("stopped"), or kill it as a power cut would ("killed")."""
+    if how == "stopped":
+        assert u.proc.stop() == 0
+    else:
+        u.proc.signal(signal.SIGKILL)
+        assert u.proc.wait(10) == -signal.SIGKILL
+
+
 def one_line(output: str) -> str:
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1, output
@@ -185,11 +194,7 @@ def test_a_store_emptied_to_zero_bytes_is_seen_and_the_unit_recovers(
     how: str,
 ) -> None:
     u = converge(agents, images, unit, docker_runtime)
-    if how == "stopped":
-        assert u.proc.stop() == 0
-    else:
-        u.proc.signal(signal.SIGKILL)
-        assert u.proc.wait(10) == -signal.SIGKILL
+    end_agent(u, how)
     (u.data_dir / DB_NAME).write_bytes(b"")
 
     status = images_status(u.data_dir)
@@ -209,8 +214,7 @@ def test_a_deleted_wal_is_seen_and_the_unit_recovers(
     docker_runtime: DockerRuntime,
 ) -> None:
     u = converge(agents, images, unit, docker_runtime)
-    u.proc.signal(signal.SIGKILL)
-    assert u.proc.wait(10) == -signal.SIGKILL
+    end_agent(u, "killed")
     wal = u.data_dir / f"{DB_NAME}-wal"
     assert wal.stat().st_size > 0, "the converged state is in the log"
     wal.unlink()
@@ -254,11 +258,7 @@ def test_a_read_only_data_dir_exits_1_naming_it(
     how: str,
 ) -> None:
     u = converge(agents, images, unit, docker_runtime)
-    if how == "stopped":
-        assert u.proc.stop() == 0
-    else:
-        u.proc.signal(signal.SIGKILL)
-        assert u.proc.wait(10) == -signal.SIGKILL
+    end_agent(u, how)
     mounts(u.data_dir, "--bind", str(u.data_dir))
     subprocess.run(["mount", "-o", "remount,bind,ro", str(u.data_dir)], check=True)
 
@@ -350,8 +350,7 @@ def test_a_second_agent_on_a_data_dir_in_use_exits_1_naming_the_holder(
     assert verify.returncode == 1, "images verify changes the store: not while the agent runs"
     assert f"pid {u.proc.pid}" in one_line(verify.stderr)
 
-    u.proc.signal(signal.SIGKILL)  # its lock file stays behind
-    assert u.proc.wait(10) == -signal.SIGKILL
+    end_agent(u, "killed")  # its lock file stays behind
     third, log, _ = agents.start(unit)
     log.wait_for("datadir.locked", previous_pid=u.proc.pid)
     log.wait_for("link.up")
