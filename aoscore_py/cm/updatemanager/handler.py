@@ -231,31 +231,39 @@ class DesiredStatusHandler:
     async def start(self) -> None:
         """Resume where the last run stopped."""
         async with self._lock:
+            if self._go_on("the agent started"):
+                return
             phase = self.machine.phase
-            try:
-                if self._desired is not None and self._applied != self._digest:
-                    log.info(
-                        "cycle.restart",
-                        phase=phase,
-                        reason="stored desired status not yet applied",
-                    )
-                    self._restart("stored desired status not applied")
-                elif not self.machine.resting:
-                    log.info("cycle.resume", phase=phase, next=f"running {phase} again")
-                    self._run()
-                elif self.failure is Retry.TRANSIENT:
-                    self._schedule_retry(0.0, "the last cycle failed")
-                elif self.failure is Retry.PERMANENT:
-                    log.info(
-                        "cycle.failed_permanently",
-                        phase=phase,
-                        error=(self.machine.payload or {}).get("error"),
-                        next="waiting for a new desired status or an operator's retry",
-                    )
-                else:
-                    log.info("cycle.idle", phase=phase)
-            except Exception as exc:
-                self._could_not_move(exc)
+            if self.failure is Retry.PERMANENT:
+                log.info(
+                    "cycle.failed_permanently",
+                    phase=phase,
+                    error=(self.machine.payload or {}).get("error"),
+                    next="waiting for a new desired status or an operator's retry",
+                )
+            else:
+                log.info("cycle.idle", phase=phase)
+
+    def _go_on(self, why: str) -> bool:
+        """Do what the committed state says is left (call with the lock held): apply a stored
+        desired status the cycle has not taken yet, run again the phase it stopped in, or try
+        again a cycle that failed for a transient reason (not refetching items that failed for
+        good). A move the store refuses is tried again later. Whether anything was left."""
+        phase = self.machine.phase
+        try:
+            if self._desired is not None and self._applied != self._digest:
+                log.info("cycle.restart", phase=phase, reason="stored desired status not applied")
+                self._restart(f"{why}: stored desired status not applied")
+            elif not self.machine.resting:
+                log.info("cycle.resume", phase=phase, next=f"running {phase} again")
+                self._run()
+            elif self.failure is Retry.TRANSIENT:
+                self._restart(f"{why}: retry after a failed cycle", skip=self._permanent_items())
+            else:
+                return False
+        except Exception as exc:
+            self._could_not_move(exc)
+        return True
 
     async def retry(self) -> bool:
         """An operator's retry: run the cycle again for the stored desired status, whatever
@@ -284,16 +292,7 @@ class DesiredStatusHandler:
             if self.runner.running:
                 return
             self._retry_task = None
-            try:
-                if self._desired is not None and self._applied != self._digest:
-                    self._restart("the stored desired status was not applied yet")
-                elif not self.machine.resting:
-                    log.info("cycle.resume", phase=self.machine.phase, next="running it again")
-                    self._run()
-                elif self.failure is Retry.TRANSIENT:
-                    self._restart("retry after a failed cycle", skip=self._permanent_items())
-            except Exception as exc:
-                self._could_not_move(exc)
+            self._go_on("retry")
 
     @property
     def _applied(self) -> str | None:
