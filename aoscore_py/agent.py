@@ -1,8 +1,16 @@
-"""The agent process (CM with its in-process SM): wiring, start, and clean shutdown.
+"""The agent process (the CM of the main node): wiring, start, and clean shutdown.
+
+Every node's service manager, the main node's too, is its own process (`aoscore sm`) on the SM
+link (AosCore's servicemanager.v5 over gRPC, mutual TLS with the unit PKI by default): the agent
+serves it (`--sm-listen`), serves the verified blob store to the SMs, and starts the main node's
+SM as a child (`localsm`) unless told not to. A node that connects, goes away past its node
+timeout, or reports something else than it was told makes the launcher place again
+(`Launcher.reconcile`), outside the update cycle.
 
 Shutdown on SIGINT or SIGTERM: stop taking messages, cancel the running phase at its next
-await (it stays committed, the journal notes the interruption), close the cloud link, exit 0.
-Containers keep running; the next start resumes.
+await (it stays committed, the journal notes the interruption), close the cloud link, the SM
+link and the blob server, stop the local SM, exit 0. Containers keep running; the next start
+resumes.
 
 Start-up: the data dir is locked for the life of the process (a second agent on it exits 1
 naming the holder's pid) and checked writable (a read-only or unwritable one exits 1 naming it);
@@ -25,21 +33,33 @@ from statemachine import UPDATE_CYCLE
 from .blobs.download import DownloadPolicy, blob_client
 from .blobs.store import BlobStore
 from .cm.communication.link import CloudLink
+from .cm.imagemanager.blobserver import BlobServer
 from .cm.imagemanager.manager import DAY_S, ImageManager, ImagePolicy
 from .cm.launcher.launcher import Launcher
+from .cm.launcher.nodemanager import DEFAULT_NODE_TIMEOUT_S, NodeManager
+from .cm.launcher.smserver import SMServer, split_address
 from .cm.updatemanager.handler import MACHINE, DesiredStatusHandler
 from .cm.updatemanager.unitstatus import UnitStatusHandler
 from .crypto.signing import load_pem_certificates
 from .errors import AosCode, AosError, ConfigError, LinkError
-from .iam.tls import client_context
+from .iam.tls import client_context, grpc_server_credentials
+from .iam.unitpki import DEFAULT_CM_NAMES, UnitPki, init_unit_pki, load_unit_pki
+from .localsm import LocalSM
 from .logs import get_logger
-from .protocol import DesiredStatus, Message
-from .sm.docker_runtime import DockerRuntime
-from .sm.manager import DockerServiceManager
+from .protocol import DesiredStatus, Message, parse_message
 from .storage import Storage
 from .storage.lock import DataDirLock
 
 log = get_logger("agent")
+
+LOCAL_SM_WAIT_S = 10.0
+"""How long the agent waits for its own node's SM before it dials the cloud."""
+
+RECONCILE_DELAY_S = 0.2
+"""How long a node change waits before placing again, so a burst of reports is one placement."""
+
+_PLACED = ("waitingActive", "finalizing", "none", "failed")
+"""Cycle phases at which the stored desired status is the one placed last (or at rest)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +78,29 @@ class AgentConfig:
     download_parallel: int = 4
     download_buffer_bytes: int = DownloadPolicy.receive_buffer_bytes
     download_timeout_s: float = 30.0
+    sm_listen: str = "127.0.0.1:8093"
+    insecure: bool = False
+    unit_pki: Path | None = None
+    local_sm: bool = True
+    node_timeout_s: float = DEFAULT_NODE_TIMEOUT_S
+    local_sm_args: tuple[str, ...] = ()
+
+    def pki(self) -> UnitPki | None:
+        """The unit PKI of the SM link: the folder given, else `<data dir>/pki`, made (or
+        completed, for this node and the listen host) when it is the default one. None with
+        `insecure`.
+
+        Raises:
+            ConfigError: the folder given is not a complete unit PKI (the message says what
+                is missing), or the listen address is malformed.
+        """
+        if self.insecure:
+            return None
+        if self.unit_pki is not None:
+            return load_unit_pki(self.unit_pki)
+        host, _ = split_address(self.sm_listen)
+        names = list(dict.fromkeys([*DEFAULT_CM_NAMES, host.strip("[]")]))
+        return init_unit_pki(self.data_dir / "pki", names, [self.node_id])
 
     def image_policy(self) -> ImagePolicy:
         """The image manager's rules from this configuration.
@@ -83,7 +126,7 @@ class AgentConfig:
 
 
 class Agent:
-    """The CM and its local SM, wired together."""
+    """The CM, its SM link and blob server, and the main node's SM as a child, wired together."""
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
@@ -107,18 +150,39 @@ class Agent:
         )
         self.blobs = BlobStore(config.data_dir)
         self.images = ImageManager(self.storage, self.blobs, self.link, self.http, policy)
-        self.runtime = DockerRuntime(config.docker_url)
-        self.sm = DockerServiceManager(
-            config.node_id,
-            config.system_id,
-            self.runtime,
-            self.blobs.path,
-            state_dir=config.data_dir / "sm",
+        self.pki = config.pki()
+        self.nodes = NodeManager(
+            self._unit_nodes(),
+            known=self.pki.nodes if self.pki is not None else (),
+            node_timeout_s=config.node_timeout_s,
+            on_node_changed=self._node_changed,
         )
-        nodes = {config.node_id: self.sm}
-        self.launcher = Launcher(self.storage, nodes, self.images.layout)
+        host, _ = split_address(config.sm_listen)
+        cm_tls = None if self.pki is None else self.pki.cm
+        self.blob_server = BlobServer(
+            self.blobs,
+            host.strip("[]"),
+            tls=cm_tls,
+            insecure=config.insecure,
+            known=self._known_blob,
+        )
+        self.sm_server = SMServer(
+            self.nodes,
+            self._blob_urls,
+            config.sm_listen,
+            credentials=None if cm_tls is None else grpc_server_credentials(*cm_tls),
+            insecure=config.insecure,
+        )
+        self.local_sm: LocalSM | None = None
+        self.launcher = Launcher(
+            self.storage,
+            self.nodes,
+            self.images.layout,
+            self.images.item_facts,
+            node_wait_s=config.node_timeout_s,
+        )
         self.status = UnitStatusHandler(
-            self.storage, self.storage, self.images, self.launcher, nodes, self.link
+            self.storage, self.storage, self.images, self.launcher, self.nodes, self.link
         )
         self.handler = DesiredStatusHandler(
             self.storage.machine(MACHINE, UPDATE_CYCLE),
@@ -126,9 +190,71 @@ class Agent:
             self.images,
             self.launcher,
             self.status,
-            frozenset(nodes),
+            self.nodes,
             active_timeout_s=config.active_timeout_s,
         )
+        if self.handler.desired is not None and self.handler.machine.phase in _PLACED:
+            self.launcher.launched = self.handler.desired
+        self._reconciling: asyncio.Task[None] | None = None
+        self._reconcile_again = False
+
+    def _unit_nodes(self) -> set[str]:
+        """The nodes to wait for: this one, and those the installed unit config names."""
+        nodes = {self.config.node_id}
+        record = self.storage.unit_config()
+        if record is not None and record.body is not None:
+            try:
+                stored = parse_message(record.body, message_type="desiredStatus")
+            except AosError:
+                return nodes
+            config = getattr(stored, "unit_config", None)
+            if config is not None:
+                nodes.update(n.node.key or "" for n in config.nodes)
+        return nodes
+
+    def _known_digests(self) -> set[str]:
+        known: set[str] = set()
+        for record in self.images.records():
+            known |= self.images.references(record.index_digest)
+        return known
+
+    def _known_blob(self, digest: str) -> bool:
+        return digest in self._known_digests()
+
+    def _blob_urls(self, digests: list[str]) -> list[str]:
+        """`GetBlobsInfos`: URLs into the blob server, for blobs of items this CM holds only."""
+        known = self._known_digests()
+        for digest in digests:
+            if digest not in known:
+                raise AosError(f"blob {digest} is not one this CM holds", code=AosCode.NOT_FOUND)
+        return [self.blob_server.url_for(d) for d in digests]
+
+    def _node_changed(self, node_id: str) -> None:
+        """A node connected, reported, or went to error: place again, once for a burst."""
+        if self._reconciling is not None and not self._reconciling.done():
+            self._reconcile_again = True
+            return
+        self._reconciling = asyncio.get_running_loop().create_task(
+            self._reconcile(node_id), name="reconcile"
+        )
+
+    async def _reconcile(self, node_id: str) -> None:
+        while True:
+            self._reconcile_again = False
+            await asyncio.sleep(RECONCILE_DELAY_S)
+            try:
+                await self.launcher.reconcile(self.images.records, self.storage.node_states)
+            except AosError as exc:
+                log.warning(
+                    "reconcile.failed",
+                    node=node_id,
+                    error=exc.message,
+                    next="placed again when a node next changes, or by the next cycle",
+                )
+            # Also with nothing placed yet: the cloud learns the node's state and what it runs.
+            await self.status.send_full(f"node {node_id} changed")
+            if not self._reconcile_again:
+                return
 
     async def _on_message(self, message: Message, arrived: float) -> None:
         if isinstance(message, DesiredStatus):
@@ -140,7 +266,30 @@ class Agent:
         )
 
     async def _on_connect(self) -> None:
+        self.nodes.set_cloud_connected(True)
         await self.status.send_full("link up")
+
+    def _local_sm_args(self) -> list[str]:
+        """`aoscore sm` options for the main node's SM, dialling the port the CM listens on."""
+        host, _ = split_address(self.config.sm_listen)
+        args = [
+            "--node-id",
+            self.config.node_id,
+            "--cm",
+            f"{host}:{self.sm_server.port}",
+            "--data-dir",
+            str(self.config.data_dir / "sm"),
+            "--system-id",
+            self.config.system_id,
+        ]
+        if self.config.docker_url:
+            args += ["--docker-url", self.config.docker_url]
+        if self.pki is None:
+            args.append("--insecure")
+        else:
+            files = self.pki.node(self.config.node_id)
+            args += ["--ca", str(files.ca), "--cert", str(files.cert), "--key", str(files.key)]
+        return [*args, *self.config.local_sm_args]
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down cleanly."""
@@ -150,9 +299,20 @@ class Agent:
             node=self.config.node_id,
             data_dir=str(self.config.data_dir),
             cloud=self.config.cloud_url,
+            sm_listen=self.config.sm_listen,
+            tls=self.pki is not None,
             phase=self.handler.machine.phase,
             boot_id=self.status.boot_id,
         )
+        self.nodes.set_desired_states(self.storage.node_states())
+        await self.blob_server.start()
+        await self.sm_server.start()
+        tasks: list[asyncio.Task[None]] = []
+        if self.config.local_sm:
+            self.local_sm = LocalSM(self._local_sm_args())
+            tasks.append(asyncio.create_task(self.local_sm.run(), name="local-sm"))
+            # The first status the cloud gets then says what this node runs.
+            await self.nodes.wait_all_connected(LOCAL_SM_WAIT_S, among=[self.config.node_id])
         if self.handler.machine.phase in ("none", "failed") and self.images.records():
             # A removed item's TTL also runs out between cycles. Not on a store with no item:
             # that is a new unit, or a new store in place of one moved aside, whose blob files
@@ -176,10 +336,19 @@ class Agent:
         await self.link.close()
         link_task.cancel()
         stop_task.cancel()
-        await asyncio.gather(link_task, stop_task, return_exceptions=True)
+        if self._reconciling is not None:
+            self._reconciling.cancel()
+        await asyncio.gather(
+            link_task, stop_task, *(t for t in [self._reconciling] if t), return_exceptions=True
+        )
+        await self.sm_server.stop()
+        if self.local_sm is not None:
+            await self.local_sm.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.blob_server.stop()
         await self.http.aclose()
-        await self.sm.aclose()
-        self.runtime.close()
         phase = self.handler.machine.phase
         self.storage.close()
         self.lock.release()

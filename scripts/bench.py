@@ -18,6 +18,11 @@ same event loop, interleaved; medians and p90. Needs no Docker engine.
 stop: `DockerRuntime.stop_container` of a running instance whose command exits on SIGTERM,
 against `docker stop` of the same kind of container with the Docker CLI (whose time includes
 starting the CLI process), interleaved; medians and p90.
+
+compose: the agent (a desired status received -> the cloud told the instances are active)
+starting 10 instances, then changing one item's version, against `docker-compose up -d` of the
+same 10 containers from the images the agent loaded, then of the one changed service, in the
+same run; medians over runs, and where the agent's time goes (scripts/benchlib/compose.py).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -46,6 +52,7 @@ from aoscore_py.cloud.state import CloudState
 from aoscore_py.cm.communication.link import CloudLink
 from aoscore_py.cm.imagemanager.manager import ImageManager, ImagePolicy
 from aoscore_py.crypto.pki import Pki, init_pki
+from aoscore_py.errors import AosError
 from aoscore_py.iam.tls import client_context
 from aoscore_py.logs import configure as configure_logs
 from aoscore_py.powercut.testbed import (
@@ -856,6 +863,134 @@ def stop(json_path: Path, samples: int) -> None:
     print(f"wrote {json_path}")
 
 
+# --- compose --------------------------------------------------------------------------------------
+
+COMPOSE_GOAL_RATIO = 1.0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM or SIGHUP as Ctrl-C: the benchmark's cleanup runs either way."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _median_spans(spans: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Per label, the median over runs (a label a run lacks counts 0 there), first-seen order."""
+    labels = list(dict.fromkeys(label for one in spans for label in one))
+    return {
+        label: round(statistics.median(one.get(label, 0.0) for one in spans), 4) for label in labels
+    }
+
+
+def _spans_line(spans: dict[str, float]) -> str:
+    return ", ".join(f"{label} {seconds:.3f}" for label, seconds in spans.items())
+
+
+@bench.command()
+@json_option
+@click.option(
+    "--runs",
+    type=click.IntRange(1, 20),
+    default=3,
+    show_default=True,
+    help="Runs, each with new images; the median of each figure counts.",
+)
+def compose(json_path: Path, runs: int) -> None:
+    """Start of 10 instances and a one-instance change: the agent against docker-compose."""
+    # Imported here, not at the top, so that the other benchmarks run whatever moves here.
+    import docker.errors
+    from benchlib.compose import INSTANCES, BenchError, ComposeBench, RunResult, shielded
+    from benchlib.peer_compose import ComposeError, cli_start_s, find_compose
+
+    try:
+        cli = find_compose()
+    except ComposeError as exc:
+        raise click.ClickException(str(exc)) from None
+    handlers = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    work = Path(tempfile.mkdtemp(prefix="aoscore-bench-compose-"))
+    runtime = DockerRuntime()
+    results: list[RunResult] = []
+    notes: list[str] = []
+    try:
+        runtime.ping()
+        cli_s = cli_start_s(cli)
+        with Registry(work / "registry") as registry:
+            cloud = CloudProcess(work / "cloud", registry.url).start()
+            try:
+                runner = ComposeBench(work, runtime, cloud, registry.url, cli)
+                grace_s = runner.stop_grace_s
+                for n in range(runs):
+                    result = runner.run(n)
+                    results.append(result)
+                    notes += result.notes
+                    print(
+                        f"run {n + 1}/{runs}: start10 {result.start10.seconds:.3f} s against "
+                        f"{result.compose_start10_s:.3f} s, change1 {result.change1.seconds:.3f} "
+                        f"s against {result.compose_change1_s:.3f} s",
+                        flush=True,
+                    )
+                notes += runner.notes
+            finally:
+                with shielded():
+                    cloud.stop()
+    except (BenchError, ComposeError, AosError, docker.errors.DockerException) as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        with shielded():
+            runtime.close()
+            shutil.rmtree(work, ignore_errors=True)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    every = {
+        "start10_s": [r.start10.seconds for r in results],
+        "compose_start10_s": [r.compose_start10_s for r in results],
+        "change1_s": [r.change1.seconds for r in results],
+        "compose_change1_s": [r.compose_change1_s for r in results],
+    }
+    median = {key: statistics.median(values) for key, values in every.items()}
+    ratios = {
+        case: median[f"{case}_s"] / median[f"compose_{case}_s"] for case in ("start10", "change1")
+    }
+    print(
+        f"{INSTANCES} instances (one per item), network none, restart no, stop grace "
+        f"{grace_s:g} s on both sides; ours: desired status received -> the cloud told all "
+        f"active; compose: `docker-compose up -d` from launch to exit; median of {runs}"
+    )
+    print(f"{'case':<8} {'ours s':>8} {'compose s':>10} {'ratio':>7}  goal  every run ours/compose")
+    for case in ("start10", "change1"):
+        verdict = "met" if ratios[case] <= COMPOSE_GOAL_RATIO else "missed"
+        ours, peer = every[f"{case}_s"], every[f"compose_{case}_s"]
+        pairs = " ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(ours, peer, strict=True))
+        print(
+            f"{case:<8} {median[f'{case}_s']:>8.3f} {median[f'compose_{case}_s']:>10.3f} "
+            f"{ratios[case]:>7.3f}  {verdict:<5} {pairs}"
+        )
+    print(f"docker-compose alone starting and exiting (`version`): {cli_s:.3f} s of each figure")
+    spans = {}
+    for case in ("start10", "change1"):
+        spans[f"{case}_phases_s"] = _median_spans([getattr(r, case).phases for r in results])
+        spans[f"{case}_sm_s"] = _median_spans([getattr(r, case).sm for r in results])
+        print(f"{case}, where our time goes (median s): {_spans_line(spans[f'{case}_phases_s'])}")
+        print(f"  of which the SM, from launching on: {_spans_line(spans[f'{case}_sm_s'])}")
+    for note in notes:
+        print(f"note: {note}")
+    result = {
+        **{key: round(value, 4) for key, value in median.items()},
+        "start10_ratio": round(ratios["start10"], 4),
+        "change1_ratio": round(ratios["change1"], 4),
+        "goal_ratio": COMPOSE_GOAL_RATIO,
+        "instances": INSTANCES,
+        "runs": runs,
+        "stop_grace_s": grace_s,
+        "compose_cli_start_s": round(cli_s, 4),
+        **spans,
+        "every_run": {key: [round(v, 4) for v in values] for key, values in every.items()},
+        "notes": notes,
+    }
+    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"wrote {json_path}")
+
+
 # --- placement ------------------------------------------------------------------------------------
 
 PLACEMENT_NODES = 50
@@ -1001,6 +1136,37 @@ def placement(json_path: Path, runs: int) -> None:
         f"first placement {result['first_seconds'] * 1000:.1f} ms, "
         f"replan (node-08 paused, one item grown) {result['replan_seconds'] * 1000:.1f} ms; "
         f"{placed}/{len(slots)} placed, {moved} moved"
+    )
+    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"wrote {json_path}")
+
+
+@bench.command()
+@json_option
+@click.option(
+    "--instances",
+    type=click.IntRange(1, 500),
+    default=50,
+    show_default=True,
+    help="Instances on the one node.",
+)
+@click.option(
+    "--settle",
+    type=click.FloatRange(0),
+    default=20.0,
+    show_default=True,
+    help="Seconds idle after convergence before measuring.",
+)
+def memory(json_path: Path, instances: int, settle: float) -> None:
+    """Resident size (and Pss) of the CM and of its node's SM, idle with N instances."""
+    from benchlib.memory import measure
+
+    with tempfile.TemporaryDirectory(prefix="aoscore-bench-memory-") as work:
+        result = measure(Path(work), instances, settle)
+    print(
+        f"{instances} instances, idle: CM {result['cm_rss_mib']} MiB resident "
+        f"({result['cm_pss_mib']} Pss), SM {result['sm_rss_mib']} MiB "
+        f"({result['sm_pss_mib']} Pss); goals CM 60, SM 40"
     )
     json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
     print(f"wrote {json_path}")

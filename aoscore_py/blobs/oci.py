@@ -1,7 +1,8 @@
 """Reading OCI image indexes and manifests: pure functions over bytes.
 
 An item names its image index; the index names one manifest per platform; the manifest names
-a config and layers. Docker's manifest list and v2 manifest media types are accepted too.
+a config, layers and, in AosCore's images, an item config (`aosItemConfig`). Docker's manifest
+list and v2 manifest media types are accepted too.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ MANIFEST_TYPES = {
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 }
+ITEM_CONFIG_KEY = "aosItemConfig"
+"""The manifest field that names the item config (aos_core_cpp `imagemanifest.cpp`)."""
+ITEM_CONFIG_MEDIA_TYPE = "application/vnd.aos.item.config.v1+json"
+"""The item config's media type, as AosCore's launcher test stubs name it."""
 
 
 def _load(raw: bytes, what: str) -> dict[str, Any]:
@@ -81,6 +86,44 @@ def parse_manifest(raw: bytes) -> tuple[dict[str, Any], str, tuple[str, ...]]:
     if not isinstance(layers, list):
         raise BlobError("image manifest has no layers list", code=AosCode.INVALID_ARGUMENT)
     return doc, config, tuple(_digest_of(layer, "image manifest layer") for layer in layers)
+
+
+def _get(doc: dict[str, Any], key: str) -> Any:
+    """`doc[key]`, else the first key equal to it ignoring case: AosCore reads its OCI
+    documents with a case-insensitive wrapper, so `AosItemConfig` names the item config too."""
+    if key in doc:
+        return doc[key]
+    folded = key.lower()
+    return next((v for k, v in doc.items() if isinstance(k, str) and k.lower() == folded), None)
+
+
+def item_config_digest(manifest: dict[str, Any]) -> str | None:
+    """The digest of the manifest's item config, None when it names none (a plain OCI image).
+
+    Raises:
+        BlobError: `aosItemConfig` is there but is not a descriptor with a digest
+            (invalidArgument).
+    """
+    entry = _get(manifest, ITEM_CONFIG_KEY)
+    return None if entry is None else _digest_of(entry, f"image manifest {ITEM_CONFIG_KEY}")
+
+
+def image_platform(raw: bytes) -> tuple[str | None, str | None, str | None]:
+    """The (os, architecture, variant) an image config declares; None for a missing or empty
+    field, as AosCore's launcher skips an empty os or variant when it matches nodes.
+
+    Raises:
+        BlobError: the config is not a JSON object, or one of the fields is not a string
+            (invalidArgument).
+    """
+    doc = _load(raw, "image config")
+    out: list[str | None] = []
+    for key in ("os", "architecture", "variant"):
+        value = _get(doc, key)
+        if value is not None and not isinstance(value, str):
+            raise BlobError(f"image config {key} is not a string", code=AosCode.INVALID_ARGUMENT)
+        out.append(value or None)
+    return out[0], out[1], out[2]
 
 
 def load_document(raw: bytes) -> dict[str, Any]:

@@ -23,6 +23,9 @@ from .unit import unit
 @click.version_option(package_name="aoscore-py")
 def cli() -> None:
     """aoscore: an edge agent that keeps a unit converged on its cloud's desired status."""
+    from ..localsm import die_with_parent
+
+    die_with_parent()  # a child the agent started (its node's SM) goes when the agent goes
 
 
 for command in (agent, cloud, images, launcher, powercut, protocol, sm, unit):

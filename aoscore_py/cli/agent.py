@@ -1,4 +1,4 @@
-"""`aoscore agent`: run the CM with its local SM."""
+"""`aoscore agent`: run the CM, serving the SM link, with the main node's SM as a child."""
 
 from __future__ import annotations
 
@@ -8,6 +8,17 @@ import click
 
 from .. import logs
 from .common import data_dir_option, positive, run, system_id, with_logs, ws_url
+
+
+def _listen_address(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    from ..cm.launcher.smserver import split_address
+    from ..errors import ConfigError
+
+    try:
+        split_address(value)
+    except ConfigError as exc:
+        raise click.BadParameter(exc.message) from None
+    return value
 
 
 @click.command()
@@ -75,6 +86,45 @@ from .common import data_dir_option, positive, run, system_id, with_logs, ws_url
     help="KiB of kernel receive buffer per blob transfer (0: the kernel's autotuning). What "
     "it holds is lost if the agent is killed; raise it for fast links with long round trips.",
 )
+@click.option(
+    "--sm-listen",
+    default="127.0.0.1:8093",
+    show_default=True,
+    callback=_listen_address,
+    metavar="HOST:PORT",
+    help="Where the CM serves the SM link (AosCore's servicemanager.v5 over gRPC) and the blob "
+    "server its SMs fetch images from (same host, a free port). Port 0 picks a free one (then "
+    "only the local SM can find it).",
+)
+@click.option(
+    "--unit-pki",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of the unit PKI (`aoscore unit pki init`): the unit CA, the CM's certificate, "
+    "one per node. Default: <data-dir>/pki, made on first start for this node and the listen "
+    "host; add a node with `aoscore unit pki init --dir <data-dir>/pki --node ID`.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Plaintext SM link and blob server, without certificates; only on a loopback "
+    "--sm-listen (127.0.0.1, ::1, localhost).",
+)
+@click.option(
+    "--no-local-sm",
+    "no_local_sm",
+    is_flag=True,
+    help="Do not start this node's SM as a child process (run `aoscore sm` for it yourself).",
+)
+@click.option(
+    "--node-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    callback=positive,
+    help="Seconds a node's SM may be gone before the node is reported error and its instances "
+    "are placed elsewhere; also how long launching waits for every node to connect once.",
+)
 @with_logs
 def agent(
     cloud: str,
@@ -89,10 +139,27 @@ def agent(
     download_parallel: int,
     download_timeout: float,
     download_buffer: int,
+    sm_listen: str,
+    unit_pki: Path | None,
+    insecure: bool,
+    no_local_sm: bool,
+    node_timeout: float,
     log_level: str,
     log_format: str,
 ) -> None:
-    """Run the agent (CM with its local SM) until SIGINT or SIGTERM."""
+    """Run the agent until SIGINT or SIGTERM.
+
+    The agent is the unit's CM: it keeps the unit converged on the desired status the cloud
+    sends, and drives every node's service manager over the SM link. It starts this node's SM
+    (`aoscore sm`) as a child process and restarts it if it dies, unless --no-local-sm. Other
+    nodes run `aoscore sm --cm HOST:PORT` with their certificate from the unit PKI.
+    Stopping the agent leaves the containers running; the next start resumes.
+
+    Exit codes: 0 stopped by a signal; 1 it could not run (data dir in use, port taken...);
+    2 bad usage.
+    """
+    if insecure and unit_pki is not None:
+        raise click.UsageError("give --unit-pki or --insecure, not both")
     from ..agent import AgentConfig, run_agent
     from ..cm.imagemanager.manager import DAY_S
 
@@ -110,5 +177,10 @@ def agent(
         download_parallel=download_parallel,
         download_timeout_s=download_timeout,
         download_buffer_bytes=download_buffer << 10,
+        sm_listen=sm_listen,
+        insecure=insecure,
+        unit_pki=unit_pki,
+        local_sm=not no_local_sm,
+        node_timeout_s=node_timeout,
     )
     run(run_agent(config))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -11,6 +12,7 @@ import orjson
 
 from .. import logs
 from ..errors import ProtocolError
+from ..nodes.itemconfig import ItemConfig, Quotas, RequestedResources
 from .common import (
     blob_serving_options,
     cloud_dir_option,
@@ -21,8 +23,80 @@ from .common import (
     system_id,
     with_logs,
 )
+from .sm import ByteSize
 
 _IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+_RUNTIME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_MAX_QUANTITY = (1 << 63) - 1  # AosCore reads quotas as uint64; JSON readers stop at int64
+
+
+class _Count(click.ParamType):
+    """A whole number between `minimum` and what an item config can carry (click's IntRange
+    would print the 19-digit upper bound in every help line)."""
+
+    name = "integer"
+
+    def __init__(self, minimum: int) -> None:
+        self.minimum = minimum
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        try:
+            number = value if isinstance(value, int) else int(str(value).strip(), 10)
+        except ValueError:
+            self.fail(f"{value!r} is not a whole number", param, ctx)
+        if not self.minimum <= number <= _MAX_QUANTITY:
+            self.fail(f"{value!r} is not between {self.minimum} and {_MAX_QUANTITY}", param, ctx)
+        return number
+
+
+class _Size(ByteSize):
+    """A ByteSize between `minimum` and what an item config can carry."""
+
+    def __init__(self, minimum: int) -> None:
+        self.minimum = minimum
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        size = super().convert(value, param, ctx)
+        if not self.minimum <= size <= _MAX_QUANTITY:
+            self.fail(
+                f"{value!r} is not between {self.minimum} and {_MAX_QUANTITY} bytes", param, ctx
+            )
+        return size
+
+
+def _runtime_types(
+    _ctx: click.Context, _param: click.Parameter, value: Sequence[str]
+) -> tuple[str, ...]:
+    for name in value:
+        if not _RUNTIME.match(name):
+            raise click.BadParameter(
+                f"{name!r}: a runtime type is letters, digits and . _ - (crun, runc, docker)"
+            )
+    return tuple(dict.fromkeys(value))
+
+
+def item_config_of(
+    *,
+    cpu_limit: int | None = None,
+    ram_limit: int | None = None,
+    pids_limit: int | None = None,
+    requested_cpu: int | None = None,
+    requested_ram: int | None = None,
+    runtimes: Sequence[str] = (),
+) -> ItemConfig | None:
+    """The item config `cloud publish` writes for its options; None when none is given, so a
+    plain image stays a plain OCI image (no `aosItemConfig`)."""
+    quotas = Quotas(cpu_dmips_limit=cpu_limit, ram_limit=ram_limit, pids_limit=pids_limit)
+    asked = None
+    if requested_cpu is not None or requested_ram is not None:
+        asked = RequestedResources(cpu=requested_cpu, ram=requested_ram)
+    if quotas == Quotas() and asked is None and not runtimes:
+        return None
+    return ItemConfig(runtimes=tuple(runtimes), quotas=quotas, requested_resources=asked)
 
 
 @click.group()
@@ -138,6 +212,52 @@ def cloud_pki_init(cloud_dir: Path, key_type: str, force: bool) -> None:
     default=0,
     help="Add a layer of this many pseudo-random bytes.",
 )
+@click.option(
+    "--cpu-limit",
+    type=_Count(1),
+    default=None,
+    metavar="DMIPS",
+    help="Item config quotas.cpuDmipsLimit: the CPU one instance may use, in DMIPS. Without "
+    "--requested-cpu an instance books the node's CPU ratio of it (50 % by default).",
+)
+@click.option(
+    "--ram-limit",
+    type=_Size(1),
+    default=None,
+    help="Item config quotas.ramLimit: the RAM one instance may use: 512MiB, 2G or bytes. "
+    "Without --requested-ram an instance books the node's RAM ratio of it (50 % by default).",
+)
+@click.option(
+    "--requested-cpu",
+    type=_Count(0),
+    default=None,
+    metavar="DMIPS",
+    help="Item config requestedResources.cpu: the DMIPS one instance books on its node when "
+    "placed (clamped to --cpu-limit).",
+)
+@click.option(
+    "--requested-ram",
+    type=_Size(0),
+    default=None,
+    help="Item config requestedResources.ram: the RAM one instance books on its node when "
+    "placed: 512MiB, 2G or bytes (clamped to --ram-limit).",
+)
+@click.option(
+    "--runtime",
+    "runtimes",
+    multiple=True,
+    callback=_runtime_types,
+    metavar="TYPE",
+    help="Item config runtimes: a runtime type the item may run on (crun, runc, docker); "
+    "repeat for several. None given: any of crun, docker, runc.",
+)
+@click.option(
+    "--pids-limit",
+    type=_Count(1),
+    default=None,
+    metavar="N",
+    help="Item config quotas.pidsLimit: how many processes one instance may run.",
+)
 def cloud_publish(
     name: str,
     cloud_dir: Path,
@@ -145,14 +265,33 @@ def cloud_publish(
     healthcheck: str | None,
     start_period: float | None,
     size: int,
+    cpu_limit: int | None,
+    ram_limit: int | None,
+    requested_cpu: int | None,
+    requested_ram: int | None,
+    runtimes: tuple[str, ...],
+    pids_limit: int | None,
 ) -> None:
-    """Build a busybox test image NAME, push it to the registry, print its indexDigest."""
+    """Build a busybox test image NAME, push it to the registry, print its indexDigest.
+
+    Any of the item config options (limits, requests, runtimes) adds AosCore's item config:
+    a JSON blob the manifest names as aosItemConfig, served and signed like the image's other
+    blobs, which the unit reads to place and limit the item's instances.
+    """
     from ..cloud.service import publish
 
     if not _IMAGE_NAME.match(name):
         raise click.BadParameter(
             f"{name!r}: use lowercase letters, digits and . _ -", param_hint="NAME"
         )
+    item_config = item_config_of(
+        cpu_limit=cpu_limit,
+        ram_limit=ram_limit,
+        pids_limit=pids_limit,
+        requested_cpu=requested_cpu,
+        requested_ram=requested_ram,
+        runtimes=runtimes,
+    )
     logs.configure("warning")
     check = ["/bin/sh", "-c", healthcheck] if healthcheck else None
     with exit_codes():
@@ -163,6 +302,7 @@ def cloud_publish(
             healthcheck=check,
             health_start_period_s=start_period,
             extra_layer_bytes=size,
+            item_config=item_config,
         )
     click.echo(image.index_digest)
 

@@ -95,7 +95,13 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     help="The node's RAM as SMInfo reports it (default: what the Docker engine reports).",
 )
 @click.option("--allowed-ram", type=ByteSize(), default=None, help="The RAM instances may book.")
-@click.option("--max-dmips", type=click.IntRange(1), default=None, help="The node's CPU in DMIPS.")
+@click.option(
+    "--max-dmips",
+    type=click.IntRange(1),
+    default=None,
+    help="The node's CPU in DMIPS, as SMInfo reports it; an item config's cpuDmipsLimit is a "
+    "share of it (default: not reported, and each CPU counts 10000 DMIPS for quotas).",
+)
 @click.option(
     "--allowed-dmips", type=click.IntRange(1), default=None, help="The DMIPS instances may book."
 )
@@ -140,7 +146,8 @@ def sm(
     2 bad usage (a missing TLS file, --insecure off loopback, a malformed address).
     """
     from ..iam.tls import TlsFiles
-    from ..sm.service import NodeResources, SmConfig, run_sm
+    from ..sm.nodeinfo import NodeResources
+    from ..sm.process import SmConfig, run_sm
 
     given = {"--ca": ca, "--cert": cert, "--key": key}
     if insecure and any(given.values()):

@@ -2,9 +2,11 @@
 
 There is no internet to pull from, so tests and the reference cloud make their own images: a
 busybox root file system packed as a deterministic gzip layer (same inputs, same digests), an OCI
-image config, manifest and index. The push uploads every one of those as a blob, because the agent
-downloads index, manifest, config and layers alike from `/v2/<repo>/blobs/<digest>`, and then
-also registers manifest and index so the image stays pullable by ordinary tools.
+image config, manifest and index, and optionally AosCore's item config (quotas, requested
+resources, runtimes), named by the manifest as `aosItemConfig`. The push uploads every one of
+those as a blob, because the agent downloads index, manifest, config, item config and layers
+alike from `/v2/<repo>/blobs/<digest>`, and then also registers manifest and index so the image
+stays pullable by ordinary tools.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import io
 import platform
 import random
 import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from typing import Any
 import httpx
 import orjson
 
+from aoscore_py.blobs import oci
 from aoscore_py.errors import RemoteError
 from aoscore_py.logs import get_logger
 
@@ -29,6 +33,7 @@ INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+ITEM_CONFIG_MEDIA_TYPE = oci.ITEM_CONFIG_MEDIA_TYPE
 
 DEFAULT_COMMAND = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 1 & wait $!; done"]
 BUSYBOX = Path("/bin/busybox")
@@ -65,6 +70,11 @@ class OciImage:
     @property
     def layer_digests(self) -> list[str]:
         return [str(layer["digest"]) for layer in self.manifest["layers"]]
+
+    @property
+    def item_config_digest(self) -> str | None:
+        """The digest of the item config the manifest names, None when it names none."""
+        return oci.item_config_digest(self.manifest)
 
 
 def sha256_digest(data: bytes) -> str:
@@ -155,6 +165,7 @@ def build_test_image(
     extra_layer_bytes: int = 0,
     extra_layers: int = 1,
     labels: dict[str, str] | None = None,
+    item_config: Mapping[str, Any] | None = None,
 ) -> OciImage:
     """A busybox image whose digests depend only on the arguments.
 
@@ -167,6 +178,8 @@ def build_test_image(
         extra_layer_bytes: when positive, that many pseudo-random bytes in more layers.
         extra_layers: how many layers share `extra_layer_bytes` (a multi-layer item).
         labels: image labels.
+        item_config: AosCore's item config as a JSON object (`item_config_json` writes one);
+            the manifest names it as `aosItemConfig`, and it is uploaded as a blob.
     """
     layer_tars = [_rootfs_tar()]
     if extra_layer_bytes > 0:
@@ -197,21 +210,29 @@ def build_test_image(
             "rootfs": {"type": "layers", "diff_ids": [sha256_digest(tar) for tar in layer_tars]},
         }
     )
-    manifest = _dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_MEDIA_TYPE,
-            "config": {
-                "mediaType": CONFIG_MEDIA_TYPE,
-                "digest": sha256_digest(config),
-                "size": len(config),
-            },
-            "layers": [
-                {"mediaType": LAYER_MEDIA_TYPE, "digest": sha256_digest(layer), "size": len(layer)}
-                for layer in layers
-            ],
+    manifest_doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": {
+            "mediaType": CONFIG_MEDIA_TYPE,
+            "digest": sha256_digest(config),
+            "size": len(config),
+        },
+        "layers": [
+            {"mediaType": LAYER_MEDIA_TYPE, "digest": sha256_digest(layer), "size": len(layer)}
+            for layer in layers
+        ],
+    }
+    extra: tuple[bytes, ...] = ()
+    if item_config is not None:
+        item_blob = _dumps(dict(item_config))
+        manifest_doc[oci.ITEM_CONFIG_KEY] = {
+            "mediaType": ITEM_CONFIG_MEDIA_TYPE,
+            "digest": sha256_digest(item_blob),
+            "size": len(item_blob),
         }
-    )
+        extra = (item_blob,)
+    manifest = _dumps(manifest_doc)
     index = _dumps(
         {
             "schemaVersion": 2,
@@ -226,7 +247,7 @@ def build_test_image(
             ],
         }
     )
-    blobs = {sha256_digest(blob): blob for blob in (index, manifest, config, *layers)}
+    blobs = {sha256_digest(blob): blob for blob in (index, manifest, config, *extra, *layers)}
     return OciImage(name=name, index_digest=sha256_digest(index), blobs=blobs)
 
 

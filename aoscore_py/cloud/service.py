@@ -10,6 +10,7 @@ from pathlib import Path
 from ..crypto.pki import META_FILE, ROOT_FILE, Pki, init_pki, load_pki
 from ..errors import ConfigError
 from ..logs import get_logger
+from ..nodes.itemconfig import ItemConfig, item_config_json
 from .oci import OciImage, build_test_image, push_image
 from .registry import Registry
 from .server import BlobServing, CloudServer
@@ -110,8 +111,15 @@ def publish(
     extra_layer_bytes: int = 0,
     extra_layers: int = 1,
     labels: dict[str, str] | None = None,
+    item_config: ItemConfig | None = None,
 ) -> OciImage:
-    """Build a test image, push it to the registry, and add its blobs to the catalog."""
+    """Build a test image, push it to the registry, and add its blobs to the catalog (so the
+    cloud hands out signed URLs for each of them, the item config among them).
+
+    Args:
+        item_config: AosCore's item config, written as JSON and named by the manifest as
+            `aosItemConfig`; None for a plain OCI image.
+    """
     registry = registry_of(cloud_dir, registry_url)
     image = build_test_image(
         name,
@@ -122,8 +130,15 @@ def publish(
         extra_layer_bytes=extra_layer_bytes,
         extra_layers=extra_layers,
         labels={"io.aoscore.test-image": name, **(labels or {})},
+        item_config=None if item_config is None else item_config_json(item_config),
     )
     push_image(registry, image)
     CloudState(cloud_dir).add_blobs(image.name, image.blobs)
-    log.info("image.published", name=name, index_digest=image.index_digest, registry=registry)
+    log.info(
+        "image.published",
+        name=name,
+        index_digest=image.index_digest,
+        item_config=image.item_config_digest,
+        registry=registry,
+    )
     return image

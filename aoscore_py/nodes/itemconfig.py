@@ -101,6 +101,21 @@ class ItemConfig:
         return self.runtimes or DEFAULT_RUNTIMES
 
 
+@dataclass(frozen=True)
+class ItemFacts:
+    """What a stored item version says about where it may run: what the launcher places by.
+
+    `config` is None when the image names no item config: a plain OCI image, which AosCore's
+    launcher refuses (notFound) and ours may place with no quotas on the default runtimes.
+    `os`, `architecture` and `variant` come from the image config, None when absent or empty.
+    """
+
+    config: ItemConfig | None
+    os: str | None
+    architecture: str | None
+    variant: str | None
+
+
 # --- requested resources --------------------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ from ..protocol import (
     RuntimeInfo,
     UnitConfigState,
     UnitConfigStatus,
+    parse_node_config,
 )
 from .contract import ImageLayout, InstanceKey, InstanceSpec, InstanceStatus
 from .proto import common_pb2, sm_pb2
@@ -83,6 +84,15 @@ class InstanceRequest:
                 f"but the CM asked for {self.manifest_digest}"
             )
         return InstanceSpec(self.key, self.item_type, self.version, image, self.priority)
+
+
+@dataclass(frozen=True)
+class NodeConfigRequest:
+    """What a `CheckNodeConfig` or `SetNodeConfig` carries: AosCore's node config JSON (the unit
+    config's entry for the node) and the unit config's version, which becomes the node's."""
+
+    version: str
+    config_json: str
 
 
 @dataclass(frozen=True)
@@ -420,6 +430,45 @@ def node_runtimes(info: sm_pb2.SMInfo) -> NodeRuntimes:
     return NodeRuntimes(info.node_id, tuple(runtimes), resources)
 
 
+def get_node_config_status() -> sm_pb2.SMIncomingMessages:
+    """`GetNodeConfigStatus`: which node config the node has (it answers `NodeConfigStatus`)."""
+    return sm_pb2.SMIncomingMessages(get_node_config_status=sm_pb2.GetNodeConfigStatus())
+
+
+def check_node_config(node_id: str, version: str, config_json: bytes) -> sm_pb2.SMIncomingMessages:
+    """`CheckNodeConfig`: may node `node_id` take this node config at unit config `version`?
+    The node answers `NodeConfigStatus` with the version checked and, if it refuses, the error.
+
+    Raises:
+        LocalError: invalidArgument: `config_json` is no UTF-8 node config naming `node_id`
+            (a bug of the caller: the node would only refuse it).
+    """
+    text = _node_config_text(node_id, config_json)
+    return sm_pb2.SMIncomingMessages(
+        check_node_config=sm_pb2.CheckNodeConfig(node_config=text, version=version)
+    )
+
+
+def set_node_config(node_id: str, version: str, config_json: bytes) -> sm_pb2.SMIncomingMessages:
+    """`SetNodeConfig`: node `node_id` installs this node config at unit config `version`, and
+    answers `NodeConfigStatus` (`installed`, or the error).
+
+    Raises:
+        LocalError: as `check_node_config`.
+    """
+    text = _node_config_text(node_id, config_json)
+    return sm_pb2.SMIncomingMessages(
+        set_node_config=sm_pb2.SetNodeConfig(node_config=text, version=version)
+    )
+
+
+def node_config_request(
+    message: sm_pb2.CheckNodeConfig | sm_pb2.SetNodeConfig,
+) -> NodeConfigRequest:
+    """What a check or set asks of the SM; the SM itself decides whether the JSON is valid."""
+    return NodeConfigRequest(message.version, message.node_config)
+
+
 def node_config_status(status: UnitConfigStatus) -> sm_pb2.SMOutgoingMessages:
     """The `NodeConfigStatus` that answers GetNodeConfigStatus, CheckNodeConfig and
     SetNodeConfig."""
@@ -447,6 +496,24 @@ def node_config_status_from_proto(message: sm_pb2.NodeConfigStatus) -> UnitConfi
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _node_config_text(node_id: str, config_json: bytes) -> str:
+    """The node config as the message's string field, once it reads and names `node_id`."""
+    try:
+        text = config_json.decode("utf-8")
+        config = parse_node_config(text)
+    except (UnicodeDecodeError, ProtocolError) as exc:
+        reason = exc.message if isinstance(exc, ProtocolError) else f"not UTF-8: {exc}"
+        raise LocalError(
+            f"node config for node {node_id}: {reason}", code=AosCode.INVALID_ARGUMENT
+        ) from None
+    if config.node.codename != node_id:
+        raise LocalError(
+            f"node config for node {node_id} names node {config.node.codename!r}",
+            code=AosCode.INVALID_ARGUMENT,
+        )
+    return text
 
 
 def _check_uint64(value: int, what: str) -> None:

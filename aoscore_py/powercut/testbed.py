@@ -182,6 +182,8 @@ def start_agent(
         extra = ("--ca", str(ca), *extra)
     if crashpoint:
         full_env[ENV_VAR] = crashpoint
+    if "--sm-listen" not in extra:
+        extra = (*extra, "--sm-listen", "127.0.0.1:0")  # tests may run side by side
     args = aoscore_cmd(
         "agent",
         "--cloud",

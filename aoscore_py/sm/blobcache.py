@@ -3,11 +3,13 @@ own content-addressed store.
 
 The CM names an instance's image by its manifest digest (`InstanceInfo.manifest_digest`). The
 cache asks the CM where the blobs are (`GetBlobsInfos`: one URL per digest, into the CM's blob
-server), fetches the manifest, reads its config and layers (`blobs/oci.py`) and fetches those it
-does not hold yet, at most `policy.parallel` at a time, with the shared `Downloader`: every
-digest is checked before a blob is committed, and an interrupted transfer resumes with Range.
-No signature is checked here: the CM verified each blob against the cloud's chain before it
-served it, and the digest ties these bytes to those.
+server), fetches the manifest, reads its config, layers and item config (`aosItemConfig`, when
+AosCore's manifest names one: `blobs/oci.py`) and fetches those it does not hold yet, at most
+`policy.parallel` at a time, with the shared `Downloader`: every digest is checked before a
+blob is committed, and an interrupted transfer resumes with Range. No signature is checked
+here: the CM verified each blob against the cloud's chain before it served it, and the digest
+ties these bytes to those. An item config that does not read refuses the image, as a manifest
+that is not one does: its instance fails with invalidArgument naming the JSON path.
 
 A blob already in the store is not fetched again, and a blob that two instances share is fetched
 once per node even when both ask at the same moment (one transfer per digest; the others wait for
@@ -26,6 +28,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from statemachine import crashpoint
+
 from ..blobs import oci
 from ..blobs.download import Downloader, DownloadPolicy
 from ..blobs.store import BlobStore, digest_hex
@@ -33,6 +37,8 @@ from ..errors import AosCode, AosError, BlobError, ProtocolError
 from ..logs import get_logger
 from ..nodes.contract import ImageLayout
 from ..protocol import BlobUrlInfo
+from .crashpoints import BLOB_CACHED
+from .quotas import read_item_config
 
 log = get_logger("sm.blobcache")
 
@@ -100,6 +106,8 @@ class BlobCache:
             BlobError: the CM holds no such blob (notFound), a blob cannot be fetched (failed),
                 its bytes do not match its digest (invalidChecksum), the manifest is not one
                 (invalidArgument), or the disk is full (noMemory). A blob refused is not kept.
+            ProtocolError: the item config does not read (invalidArgument, naming the blob and
+                the JSON path of the bad value).
         """
         digest_hex(manifest_digest)
         pinned = [manifest_digest]
@@ -109,8 +117,9 @@ class BlobCache:
                 [url] = await self._urls([manifest_digest])
                 await self._fetch(manifest_digest, url, 0)
             doc, config, layers = oci.parse_manifest(self.store.read(manifest_digest))
+            item_config = oci.item_config_digest(doc)
             sizes = _sizes(doc)
-            wanted = list(dict.fromkeys((config, *layers)))
+            wanted = list(dict.fromkeys((config, *layers, *([item_config] if item_config else []))))
             for digest in wanted:
                 digest_hex(digest)
             self._pinned.update(wanted)
@@ -130,6 +139,8 @@ class BlobCache:
                 failures = [r for r in results if isinstance(r, BaseException)]
                 if failures:
                     raise _first(failures)
+            if item_config is not None:
+                read_item_config(self.store.read(item_config), item_config)
         finally:
             self._pinned.subtract(pinned)
             self._pinned = +self._pinned
@@ -168,6 +179,7 @@ class BlobCache:
                     log.warning("blobcache.fetch_failed", digest=digest, url=url, error=exc.message)
                     raise
                 self.fetched += 1
+                crashpoint(BLOB_CACHED)  # committed (fsynced, renamed); the next is not asked
                 log.info(
                     "blobcache.fetched",
                     digest=digest,
@@ -182,12 +194,13 @@ class BlobCache:
                 self._locks.pop(digest, None)
 
     def references(self, digest: str) -> set[str]:
-        """A stored blob and, when it is a manifest, its config and layers."""
+        """A stored blob and, when it is a manifest, its config, layers and item config."""
         refs = {digest}
         if self.has(digest):
             with contextlib.suppress(AosError, OSError, ValueError):
-                _, config, layers = oci.parse_manifest(self.store.read(digest))
+                doc, config, layers = oci.parse_manifest(self.store.read(digest))
                 refs.update((config, *layers))
+                refs.update(d for d in [oci.item_config_digest(doc)] if d)
         return refs
 
     def collect(self, keep_digests: Iterable[str]) -> list[str]:
@@ -221,7 +234,8 @@ class BlobCache:
 def _sizes(manifest: dict) -> dict[str, int]:
     """Digest -> size, from the manifest's descriptors (a size the server must not exceed)."""
     out: dict[str, int] = {}
-    for entry in (manifest.get("config"), *(manifest.get("layers") or ())):
+    descriptors = (manifest.get("config"), manifest.get(oci.ITEM_CONFIG_KEY))
+    for entry in (*descriptors, *(manifest.get("layers") or ())):
         if isinstance(entry, dict) and isinstance(entry.get("digest"), str):
             size = entry.get("size")
             if isinstance(size, int) and not isinstance(size, bool) and size >= 0:

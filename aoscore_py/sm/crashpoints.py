@@ -9,4 +9,16 @@ STATE_STORED = "sm.state.stored"
 # upgrade (a new version of a running instance) reaches it.
 CONTAINER_REPLACED = "sm.container.replaced"
 
-CRASH_POINTS = (STATE_STORED, CONTAINER_CREATED, CONTAINER_STARTED, CONTAINER_REPLACED)
+# The node config the CM set (SetNodeConfig) was written durably (temp, fsync, rename, fsync
+# the folder), before the SM answers it installed. Only a unit config reaches it.
+NODE_CONFIG_STORED = "sm.node_config.stored"
+BLOB_CACHED = "sm.blob.cached"
+
+CRASH_POINTS = (
+    STATE_STORED,
+    CONTAINER_CREATED,
+    CONTAINER_STARTED,
+    CONTAINER_REPLACED,
+    NODE_CONFIG_STORED,
+    BLOB_CACHED,
+)

@@ -165,8 +165,7 @@ class DockerRuntime:
         tag: str | None = None,
         node: Platform | None = None,
     ) -> str:
-        """Load the image of `manifest` unless the engine has it; return its image id
-        (images.ensure_image, which says what is checked and raised)."""
+        """Load `manifest`'s image unless the engine has it; its id (see images.ensure_image)."""
         return images.ensure_image(self, config_digest, manifest, blob_path, tag=tag, node=node)
 
     def image_platform(self, image: str) -> Platform | None:
@@ -184,6 +183,12 @@ class DockerRuntime:
         """`docker load` a docker-archive stream; the ids of the images it held."""
         with _engine_errors("load image archive", getattr(archive, "name", "(stream)")):
             return [str(image.id) for image in self._client.images.load(archive)]
+
+    def tag_image(self, image: str, tag: str) -> None:
+        """Put `tag` (`repository:tag`) on an image the engine holds."""
+        repository, _, name = tag.rpartition(":")
+        with _engine_errors("tag image", f"{image} as {tag}"):
+            self._client.api.tag(image, repository, name)
 
     def list_images(self) -> list[ImageInfo]:
         """Every image of the engine with its tags (no dangling layers)."""
@@ -207,16 +212,20 @@ class DockerRuntime:
     # --- containers ------------------------------------------------------------------------------
 
     def create_container(self, spec: ContainerSpec) -> str:
-        """Create a container with no network and restart policy `no`; return its id.
+        """Create a container with no network, restart policy `no`, the spec's limits; its id.
 
         Raises:
             AlreadyExists: a container of that name exists (its id is attached).
-            RuntimeEngineError: the engine refused.
+            RuntimeEngineError: the engine refused (a limit it does not accept, ...).
         """
-        api = self._client.api
+        api, limits = self._client.api, spec.limits
         with _engine_errors("create container", spec.name):
             host_config = api.create_host_config(
-                network_mode="none", restart_policy={"Name": RESTART_POLICY}
+                network_mode="none",
+                restart_policy={"Name": RESTART_POLICY},
+                mem_limit=limits.memory,
+                pids_limit=limits.pids,
+                nano_cpus=limits.nano_cpus,
             )
             try:
                 created = api.create_container(

@@ -10,14 +10,16 @@ the unit tests drive it with a fake clock.
   `no`). Each exit it sees once is a crash, unless the container stopped because the node went
   down: the run began before the host booted, or ended before this service manager started
   (then it is started again at once and not counted). The counter lives in a `HealthRecord`
-  the service manager persists, and applies to one target (version and image): a new target
-  starts from zero.
-- Backoff. After crash n the next start waits min(10 s x 2^(n-1), 300 s); AosCore's
-  `runParameters` may change the base (`restartInterval`), the crashes at the base before the
-  doubling begins (`startBurst`) and how long a run must last to reset the counter
-  (`startInterval`, default 10 minutes). The service manager never gives up for good; only an
-  image that can never run here (notSupported and other permanent errors) is not retried until
-  the target changes.
+  the service manager persists, and applies to one target (version, image and item config): a
+  new target starts from zero.
+- Backoff. After crash n the next start waits min(10 s x 2^(n-1), 300 s); the item config's
+  `runParameters` override it as far as AosCore's meaning maps (`Backoff.from_item`). AosCore
+  waits `restartInterval` before each restart and stops restarting for good once `startBurst`
+  restarts happened within `startInterval` of the first start. Here `restartInterval` is the
+  base wait, `startBurst` the crashes waited out at the base before the doubling begins, and
+  `startInterval` how long a run must last to reset the counter (default 10 minutes). The
+  service manager never gives up for good; only an image that can never run here
+  (notSupported and other permanent errors) is not retried until the target changes.
 - Errors. `errorInfo` messages start with `StartFailure`, `CrashLoopBackOff` or `ErrImagePull`
   and carry the exit code and the last lines of the container's log.
 """
@@ -33,8 +35,9 @@ from typing import Any
 
 from ..errors import AosCode, RemoteError, Retry, classify_code
 from ..nodes import InstanceSpec
+from ..nodes.itemconfig import RunParameters
 from ..protocol import ErrorInfo, InstanceState
-from .types import ContainerInfo
+from .types import ContainerInfo, item_config_digest
 
 SETTLE_S = 1.0
 BASE_S = 10.0
@@ -104,6 +107,21 @@ class Backoff:
                     code=AosCode.INVALID_ARGUMENT,
                 )
             out = replace(out, burst=max(1, burst))
+        return out
+
+    @classmethod
+    def from_item(cls, run: RunParameters, default: Backoff | None = None) -> Backoff | None:
+        """The backoff an item config's parsed `runParameters` ask for, each one given
+        replacing that part of `default`; None when they name none (the default applies)."""
+        if run == RunParameters():
+            return None
+        out = default or cls()
+        if run.restart_interval is not None:
+            out = replace(out, base_s=run.restart_interval)
+        if run.start_burst is not None:
+            out = replace(out, burst=max(1, run.start_burst))
+        if run.start_interval is not None:
+            out = replace(out, reset_after_s=run.start_interval)
         return out
 
 
@@ -197,8 +215,11 @@ class HealthRecord:
 
 
 def target_of(spec: InstanceSpec) -> str:
-    """What a record's counter applies to: the version and the image."""
-    return f"{spec.version}@{spec.image.config_digest}"
+    """What a record's counter applies to: the version, the image and the item config (new
+    quotas may cure a crash loop, so they start from zero too)."""
+    target = f"{spec.version}@{spec.image.config_digest}"
+    item_config = item_config_digest(spec.image.manifest)
+    return f"{target}+{item_config}" if item_config else target
 
 
 def record_for(record: HealthRecord | None, target: str) -> HealthRecord:

@@ -48,6 +48,8 @@ class ImageEngine(Protocol):
 
     def load_archive(self, archive: IO[bytes]) -> list[str]: ...
 
+    def tag_image(self, image: str, tag: str) -> None: ...
+
 
 def normalize(os_name: str, architecture: str, variant: str = "") -> Platform:
     """A platform in OCI spelling, whichever spelling it came in (`Linux`, `x86_64`, `armv7l`)."""
@@ -129,6 +131,8 @@ def ensure_image(
     if present is not None:
         if node is not None:
             check_platform(present, node)
+        if tag is not None:
+            engine.tag_image(config_digest, tag)  # ours too: another SM's tag may go
         return config_digest
     if manifest.get("config", {}).get("digest") != config_digest:
         raise RemoteError(
@@ -222,16 +226,18 @@ def write_archive(
 
 
 def collectable(
-    images: Iterable[ImageInfo], keep: Collection[str], in_use: Collection[str]
+    images: Iterable[ImageInfo], owner: str, keep: Collection[str], in_use: Collection[str]
 ) -> list[ImageInfo]:
-    """The images to remove: ours (tagged `aoscore/...`), neither kept nor used by a container.
+    """The images whose tags SM `owner` may remove: tagged by it, neither kept nor used by a
+    container. Removing its tags deletes an image only when no other tag is left.
 
     Args:
         images: what the engine holds.
+        owner: the SM (`types.image_owner`).
         keep: config digests (image ids) that a wanted instance uses.
         in_use: image ids any container on the engine was created from, ours or not.
     """
     return sorted(
-        (i for i in images if i.ours and i.id not in keep and i.id not in in_use),
+        (i for i in images if i.tags_of(owner) and i.id not in keep and i.id not in in_use),
         key=lambda i: i.id,
     )

@@ -3,10 +3,13 @@ steps, watches its instances' health, and restarts crashed ones itself with back
 
 A converging pass (`_converge`) lists this unit's and node's containers, updates each instance's
 health record from what it sees (health.observe), plans (planner.plan), and runs the steps, each
-action through one short function of `_actions`. `run_instances` stores the CM's instance list
-and runs a pass; a supervisor task runs one whenever the cheap container listing changes or a
-time the planner named comes (a stability window ends, a backoff is over), so a blue-green
-replacement completes and a crashed instance is started again without the CM.
+action through one short function of `_actions`. A container is created under the quotas of the
+item config its manifest names (quotas.py), whose `runParameters` set the item's restart
+backoff; another item config is another target, replaced blue-green like another version.
+`run_instances` stores the CM's instance list and runs a pass; a supervisor task runs one
+whenever the cheap container listing changes or a time the planner named comes (a stability
+window ends, a backoff is over), so a blue-green replacement completes and a crashed instance is
+started again without the CM.
 
 Engine calls are blocking (docker-py), so they run on one worker thread per node; one lock
 keeps passes, status reads and image collection from interleaving.
@@ -42,6 +45,7 @@ from .crashpoints import CONTAINER_CREATED, CONTAINER_REPLACED, CONTAINER_STARTE
 from .docker_runtime import AlreadyExists, DockerRuntime
 from .health import Backoff, Facts, HealthRecord
 from .images import collectable
+from .itemconfigs import ItemConfigs
 from .planner import (
     Context,
     Step,
@@ -58,16 +62,20 @@ from .types import (
     LABEL_IMAGE,
     LABEL_INSTANCE,
     LABEL_ITEM,
+    LABEL_ITEM_CONFIG,
     LABEL_NODE,
     LABEL_SUBJECT,
     LABEL_UNIT,
     LABEL_VERSION,
     ContainerInfo,
+    ContainerLimits,
     ContainerSpec,
     ImageInfo,
     Platform,
     container_name,
+    image_owner,
     image_tag,
+    item_config_digest,
 )
 
 log = get_logger("sm")
@@ -78,6 +86,10 @@ POLL_S = 1.0
 _MAX_IDLE_S = 30.0
 # Plan-and-run rounds in one pass: create and start, then roll back or retire what that showed.
 _ROUNDS = 3
+
+ENGINE_WORKERS = 4
+"""Engine calls at once: instances are created and started side by side (compose does it one
+by one), each instance's own steps still in order."""
 
 Action = Callable[[Step, "_Pass"], Any]
 
@@ -132,6 +144,9 @@ class DockerServiceManager:
             in memory only.
         settle_s: the stability window after which a running container counts as active.
         backoff: the restart backoff when an item's `runParameters` name none.
+        max_dmips: the node's CPU in DMIPS, what a `cpuDmipsLimit` is a part of; None counts
+            `quotas.DEFAULT_DMIPS_PER_CORE` per CPU.
+        cpus: the engine's CPU count; by default this host's (right for a local engine).
         poll_s: how often the supervisor lists the containers to notice a change.
         clock: wall-clock seconds (a fake one in tests).
         host_boot: when the host booted; by default /proc/stat's.
@@ -148,6 +163,8 @@ class DockerServiceManager:
         state_dir: Path | None = None,
         settle_s: float = health.SETTLE_S,
         backoff: Backoff | None = None,
+        max_dmips: int | None = None,
+        cpus: int | None = None,
         poll_s: float = POLL_S,
         clock: Callable[[], float] = time.time,
         host_boot: float | None = None,
@@ -157,10 +174,13 @@ class DockerServiceManager:
         self.unit_id = unit_id
         self._runtime = runtime
         self._blob_path = blob_path
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"sm-{node_id}")
+        self._executor = ThreadPoolExecutor(ENGINE_WORKERS, thread_name_prefix=f"sm-{node_id}")
         self._state = SmState(state_dir / FILE_NAME if state_dir is not None else None)
         self._settle_s = settle_s
         self._backoff = backoff or Backoff()
+        self._item_configs = ItemConfigs(
+            blob_path, max_dmips=max_dmips, cpus=cpus or os.cpu_count() or 1, backoff=self._backoff
+        )
         self._poll_s = poll_s
         self._clock = clock
         self._started = clock()
@@ -246,14 +266,16 @@ class DockerServiceManager:
     ) -> list[InstanceStatus]:
         """Make this node run exactly `specs`; return how each one runs now.
 
-        New containers are created and started; a changed instance is replaced blue-green (the
-        supervisor retires the old container once the new one is active); containers nobody
-        wants are removed. An instance that cannot run is reported failed with its errorInfo.
+        New containers are created and started; a changed instance (version, image or item
+        config) is replaced blue-green (the supervisor retires the old container once the new
+        one is active); containers nobody wants are removed. An instance that cannot run is
+        reported failed with its errorInfo.
 
         Args:
             specs: the wanted instances.
             run_parameters: item id -> its restart backoff, as a `Backoff` or the item config's
-                AosCore `runParameters` object.
+                AosCore `runParameters` object; it wins over the `runParameters` of the item
+                config the spec's manifest names.
 
         Raises:
             RemoteError: invalidArgument for `runParameters` that cannot be read.
@@ -264,6 +286,7 @@ class DockerServiceManager:
             for item, value in (run_parameters or {}).items()
         }
         async with self._lock:
+            backoffs = {**await self._call(self._item_configs.backoffs, specs), **backoffs}
             if self._state.set_wanted(specs, backoffs):
                 await self._call(self._state.save)
             containers = await self._converge()
@@ -278,12 +301,12 @@ class DockerServiceManager:
         return self._statuses(containers)
 
     async def collect_images(self, keep: Collection[str]) -> list[str]:
-        """Remove the images this agent loaded that nothing needs any more.
+        """Remove this SM's tags from the images nothing needs any more.
 
-        Only images tagged `aoscore/...` are considered; one whose id (config digest) is in
-        `keep`, that a wanted instance of this node uses, or that any container on the engine
-        was created from, stays. Only our tags are removed, so an image someone else also
-        tagged stays too.
+        Only images this SM tagged (`aoscore/<unit>-<node>/...`) are considered; one whose id
+        (config digest) is in `keep`, that a wanted instance of this node uses, or that any
+        container on the engine was created from, stays. Only its own tags are removed, so an
+        image another SM (or anyone) also tagged stays on the engine.
 
         Returns:
             The ids of the images removed from the engine.
@@ -293,7 +316,8 @@ class DockerServiceManager:
             found = await self._call(self._runtime.list_images)
             in_use = await self._call(self._runtime.images_in_use)
             removed = []
-            for image in collectable(found, set(keep) | wanted, in_use):
+            owner = image_owner(self.unit_id, self.node_id)
+            for image in collectable(found, owner, set(keep) | wanted, in_use):
                 if await self._call(self._untag, image):
                     removed.append(image.id)
         if removed:
@@ -301,7 +325,8 @@ class DockerServiceManager:
         return removed
 
     def _untag(self, image: ImageInfo) -> bool:
-        ours = [t for t in image.tags if ImageInfo(image.id, (t,)).ours]
+        """Remove this SM's tags; whether the image left the engine with them."""
+        ours = image.tags_of(image_owner(self.unit_id, self.node_id))
         gone = all([self._runtime.remove_image(tag) for tag in ours])
         return gone and len(ours) == len(image.tags)
 
@@ -378,11 +403,29 @@ class DockerServiceManager:
         return containers
 
     async def _run(self, steps: Sequence[Step], work: _Pass) -> None:
+        """Run a plan's steps: removals, then image loads, then each instance's own steps in
+        order; within each stage, side by side (up to `ENGINE_WORKERS` engine calls). An
+        instance whose step failed (or whose image did not load) skips its later steps."""
         failed: set[InstanceKey] = set()
+        loads = [s for s in steps if s.action == "load_image"]
+        removals = [s for s in steps if s.action == "remove"]
+        chains: dict[object, list[Step]] = {}
         for step in steps:
+            if step.action not in ("load_image", "remove"):
+                chains.setdefault(step.key or step.container_id, []).append(step)
+        for stage in ([[s] for s in removals], [[s] for s in loads], list(chains.values())):
+            await asyncio.gather(*(self._run_chain(chain, work, failed) for chain in stage))
+        if self._dirty:
+            await self._call(self._state.save)
+            self._dirty = False
+
+    async def _run_chain(
+        self, chain: Sequence[Step], work: _Pass, failed: set[InstanceKey]
+    ) -> None:
+        for step in chain:
             keys = self._affected(step)
             if keys and all(k in failed for k in keys):
-                continue
+                return
             action = self._actions.get(step.action)
             if action is None:
                 raise AssertionError(f"the planner made a step the executor lacks: {step}")
@@ -406,9 +449,6 @@ class DockerServiceManager:
                     instance=str(step.key) if step.key else None,
                     reason=step.reason or None,
                 )
-        if self._dirty:
-            await self._call(self._state.save)
-            self._dirty = False
 
     def _affected(self, step: Step) -> list[InstanceKey]:
         wanted = self._state.wanted or {}
@@ -470,7 +510,7 @@ class DockerServiceManager:
             spec.image.config_digest,
             spec.image.manifest,
             self._blob_path,
-            image_tag(spec.key.item_id, spec.version),
+            image_tag(image_owner(self.unit_id, self.node_id), spec.key.item_id, spec.version),
             self._platform,
         )
 
@@ -496,10 +536,14 @@ class DockerServiceManager:
             LABEL_IMAGE: spec.image.config_digest,
             LABEL_GENERATION: str(step.generation),
         }
+        item_config = item_config_digest(spec.image.manifest)
+        if item_config:
+            labels[LABEL_ITEM_CONFIG] = item_config
         try:
+            limits = await self._call(self._item_configs.limits, spec)
             work.created[key] = await self._call(
                 self._runtime.create_container,
-                ContainerSpec(name, spec.image.config_digest, labels),
+                ContainerSpec(name, spec.image.config_digest, labels, limits=limits),
             )
         except AlreadyExists as exc:
             # Not one of ours: ours are listed, and the planner chose a generation none has.
@@ -508,6 +552,16 @@ class DockerServiceManager:
         except AosError as exc:
             self._fail_start(key, "", exc.message)
             raise
+        if limits != ContainerLimits():
+            log.info(
+                "container.limited",
+                node=self.node_id,
+                instance=str(key),
+                item_config=item_config,
+                memory=limits.memory,
+                pids=limits.pids,
+                nano_cpus=limits.nano_cpus,
+            )
         crashpoint(CONTAINER_CREATED)
 
     async def _start(self, step: Step, work: _Pass) -> None:

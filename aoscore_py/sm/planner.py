@@ -7,13 +7,13 @@ later run. Rules, per instance:
 
 - Containers whose labels name no wanted instance (or that cannot be read) are removed.
   Containers without this unit's and node's labels are never listed, so never touched.
-- The current container is one of the wanted version and image (running first, then the newest
-  generation); a second one is a duplicate and removed.
-- Blue-green. A running container of another version or image keeps serving while a new
-  container, the next generation under another name, is created and started beside it. Once
-  the new one is active it is retired (removed); if the new one fails it is rolled back
-  (removed) and the old one goes on serving; the replacement is tried again after the backoff.
-  An old container that is not running serves nobody and is removed first.
+- The current container is one of the wanted version, image and item config (running first,
+  then the newest generation); a second one is a duplicate and removed.
+- Blue-green. A running container of another version, image or item config (its quotas) keeps
+  serving while a new container, the next generation under another name, is created and
+  started beside it. Once the new one is active it is retired (removed); if the new one fails
+  it is rolled back (removed) and the old one goes on serving; the replacement is tried again
+  after the backoff. An old container that is not running serves nobody and is removed first.
 - Restarts are ours: Docker's restart policy is `no` (a container created with another is
   switched to it). A stopped current container is started again once its backoff is over; a
   paused one is unpaused; one that never started is started.
@@ -28,6 +28,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ..blobs.oci import ITEM_CONFIG_KEY
 from ..nodes import ImageLayout, InstanceKey, InstanceSpec
 from ..protocol import ErrorInfo, InstanceState
 from .health import (
@@ -43,10 +44,12 @@ from .health import (
 )
 from .types import (
     LABEL_IMAGE,
+    LABEL_ITEM_CONFIG,
     LABEL_VERSION,
     RESTART_POLICY,
     ContainerInfo,
     container_key,
+    item_config_digest,
 )
 
 # What the executor knows how to do (manager.py maps each to one short function).
@@ -112,6 +115,7 @@ def _matches(info: ContainerInfo, spec: InstanceSpec) -> bool:
     return (
         info.labels.get(LABEL_VERSION) == spec.version
         and info.labels.get(LABEL_IMAGE) == spec.image.config_digest
+        and info.labels.get(LABEL_ITEM_CONFIG, "") == item_config_digest(spec.image.manifest)
     )
 
 
@@ -131,7 +135,9 @@ def split(spec: InstanceSpec, infos: Sequence[ContainerInfo]) -> Split:
 def _why(info: ContainerInfo, spec: InstanceSpec) -> str:
     if info.labels.get(LABEL_VERSION) != spec.version:
         return f"version {info.labels.get(LABEL_VERSION)}"
-    return "other image"
+    if info.labels.get(LABEL_IMAGE) != spec.image.config_digest:
+        return "other image"
+    return "other item config"
 
 
 def group(
@@ -159,7 +165,9 @@ def implied_specs(containers: Sequence[ContainerInfo]) -> list[InstanceSpec]:
     out = []
     for key, infos in sorted(by_key.items()):
         newest = max(infos, key=lambda i: (i.generation, i.status == "running", i.id))
-        layout = ImageLayout("", "", {}, newest.labels.get(LABEL_IMAGE, ""), ())
+        item_config = newest.labels.get(LABEL_ITEM_CONFIG)
+        manifest = {ITEM_CONFIG_KEY: {"digest": item_config}} if item_config else {}
+        layout = ImageLayout("", "", manifest, newest.labels.get(LABEL_IMAGE, ""), ())
         version = newest.labels.get(LABEL_VERSION, "")
         out.append(InstanceSpec(key, "service", version, layout))
     return out

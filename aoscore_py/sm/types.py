@@ -1,16 +1,21 @@
 """The service manager's plain types: container labels and names, what the engine says about a
-container or an image, and a platform. No I/O here, so the pure modules (planner, health, images)
-and the Docker adapter can all import it.
+container or an image, a platform, the limits a container runs under. No I/O here, so the pure
+modules (planner, health, images, quotas) and the Docker adapter can all import it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
+from ..blobs import oci
+from ..errors import AosError
 from ..nodes import InstanceKey
 
 LABEL_PREFIX = "io.aoscore."
@@ -23,11 +28,16 @@ LABEL_VERSION = LABEL_PREFIX + "version"
 LABEL_IMAGE = LABEL_PREFIX + "image"
 # Blue-green: each replacement of an instance's container is the next generation (0 first).
 LABEL_GENERATION = LABEL_PREFIX + "generation"
+# The digest of the item config (aosItemConfig) whose quotas the container runs under; absent
+# when the image names none. Another item config is another target, as another version is.
+LABEL_ITEM_CONFIG = LABEL_PREFIX + "itemconfig"
 
-# Repository names of the images this agent loads; only these are ever removed. The second is
-# what earlier versions wrote (the slash was replaced by an underscore).
+# Repository names of the images SMs load: `aoscore/<unit>-<node>/<item>:<version>`. Each SM
+# only ever removes its own tags, so SMs sharing one engine (a test rig, a node running two
+# units) never take an image from under each other: Docker deletes an image with its last tag,
+# and never one a container uses. Tags of earlier versions (`aoscore/<item>`, `aoscore_<item>`)
+# are left alone.
 IMAGE_REPOSITORY = "aoscore/"
-LEGACY_IMAGE_REPOSITORY = "aoscore_"
 
 # Docker's restart policy for our containers: none, the service manager restarts them itself.
 RESTART_POLICY = "no"
@@ -36,13 +46,30 @@ _UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
 
 
 @dataclass(frozen=True)
+class ContainerLimits:
+    """What the engine enforces on a container (quotas.py derives it from the item config);
+    None is no limit.
+
+    Attributes:
+        memory: bytes of RAM (`ramLimit`).
+        pids: processes and threads (`pidsLimit`).
+        nano_cpus: CPU time in billionths of a CPU (`cpuDmipsLimit`, scaled to this node).
+    """
+
+    memory: int | None = None
+    pids: int | None = None
+    nano_cpus: int | None = None
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
-    """What to create: the name, the loaded image id, our labels, and an optional command."""
+    """What to create: the name, the loaded image id, our labels, an optional command, limits."""
 
     name: str
     image_id: str
     labels: dict[str, str]
     command: list[str] | None = None
+    limits: ContainerLimits = field(default_factory=ContainerLimits)
 
 
 @dataclass(frozen=True)
@@ -78,10 +105,10 @@ class ImageInfo:
     id: str
     tags: tuple[str, ...]
 
-    @property
-    def ours(self) -> bool:
-        """Whether this agent loaded it (a tag in our repository)."""
-        return any(t.startswith((IMAGE_REPOSITORY, LEGACY_IMAGE_REPOSITORY)) for t in self.tags)
+    def tags_of(self, owner: str) -> tuple[str, ...]:
+        """The tags SM `owner` (see `image_owner`) put on this image."""
+        prefix = f"{IMAGE_REPOSITORY}{owner}/"
+        return tuple(t for t in self.tags if t.startswith(prefix))
 
 
 @dataclass(frozen=True)
@@ -95,6 +122,18 @@ class Platform:
     def __str__(self) -> str:
         text = f"{self.os}/{self.architecture}"
         return f"{text}/{self.variant}" if self.variant else text
+
+
+def item_config_digest(manifest: Mapping[str, Any]) -> str:
+    """The digest of the item config a manifest names; "" when it names none.
+
+    The manifests the service manager holds were read when their image was fetched (the blob
+    cache refuses one whose `aosItemConfig` is no descriptor), so a descriptor that does not
+    read here counts as none instead of raising in a pure decision.
+    """
+    with contextlib.suppress(AosError, AttributeError, TypeError):
+        return oci.item_config_digest(dict(manifest)) or ""
+    return ""
 
 
 def container_key(info: ContainerInfo) -> InstanceKey | None:
@@ -124,8 +163,17 @@ def container_name(
     return f"{name}-g{generation}" if generation else name
 
 
-def image_tag(item_id: str, version: str) -> str:
-    """The tag a loaded image gets: `aoscore/<item>:<version>`, in Docker's alphabet."""
-    repository = re.sub(r"[^a-z0-9]+", "-", item_id.lower()).strip("-") or "item"
+def _path_component(text: str, default: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:64] or default
+
+
+def image_owner(unit_id: str, node_id: str) -> str:
+    """The repository component naming one SM: `<unit>-<node>` in Docker's alphabet."""
+    return f"{_path_component(unit_id, 'unit')}-{_path_component(node_id, 'node')}"
+
+
+def image_tag(owner: str, item_id: str, version: str) -> str:
+    """The tag SM `owner` puts on an image it uses: `aoscore/<owner>/<item>:<version>`."""
+    repository = _path_component(item_id, "item")
     tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", version).lstrip(".-")[:128] or "latest"
-    return f"{IMAGE_REPOSITORY}{repository}:{tag}"
+    return f"{IMAGE_REPOSITORY}{owner}/{repository}:{tag}"

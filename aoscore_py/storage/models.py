@@ -82,7 +82,7 @@ class InstanceRow(_Base):
 
 
 class UnitConfigRow(_Base):
-    """The unit configuration installed, or failed (one row, id 1)."""
+    """The unit configuration installed (id 1), and the last one refused (id 2)."""
 
     id = peewee.IntegerField(primary_key=True)
     version = peewee.TextField()

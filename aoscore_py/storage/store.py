@@ -44,6 +44,10 @@ def _error_in(raw: bytes | memoryview | None) -> ErrorInfo | None:
     return ErrorInfo(aos_code=code, exit_code=exit_code, message=message)
 
 
+_INSTALLED_ROW = 1
+_REFUSED_ROW = 2  # the last refused unit config, kept beside the installed one
+
+
 class Storage:
     """The agent's store: one SQLite file in `data_dir`.
 
@@ -110,17 +114,22 @@ class Storage:
         return {r.node: r.state for r in self._node.select()}
 
     def save_unit_config(self, record: UnitConfigRecord) -> None:
+        """Keep an installed config (the last refused one is forgotten), or a refused one
+        beside the installed one, which stays in force."""
         with self._tx("store the unit config"):
+            failed = record.state == UnitConfigState.FAILED
             self._unit_config.insert(
-                id=1,
+                id=_REFUSED_ROW if failed else _INSTALLED_ROW,
                 version=record.version,
                 state=record.state.value,
                 body=record.body,
                 error=_error_out(record.error),
             ).on_conflict_replace().execute()
+            if not failed:
+                self._unit_config.delete().where(self._unit_config.id == _REFUSED_ROW).execute()
 
-    def unit_config(self) -> UnitConfigRecord | None:
-        row = self._unit_config.get_or_none(self._unit_config.id == 1)
+    def _unit_config_row(self, row_id: int) -> UnitConfigRecord | None:
+        row = self._unit_config.get_or_none(self._unit_config.id == row_id)
         if row is None:
             return None
         return UnitConfigRecord(
@@ -129,6 +138,16 @@ class Storage:
             body=None if row.body is None else bytes(row.body),
             error=_error_in(row.error),
         )
+
+    def unit_config(self) -> UnitConfigRecord | None:
+        """The unit config in force (installed), if any."""
+        record = self._unit_config_row(_INSTALLED_ROW)
+        return None if record is None or record.state == UnitConfigState.FAILED else record
+
+    def unit_configs(self) -> list[UnitConfigRecord]:
+        """What the unit status reports: the installed config, then the last refused one."""
+        rows = (self._unit_config_row(_INSTALLED_ROW), self._unit_config_row(_REFUSED_ROW))
+        return [r for r in rows if r is not None]
 
     def reserve_seq(self, block: int) -> int:
         """Reserve `block` sequence numbers; returns the first. Numbers never repeat."""

@@ -421,12 +421,12 @@ class TestImages:
         self, docker_runtime: DockerRuntime, tmp_path: Path, unit: str
     ) -> None:
         image = build_test_image("aoscore-test-remove", labels={"run": uuid.uuid4().hex})
-        tag = f"aoscore/test-remove:{image.config_digest[7:19]}"
+        tag = f"aoscore/test-n1/remove:{image.config_digest[7:19]}"
         image_id = docker_runtime.ensure_image(
             image.config_digest, image.manifest, store_blobs(image, tmp_path), tag
         )
         [found] = [i for i in docker_runtime.list_images() if i.id == image_id]
-        assert found.tags == (tag,) and found.ours
+        assert found.tags == (tag,) and found.tags_of("test-n1") == (tag,)
         assert docker_runtime.image_platform(image_id) == docker_runtime.platform()
         container_id = run(docker_runtime, image_id, unit)
         assert docker_runtime.remove_image(image_id) is False, "in use: kept"

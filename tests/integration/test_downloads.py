@@ -19,13 +19,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
-from aoscore_py.cloud.oci import OciImage
+from aoscore_py.blobs import oci
+from aoscore_py.blobs.store import BlobStore
+from aoscore_py.cloud.oci import OciImage, host_architecture
 from aoscore_py.cloud.registry import Registry
 from aoscore_py.cloud.service import publish
+from aoscore_py.cm.imagemanager.manager import ImageManager
+from aoscore_py.nodes.itemconfig import ItemConfig, ItemFacts, Quotas, RequestedResources
 from aoscore_py.powercut.faultproxy import Fault, FaultProxy, Request
 from aoscore_py.powercut.testbed import (
     AgentLog,
@@ -563,3 +568,60 @@ def test_progress_is_visible_to_the_cli_while_downloading(
     assert transfers[0]["present"] > 0 and transfers[0]["size"] == len(big.blobs[layer])
     proxy.release()
     pagents.started[-1].signal(signal.SIGTERM)
+
+
+# --- the item config -------------------------------------------------------------------------
+
+
+def test_an_item_config_published_by_the_cli_is_fetched_signed_and_read_back(
+    pagents: Agents,
+    unit: str,
+    registry: Registry,
+    proxy: FaultProxy,
+    serving,
+    docker_runtime,
+) -> None:
+    """`cloud publish` with item config options, the agent's image manager fetching the
+    aosItemConfig blob through the registry (signed, recorded), and `item_facts` reading the
+    quotas, requests, runtimes and the image platform back from the agent's store."""
+    published = subprocess.run(
+        aoscore_cmd(
+            "cloud",
+            "publish",
+            "dl-limited",
+            *("--cloud-dir", str(pagents.cloud.cloud_dir), "--registry", registry.url),
+            *("--cpu-limit", "4000", "--ram-limit", "256MiB", "--pids-limit", "128"),
+            *("--requested-cpu", "500", "--requested-ram", "64MiB", "--runtime", "docker"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert published.returncode == 0, published.stderr
+    index_digest = published.stdout.strip()
+    _proc, log, data_dir = pagents.start(unit)
+    log.wait_for("link.up")
+    image = OciImage("dl-limited", index_digest, {})
+    assert push(pagents.cloud, unit, scenario([("limited", image)], num_instances=1))["ok"]
+    wait_item_state(data_dir, "limited", "1.0.0", ("pending", "installed"))
+
+    with read_store(data_dir) as storage:
+        # item_facts reads the store only: no cloud and no HTTP client behind this manager
+        offline: Any = None
+        images = ImageManager(storage, BlobStore(data_dir), source=offline, http=offline)
+        facts = images.item_facts("limited", "1.0.0")
+        item_config = oci.item_config_digest(images.layout("limited", "1.0.0").manifest)
+        assert item_config is not None and storage.blob(item_config) is not None
+    assert facts == ItemFacts(
+        ItemConfig(
+            runtimes=("docker",),
+            quotas=Quotas(cpu_dmips_limit=4000, ram_limit=256 << 20, pids_limit=128),
+            requested_resources=RequestedResources(cpu=500, ram=64 << 20),
+        ),
+        "linux",
+        host_architecture(),
+        None,
+    )
+    stored = log.wait_for("blob.stored", digest=item_config)
+    assert stored["signed"] is True
+    assert any(item_config in r.path for r in proxy.requests()), "fetched from the registry"

@@ -17,6 +17,7 @@ import pytest
 from aoscore_py.cloud.oci import (
     CONFIG_MEDIA_TYPE,
     INDEX_MEDIA_TYPE,
+    ITEM_CONFIG_MEDIA_TYPE,
     LAYER_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
     OciImage,
@@ -110,6 +111,33 @@ class TestPush:
                 assert response.status_code == 200, digest
                 assert response.content == data
                 assert _digest(response.content) == digest
+
+    def test_the_item_config_is_served_and_the_manifest_keeps_naming_it(
+        self, registry: Registry
+    ) -> None:
+        config = {
+            "author": "t",
+            "quotas": {"ramLimit": 1 << 20},
+            "runtimes": [{"codename": "crun"}],
+        }
+        image = build_test_image("push-item-config", item_config=config)
+        push_image(registry.url, image)
+        digest = image.item_config_digest
+        assert digest is not None
+        with httpx.Client(trust_env=False) as client:
+            blob = client.get(blob_url(registry.url, "push-item-config", digest))
+            assert blob.status_code == 200 and blob.content == image.blobs[digest]
+            manifest = client.get(
+                f"{registry.url}/v2/push-item-config/manifests/{image.manifest_digest}",
+                headers={"Accept": MANIFEST_MEDIA_TYPE},
+            )
+        assert manifest.status_code == 200
+        assert manifest.content == image.blobs[image.manifest_digest], "stored verbatim"
+        assert orjson.loads(manifest.content)["aosItemConfig"] == {
+            "mediaType": ITEM_CONFIG_MEDIA_TYPE,
+            "digest": digest,
+            "size": len(image.blobs[digest]),
+        }
 
     def test_push_twice_is_harmless(self, registry: Registry) -> None:
         image = build_test_image("push-twice")

@@ -1,8 +1,8 @@
 """`aoscore sm` as a real child process against the CM's side of the SM link in the test process
 (a `NodeManager` behind a real `SMServer`, and a real `BlobServer` over a store holding a test
 image), on the real Docker engine: registration, instances run and reported, and what survives
-an SM killed with SIGKILL or a CM that goes away. Plaintext on loopback, and mutual TLS with the
-unit PKI.
+an SM killed with SIGKILL or a CM that goes away; an item config's quotas on the container;
+node configs checked and set. Plaintext on loopback, and mutual TLS with the unit PKI.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from aoscore_py.blobs.store import BlobStore
@@ -25,9 +26,10 @@ from aoscore_py.cm.launcher.smserver import SMServer
 from aoscore_py.errors import AosCode, AosError
 from aoscore_py.iam.tls import TlsFiles, grpc_server_credentials
 from aoscore_py.iam.unitpki import UnitPki, init_unit_pki
-from aoscore_py.nodes import ImageLayout, InstanceKey, InstanceSpec
+from aoscore_py.nodes import ImageLayout, InstanceKey, InstanceSpec, wire
+from aoscore_py.nodes.proto import sm_pb2
 from aoscore_py.powercut.testbed import Process, aoscore_cmd
-from aoscore_py.protocol import InstanceState
+from aoscore_py.protocol import InstanceState, UnitConfigState, UnitConfigStatus
 from aoscore_py.sm.docker_runtime import LABEL_NODE, LABEL_UNIT, DockerRuntime
 from aoscore_py.sm.types import ContainerInfo
 
@@ -36,6 +38,9 @@ pytestmark = pytest.mark.integration
 NODE = "node-a"
 IMAGE = build_test_image("sm-process")
 CRASHING = build_test_image("sm-process-crash", command=["sh", "-c", "echo bye; exit 3"])
+QUOTAS = {"ramLimit": 80 << 20, "pidsLimit": 24, "cpuDmipsLimit": 250}
+LIMITED = build_test_image("sm-process-limited", item_config={"quotas": QUOTAS})
+UNREADABLE = build_test_image("sm-process-unreadable", item_config={"quotas": {"ramLimit": -1}})
 MISSING = "sha256:" + "e" * 64  # a manifest the CM does not hold
 
 
@@ -72,7 +77,7 @@ class Cm:
 
     def __init__(self, root: Path, pki: UnitPki | None = None) -> None:
         self.store = BlobStore(root / "cm")
-        for image in (IMAGE, CRASHING):
+        for image in (IMAGE, CRASHING, LIMITED, UNREADABLE):
             for data in image.blobs.values():
                 digest = "sha256:" + hashlib.sha256(data).hexdigest()
                 if self.store.stat(digest) is None:
@@ -145,6 +150,7 @@ class Sms:
         *,
         node_id: str = NODE,
         data_dir: str = "sm-data",
+        extra: tuple[str, ...] = (),
     ) -> Process:
         args = aoscore_cmd(
             "sm",
@@ -158,6 +164,7 @@ class Sms:
             unit,
             "--log-format",
             "json",
+            *extra,
         )
         if node_files is None:
             args.append("--insecure")
@@ -333,6 +340,90 @@ async def test_mutual_tls_refuses_a_node_id_that_is_not_the_certificates(
         assert impostor.stop() == 0
     finally:
         await cm.close()
+
+
+async def test_an_item_configs_quotas_are_the_containers_limits(
+    cm: Cm, sms: Sms, unit: str, docker_runtime: DockerRuntime
+) -> None:
+    cpus = int(docker_runtime.client.info()["NCPU"])
+    proc = sms.start(cm, unit, extra=("--max-dmips", str(1_000 * cpus)))
+    await registered(cm, proc)
+    limited, unreadable = spec("limited", LIMITED), spec("unreadable", UNREADABLE)
+    answer = {s.key: s for s in await cm.node.run_instances([limited, unreadable])}
+    assert answer[limited.key].state != InstanceState.FAILED, answer[limited.key]
+    refused = answer[unreadable.key]
+    assert refused.state == InstanceState.FAILED and refused.error is not None
+    assert refused.error.aos_code == AosCode.INVALID_ARGUMENT
+    assert "$.quotas.ramLimit" in refused.error.message
+    assert f"aosItemConfig {UNREADABLE.item_config_digest}" in refused.error.message
+
+    await reported_state(cm, limited.key, InstanceState.ACTIVE)
+    [box] = containers(docker_runtime, unit)
+    host = docker_runtime.client.api.inspect_container(box.id)["HostConfig"]
+    assert (host["Memory"], host["PidsLimit"]) == (80 << 20, 24)
+    assert host["NanoCpus"] == 250_000_000  # 250 of the 1000 DMIPS each CPU counts for
+    assert '"event":"container.limited"' in proc.output()
+
+
+def node_config(node: str = NODE, priority: int = 1) -> bytes:
+    """The node config AosCore's CM sends a node: the unit config's entry for it."""
+    return orjson.dumps(
+        {
+            "node": {"codename": node},
+            "nodeGroupSubject": {"codename": "main"},
+            "labels": ["mainNode"],
+            "priority": priority,
+        }
+    )
+
+
+async def asked(cm: Cm, message: sm_pb2.SMIncomingMessages) -> UnitConfigStatus:
+    """Send one node config request on the node's stream; its NodeConfigStatus."""
+    node = cm.node
+    node.config_status = None
+    link = node._link
+    assert link is not None
+    link.outbox.put(message)
+    await until(lambda: node.config_status is not None, 30, "the node's NodeConfigStatus")
+    assert node.config_status is not None
+    return node.config_status
+
+
+async def test_node_configs_are_checked_and_set_durably(
+    cm: Cm, sms: Sms, unit: str, tmp_path: Path
+) -> None:
+    first = sms.start(cm, unit)
+    await registered(cm, first)
+    absent = UnitConfigStatus("", UnitConfigState.ABSENT)
+    assert await asked(cm, wire.get_node_config_status()) == absent
+
+    check = await asked(cm, wire.check_node_config(NODE, "1.0.0", node_config()))
+    assert check == UnitConfigStatus("1.0.0", UnitConfigState.ABSENT)
+    other = wire.check_node_config("node-b", "1.0.0", node_config("node-b"))
+    refused = await asked(cm, other)
+    assert refused.error_info is not None
+    assert refused.error_info.aos_code == AosCode.INVALID_ARGUMENT
+    assert "'node-b' is not this node 'node-a'" in refused.error_info.message
+
+    installed = UnitConfigStatus("1.0.0", UnitConfigState.INSTALLED)
+    assert await asked(cm, wire.set_node_config(NODE, "1.0.0", node_config())) == installed
+    stored = orjson.loads((tmp_path / "sm-data" / "sm" / "node-config.json").read_bytes())
+    assert (stored["version"], stored["node"]) == ("1.0.0", {"codename": NODE})
+
+    # SIGKILL: what was set holds for the next SM, which refuses going back.
+    first.signal(signal.SIGKILL)
+    assert first.wait(10) == -signal.SIGKILL
+    await until(lambda: not cm.node.connected, 30, "the CM saw the SM go")
+    second = sms.start(cm, unit)
+    await registered(cm, second)
+    assert await asked(cm, wire.get_node_config_status()) == installed
+    older = await asked(cm, wire.set_node_config(NODE, "0.9.0", node_config(priority=5)))
+    assert older.state == UnitConfigState.INSTALLED and older.error_info is not None
+    assert older.error_info.aos_code == AosCode.WRONG_STATE
+    newer = await asked(cm, wire.set_node_config(NODE, "1.1.0", node_config(priority=5)))
+    assert newer == UnitConfigStatus("1.1.0", UnitConfigState.INSTALLED)
+    assert second.stop() == 0
+    assert '"event":"node_config.accepted"' in second.output()
 
 
 @pytest.mark.parametrize(

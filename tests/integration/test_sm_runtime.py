@@ -24,7 +24,7 @@ from aoscore_py.protocol import InstanceState
 from aoscore_py.sm.docker_runtime import LABEL_UNIT, LABEL_VERSION, DockerRuntime
 from aoscore_py.sm.health import Backoff
 from aoscore_py.sm.manager import DockerServiceManager
-from aoscore_py.sm.types import LABEL_GENERATION, ImageInfo
+from aoscore_py.sm.types import LABEL_GENERATION, LABEL_ITEM_CONFIG, ImageInfo
 
 from .test_docker_runtime import other_architecture, rebuild, store_blobs
 
@@ -69,8 +69,19 @@ class Rig:
             self.images[name] = image
         return self.images[name]
 
+    def limited(self, item: str, item_config: dict[str, Any]) -> InstanceSpec:
+        """Instance `item` 1.0 of an image whose manifest names `item_config`: the same image
+        config and layers whatever the item config, so only the quotas differ."""
+        labels = {"run": self.unit, "name": item}
+        oci = build_test_image(f"aoscore-sm-{item}", labels=labels, item_config=item_config)
+        store_blobs(oci, self.root / "blobs")
+        self.images[f"{item}@{oci.manifest_digest}"] = oci
+        return self._spec(item, "1.0", oci)
+
     def spec(self, item: str, version: str = "1.0", image: str | None = None) -> InstanceSpec:
-        oci = self.image(image or f"{item}-{version}")
+        return self._spec(item, version, self.image(image or f"{item}-{version}"))
+
+    def _spec(self, item: str, version: str, oci: OciImage) -> InstanceSpec:
         layout = ImageLayout(
             oci.index_digest,
             oci.manifest_digest,
@@ -311,6 +322,34 @@ class TestImages:
         assert rig.runtime.image_platform(a1.image.config_digest) is None
         for kept in (a2, b):  # wanted, or in use by a container
             assert rig.runtime.image_platform(kept.image.config_digest) is not None
+
+
+class TestItemConfig:
+    async def test_quotas_are_the_containers_limits_and_new_ones_replace_it(self, rig: Rig) -> None:
+        cpus = int(rig.runtime.client.info()["NCPU"])
+        sm = rig.manager(max_dmips=1_000 * cpus, cpus=cpus)
+        quotas = {"ramLimit": 96 << 20, "pidsLimit": 32, "cpuDmipsLimit": 500}
+        first = rig.limited("q", {"quotas": quotas, "runParameters": {"restartInterval": "PT3S"}})
+        await sm.run_instances([first])
+        await wait_statuses(sm, all_active("q"))
+        (box,) = rig.containers("q")
+        host = rig.runtime.client.api.inspect_container(box.id)["HostConfig"]
+        assert host["Memory"] == 96 << 20
+        assert host["PidsLimit"] == 32
+        assert host["NanoCpus"] == 500_000_000  # 500 of 1000 DMIPS per CPU: half a CPU
+        assert box.labels[LABEL_ITEM_CONFIG] == first.image.manifest["aosItemConfig"]["digest"]
+        assert sm._state.backoffs["q"].base_s == 3
+
+        second = rig.limited("q", {"quotas": {**quotas, "ramLimit": 128 << 20}})
+        assert second.image.config_digest == first.image.config_digest
+        await sm.run_instances([second])
+        await wait_until(lambda: [c.id != box.id for c in rig.containers("q")] == [True])
+        await wait_statuses(sm, all_active("q"))
+        (new,) = rig.containers("q")
+        assert new.labels[LABEL_GENERATION] == "1", "replaced blue-green, as a new version is"
+        host = rig.runtime.client.api.inspect_container(new.id)["HostConfig"]
+        assert (host["Memory"], host["PidsLimit"]) == (128 << 20, 32)
+        assert "q" not in sm._state.backoffs  # that config names no runParameters
 
 
 class TestHealth:

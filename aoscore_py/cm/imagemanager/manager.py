@@ -1,15 +1,18 @@
 """The image manager: makes every desired item's blobs present and verified, and keeps records.
 
-Per item: the index, then its manifest, then config and layers, each fetched through URLs the
-cloud hands out (requestBlobUrls). Items go on at once and their blobs too, at most
-`DownloadPolicy.parallel` transfers at a time; a blob two items share is fetched once. Each blob
-is checked against its digest and its signature before it enters the store. A blob already
-stored is trusted by its record (size and mtime), never hashed again; one whose file changed is
-fetched again. One item's failure marks that item failed with an errorInfo; the others go on.
+Per item: the index, then its manifest, then config, item config (`aosItemConfig`, when the
+manifest names one) and layers, each fetched through URLs the cloud hands out (requestBlobUrls).
+Items go on at once and their blobs too, at most `DownloadPolicy.parallel` transfers at a time;
+a blob two items share is fetched once. Each blob is checked against its digest and its
+signature before it enters the store. A blob already stored is trusted by its record (size and
+mtime), never hashed again; one whose file changed is fetched again. An item config that
+cannot be parsed fails its item (invalidArgument, naming the JSON path). One item's failure
+marks that item failed with an errorInfo; the others go on.
 
 Finalizing retires other versions (state removed); they are kept for a TTL, so that going back
 to one needs no download, and then collected (collector.py). Transfers are reported by
-progress.py, fetched by download.py into partial files (partial.py).
+progress.py, fetched by download.py into partial files (partial.py). What a stored item says
+about where it may run (`item_facts`) is read once per manifest (facts.py).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ...crypto.signing import ChainVerifier, hash_names_for
 from ...errors import AosCode, AosError, BlobError, classify
 from ...logs import MIB, get_logger, mib
 from ...nodes import ImageLayout
+from ...nodes.itemconfig import ItemFacts
 from ...protocol import BlobUrlInfo, DesiredItem, DesiredStatus, ErrorInfo, ItemState
 from ..communication.interfaces import BlobUrlSource
 from .collector import collect
@@ -46,6 +50,7 @@ from .crashpoints import (
     ITEM_PENDING,
     ITEM_REMOVED,
 )
+from .facts import FactsCache, read_item_config
 from .interfaces import BlobRecord, ImageStorage, ItemRecord
 from .progress import PROGRESS_FILE, ProgressReporter
 
@@ -100,12 +105,19 @@ class ImageManager:
         self.policy = policy or ImagePolicy()
         self.downloader = Downloader(http, store, self.policy.download, sleep=sleep)
         self._platform = host_platform()
+        self._facts = FactsCache(store.read, self._platform)
         self._locks: dict[str, asyncio.Lock] = {}
         self.progress = ProgressReporter(
             self.downloader.active,
             store.root / PROGRESS_FILE,
             self.policy.download.progress_interval_s,
         )
+
+    def _upsert(self, record: ItemRecord) -> None:
+        """Write an item record; every write goes here, so `item_facts` never answers from a
+        stale record."""
+        self._facts.forget(record.item_id, record.version)
+        self._storage.upsert_item(record)
 
     def records(self) -> list[ItemRecord]:
         return self._storage.items()
@@ -163,7 +175,7 @@ class ImageManager:
             state = ItemState.DOWNLOADING
         record = ItemRecord(item_id, item.version, kind, item.index_digest, state)
         if known != record:
-            self._storage.upsert_item(record)
+            self._upsert(record)
         started = time.monotonic()
         attempted: set[str] = set()
         try:
@@ -182,7 +194,7 @@ class ImageManager:
                 ItemState.FAILED,
                 ErrorInfo.from_exception(exc),
             )
-            self._storage.upsert_item(failed)
+            self._upsert(failed)
             log.error(
                 "item.failed",
                 item=item_id,
@@ -194,7 +206,7 @@ class ImageManager:
             return failed
         if state == ItemState.DOWNLOADING:
             record = ItemRecord(item_id, item.version, kind, item.index_digest, ItemState.PENDING)
-            self._storage.upsert_item(record)
+            self._upsert(record)
             crashpoint(ITEM_PENDING)
         log.info(
             "item.ready",
@@ -213,8 +225,13 @@ class ImageManager:
         await self._ensure([item.index_digest], verifier, fetched, attempted)
         manifest_digest = self._manifest_digest(item.index_digest)
         await self._ensure([manifest_digest], verifier, fetched, attempted)
-        _, config, layers = oci.parse_manifest(self._store.read(manifest_digest))
-        await self._ensure([config, *layers], verifier, fetched, attempted)
+        doc, config, layers = oci.parse_manifest(self._store.read(manifest_digest))
+        item_config = oci.item_config_digest(doc)
+        named = [config, item_config, *layers] if item_config else [config, *layers]
+        await self._ensure(named, verifier, fetched, attempted)
+        if item_config is not None:
+            # refused now, not when instances are placed: the item fails, the old version runs
+            read_item_config(self._store.read(item_config), item_config)
         return len(fetched)
 
     async def _hashes_to(self, digest: str) -> bool:
@@ -366,11 +383,8 @@ class ImageManager:
 
     def _manifest_digest(self, index_digest: str) -> str:
         """The manifest for this platform named by the stored index (an item may also point
-        straight at a manifest: then it is its own)."""
-        top = self._store.read(index_digest)
-        if oci.is_index(oci.load_document(top)):
-            return oci.choose_manifest(top, *self._platform)
-        return index_digest
+        straight at a manifest: then it is its own); cached, as the index never changes."""
+        return self._facts.manifest_digest(index_digest)
 
     def layout(self, item_id: str, version: str) -> ImageLayout:
         """How the stored blobs of an item version make an image.
@@ -391,9 +405,39 @@ class ImageManager:
         with contextlib.suppress(AosError, OSError):
             manifest_digest = self._manifest_digest(index_digest)
             refs.add(manifest_digest)
-            _, config, layers = oci.parse_manifest(self._store.read(manifest_digest))
+            doc, config, layers = oci.parse_manifest(self._store.read(manifest_digest))
             refs.update((config, *layers))
+            item_config = oci.item_config_digest(doc)
+            if item_config is not None:
+                refs.add(item_config)
         return refs
+
+    def item_facts(self, item_id: str, version: str) -> ItemFacts:
+        """The item config and image platform of a stored item version, for placement.
+
+        Cheap after the first call for a manifest: the launcher asks per item on every plan.
+
+        Raises:
+            AosError: the version is not stored (notFound): unknown, still downloading, failed
+                or being collected.
+            ProtocolError: its item config cannot be parsed (invalidArgument).
+            BlobError: its manifest or image config cannot be read (invalidArgument).
+        """
+        index_digest = self._facts.stored_index(item_id, version)
+        if index_digest is None:
+            record = self.record(item_id, version)
+            if record is None or record.state not in _STORED:
+                state = "not known" if record is None else f"{record.state.value}, not stored"
+                raise AosError(f"item {item_id} {version} is {state}", code=AosCode.NOT_FOUND)
+            index_digest = record.index_digest
+            self._facts.remember(item_id, version, index_digest)
+        try:
+            return self._facts.facts(self._manifest_digest(index_digest))
+        except OSError as exc:
+            raise AosError(
+                f"item {item_id} {version}: a blob is missing from the store: {exc}",
+                code=AosCode.NOT_FOUND,
+            ) from exc
 
     # finalizing and collection
 
@@ -423,24 +467,32 @@ class ImageManager:
         self.collect()
 
     def _set_state(self, record: ItemRecord, state: ItemState) -> None:
-        self._storage.upsert_item(
+        self._upsert(
             ItemRecord(record.item_id, record.version, record.item_type, record.index_digest, state)
         )
 
     def collect(self, now: float | None = None) -> dict[str, int]:
         """Collect removed items past their TTL and every blob and partial file no item
         references (collector.py); returns what was collected."""
-        return collect(
-            self._storage,
-            self._store,
-            self.references,
-            in_transfer=self.downloader.active,
-            removed_ttl_s=self.policy.removed_ttl_s,
-            now=time.time() if now is None else now,
-        )
+        try:
+            collected = collect(
+                self._storage,
+                self._store,
+                self.references,
+                in_transfer=self.downloader.active,
+                removed_ttl_s=self.policy.removed_ttl_s,
+                now=time.time() if now is None else now,
+            )
+        finally:
+            self._facts.forget_items()  # the collector writes item records of its own
+        if collected["blobs"]:
+            self._facts.prune(set(self._store.stored()))
+        return collected
 
 
 _RETIRED = (ItemState.REMOVED, ItemState.REMOVING)
+# States whose blobs are all present and verified (removed versions are kept for the TTL).
+_STORED = (ItemState.PENDING, ItemState.INSTALLED, ItemState.REMOVED)
 
 
 def _first(group: BaseExceptionGroup) -> BaseException:

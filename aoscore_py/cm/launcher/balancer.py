@@ -9,7 +9,8 @@ highest node priority wins, then the most free node CPU, the most free node RAM,
 within a node, the first fitting runtime by type name.
 
 Our addition: an instance keeps its current node while that node qualifies with room for it
-(no needless moves). Instances that stay book their place before any other is placed, so new
+(no needless moves); a node that `accepts_new` no more (its SM is away, within its timeout) only
+keeps what it runs. Instances that stay book their place before any other is placed, so new
 ones balance against what really runs; an instance of strictly higher priority that fits
 nowhere else may push lower-priority ones out, which are then placed like new ones. An instance
 that fits nowhere gets the reason, in AosCore's filter order.
@@ -170,6 +171,7 @@ class _Balancer:
                 heap = [
                     (-c.node.spec.priority, -c.node.cpu.free, -c.node.ram.free, c.node.id, i)
                     for i, c in enumerate(cands)
+                    if c.node.spec.accepts_new
                 ]
                 heapq.heapify(heap)
             slot = self._take(heap, cands)
@@ -203,6 +205,8 @@ class _Balancer:
         """
         best = None
         for cand in cands:
+            if not cand.node.spec.accepts_new:
+                continue
             victims = [h for h in cand.node.holds if h.yields_to(d.priority)]
             if victims and fits_without(cand, victims):
                 node = cand.node
@@ -253,6 +257,10 @@ class _Balancer:
 
     def _refusal(self, d: Demand, cands: list[Candidate]) -> Slot:
         """Why the group's next instance fits on none of its candidates now."""
+        if not any(c.node.spec.accepts_new for c in cands):
+            away = ", ".join(f"{c.node.id}: SM away" for c in cands[:8])
+            return self._fail(AosCode.NOT_FOUND, f"no connected provisioned node ({away})")
+        cands = [c for c in cands if c.node.spec.accepts_new]
         free = [c for c in cands if all(pool.free > 0 for pool in c.res)]
         if not free:
             names = resource_names(d.config)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from statemachine import crashpoint
 
@@ -20,17 +22,21 @@ from ...nodes import (
     InstanceSpec,
     InstanceStatus,
     ServiceManager,
-    expand_instances,
 )
-from ...protocol import DesiredStatus, ErrorInfo, InstanceState, ItemState
+from ...protocol import DesiredStatus, ErrorInfo, InstanceState, ItemState, NodeState
 from ..imagemanager.interfaces import ItemRecord
+from .balancer import balance
 from .crashpoints import INSTANCES_ADOPTED, NODE_ANSWERED, PLACEMENT_STORED
 from .interfaces import InstanceRecord, LauncherStorage
-from .placement import NodeCandidate, WantedInstance, place
+from .shapes import Demand, NodeSpec, Platform, demands, node_specs, with_desired_states
+
+if TYPE_CHECKING:
+    from ...nodes.itemconfig import ItemConfig, ItemFacts
 
 log = get_logger("launcher")
 
 LayoutOf = Callable[[str, str], ImageLayout]
+FactsOf = Callable[[str, str], "ItemFacts"]
 
 
 def runnable_versions(
@@ -68,8 +74,13 @@ class Launcher:
 
     Args:
         storage: instance records.
-        nodes: node codename -> its service manager.
+        nodes: node codename -> its service manager: the `NodeManager` (a live mapping, so a
+            node whose SM connects later is placed on), or a plain mapping of in-process nodes.
         layout_of: (item id, version) -> how its image is built from stored blobs.
+        facts_of: (item id, version) -> its item config and image platform (`ItemFacts`);
+            None places without them (no resources asked, any platform).
+        node_wait_s: how long the first launch of a cycle waits for the nodes the unit config
+            names to connect once (AosCore's WaitAllNodesConnected).
     """
 
     def __init__(
@@ -77,41 +88,109 @@ class Launcher:
         storage: LauncherStorage,
         nodes: Mapping[str, ServiceManager],
         layout_of: LayoutOf,
+        facts_of: FactsOf | None = None,
+        *,
+        node_wait_s: float = 60.0,
     ) -> None:
         self._storage = storage
-        self._nodes = dict(nodes)
+        self._nodes = nodes
         self._layout_of = layout_of
+        self._facts_of = facts_of
+        self._node_wait_s = node_wait_s
+        self._lock = asyncio.Lock()
+        self.launched: DesiredStatus | None = None
+        """The desired status the last launch placed (what `reconcile` keeps in force)."""
 
     def records(self) -> list[InstanceRecord]:
         return self._storage.instances()
 
-    def candidates(
+    async def node_specs(
         self, desired: DesiredStatus, node_states: Mapping[str, str]
-    ) -> list[NodeCandidate]:
-        """The nodes as placement sees them: labels and priority from the unit config."""
-        configs = {}
-        if desired.unit_config is not None:
-            configs = {n.node.key: n for n in desired.unit_config.nodes}
-        out = []
-        for node in sorted(self._nodes):
-            cfg = configs.get(node)
-            out.append(
-                NodeCandidate(
-                    node=node,
-                    priority=cfg.priority if cfg else 0,
-                    labels=frozenset(cfg.labels) if cfg else frozenset(),
-                    paused=node_states.get(node) == "paused",
-                )
-            )
-        return out
+    ) -> list[NodeSpec]:
+        """The nodes as placement sees them: what each reports, its unit config entry, the
+        desired node states. A node whose SM is away, but not for its node timeout yet, keeps
+        the instances it runs and takes no new ones."""
+        infos = [await self._nodes[n].node_info() for n in sorted(self._nodes)]
+        specs = []
+        for info, spec in zip(infos, node_specs(infos, desired.unit_config), strict=True):
+            if not info.is_connected and info.state != NodeState.ERROR and info.runtimes:
+                spec = replace(spec, connected=True, accepts_new=False)
+            specs.append(spec)
+        return with_desired_states(specs, node_states)
+
+    def _demands(
+        self, desired: DesiredStatus, versions: Mapping[str, ItemRecord]
+    ) -> tuple[list[Demand], dict[str, AosError]]:
+        """The desired groups with their items' configs and platforms; items whose facts cannot
+        be read, with the error."""
+        configs: dict[str, ItemConfig] = {}
+        platforms: dict[str, Platform] = {}
+        broken: dict[str, AosError] = {}
+        if self._facts_of is not None:
+            for item_id, rec in versions.items():
+                try:
+                    facts = self._facts_of(rec.item_id, rec.version)
+                except AosError as exc:
+                    broken[item_id] = exc
+                    continue
+                if facts.config is not None:
+                    configs[item_id] = facts.config
+                platforms[item_id] = Platform(facts.os, facts.architecture, facts.variant)
+        return demands(desired, configs, platforms), broken
 
     async def launch(
         self,
         desired: DesiredStatus,
         items: Sequence[ItemRecord],
         node_states: Mapping[str, str],
+        *,
+        wait_nodes: bool = True,
     ) -> list[InstanceRecord]:
-        """Place every desired instance, tell each node its list, record the answers."""
+        """Place every desired instance, tell each node its list, record the answers.
+
+        With `wait_nodes`, first wait (at most the node wait) until every node the unit config
+        names has connected once, so a node that is still booting is not passed over.
+        """
+        async with self._lock:
+            return await self._locked_launch(desired, items, node_states, wait_nodes)
+
+    async def reconcile(
+        self,
+        items: Callable[[], Sequence[ItemRecord]],
+        node_states: Callable[[], Mapping[str, str]],
+    ) -> list[InstanceRecord] | None:
+        """Place again what the last launch placed, because a node came, went or reported
+        something else than it was told; None when nothing was launched yet. Nodes that already
+        run what they should are not told anything. The desired status, items and node states
+        are read once the lock is held: a launch that ran meanwhile placed newer ones."""
+        async with self._lock:
+            if self.launched is None:
+                return None
+            return await self._locked_launch(self.launched, items(), node_states(), False)
+
+    async def _locked_launch(
+        self,
+        desired: DesiredStatus,
+        items: Sequence[ItemRecord],
+        node_states: Mapping[str, str],
+        wait_nodes: bool,
+    ) -> list[InstanceRecord]:
+        setter = getattr(self._nodes, "set_desired_states", None)
+        if setter is not None:
+            setter(node_states)
+        waiter = getattr(self._nodes, "wait_all_connected", None)
+        if wait_nodes and waiter is not None:
+            await waiter(self._node_wait_s)
+        records = await self._launch(desired, items, node_states)
+        self.launched = desired
+        return records
+
+    async def _launch(
+        self,
+        desired: DesiredStatus,
+        items: Sequence[ItemRecord],
+        node_states: Mapping[str, str],
+    ) -> list[InstanceRecord]:
         versions = runnable_versions(desired, items)
         layouts: dict[str, ImageLayout | AosError] = {}
         for item_id, item in versions.items():
@@ -119,54 +198,88 @@ class Launcher:
                 layouts[item_id] = self._layout_of(item.item_id, item.version)
             except AosError as exc:
                 layouts[item_id] = exc
-        wanted: list[WantedInstance] = []
+        wanted, broken = self._demands(desired, versions)
+        layouts.update(broken)
+        before = {r.key: r for r in self._storage.instances()}
+        current = {k: r.node for k, r in before.items() if r.node}
+        specs = await self.node_specs(desired, node_states)
+        plans = balance(wanted, specs, current)
+        priorities = {(g.item.key, g.subject.key): g.priority for g in desired.instances}
         records: dict[InstanceKey, InstanceRecord] = {}
-        meta: dict[InstanceKey, tuple[ItemRecord | None, int]] = {}
-        for key, inst in expand_instances(desired.instances):
-            meta[key] = (versions.get(key.item_id), inst.priority)
-            wanted.append(WantedInstance(key, inst.priority, frozenset(inst.labels)))
-        current = {r.key: r.node for r in self._storage.instances()}
-        placements = place(wanted, self.candidates(desired, node_states), current)
-        per_node: dict[str, list[InstanceSpec]] = {node: [] for node in self._nodes}
-        for p in placements:
-            item, priority = meta[p.key]
+        per_node: dict[str, list[InstanceSpec]] = {spec.id: [] for spec in specs}
+        for plan in plans:
+            priority = priorities.get((plan.item, plan.subject), 0)
+            item = versions.get(plan.item)
             kind = item.item_type if item else "service"
             version = item.version if item else ""
-            if item is None:
-                records[p.key] = self._failed(
-                    p.key,
-                    kind,
-                    version,
-                    p.node or "",
-                    priority,
-                    AosCode.NOT_FOUND,
-                    "item is not available",
-                )
-            elif p.node is None:
-                records[p.key] = self._failed(
-                    p.key, kind, version, "", priority, AosCode.NOT_FOUND, p.reason
-                )
-            else:
-                layout = layouts[item.item_id]
-                if isinstance(layout, AosError):
-                    records[p.key] = self._failed(
-                        p.key, kind, version, p.node, priority, layout.code, layout.message
+            for key, slot in plan:
+                if item is None:
+                    records[key] = self._failed(
+                        key, kind, version, "", priority, AosCode.NOT_FOUND, "item is not available"
                     )
                     continue
-                per_node[p.node].append(InstanceSpec(p.key, kind, version, layout, priority))
-                records[p.key] = InstanceRecord(
-                    p.key, kind, version, p.node, priority, InstanceState.ACTIVATING
-                )
+                layout = layouts[item.item_id]
+                if isinstance(layout, AosError):
+                    records[key] = self._failed(
+                        key, kind, version, slot.node or "", priority, layout.code, layout.message
+                    )
+                elif slot.node is None:
+                    records[key] = self._failed(
+                        key, kind, version, "", priority, AosCode(slot.code), slot.reason
+                    )
+                else:
+                    per_node[slot.node].append(InstanceSpec(key, kind, version, layout, priority))
+                    old = before.get(key)
+                    kept = old is not None and old.node == slot.node and old.version == version
+                    records[key] = (
+                        replace(old, priority=priority)
+                        if kept and old.state != InstanceState.FAILED
+                        else InstanceRecord(
+                            key, kind, version, slot.node, priority, InstanceState.ACTIVATING
+                        )
+                    )
         self._storage.replace_instances(sorted(records.values(), key=lambda r: r.key))
         crashpoint(PLACEMENT_STORED)
         log.info(
             "placement.stored",
             instances=len(records),
             nodes={n: len(s) for n, s in per_node.items()},
+            failed=sum(1 for r in records.values() if r.state == InstanceState.FAILED),
         )
-        for node, specs in sorted(per_node.items()):
-            statuses = await self._nodes[node].run_instances(specs)
-            self._record(statuses, records)
+        for node, node_specs_ in sorted(per_node.items()):
+            await self._tell(node, node_specs_, records)
+        return self._storage.instances()
+
+    async def _tell(
+        self,
+        node: str,
+        specs: Sequence[InstanceSpec],
+        records: Mapping[InstanceKey, InstanceRecord],
+    ) -> None:
+        """Make `node` run `specs` and record its answer. A node that already runs them is not
+        asked again; one whose SM is away is left for when it comes back (its records stay)."""
+        sm = self._nodes[node]
+        needs_update = getattr(sm, "needs_update", None)
+        try:
+            if needs_update is not None and not needs_update(specs):
+                statuses = await sm.instance_statuses()
+                told = False
+            else:
+                statuses = await sm.run_instances(specs)
+                told = True
+        except AosError as exc:
+            if exc.code != AosCode.TIMEOUT:
+                raise
+            log.warning(
+                "node.unreachable",
+                node=node,
+                instances=len(specs),
+                error=exc.message,
+                next="told again when its SM connects; placed elsewhere after its node timeout",
+            )
+            return
+        self._record(statuses, records)
+        if told:
             crashpoint(NODE_ANSWERED)
             log.info(
                 "node.answered",
@@ -174,7 +287,6 @@ class Launcher:
                 instances=len(specs),
                 states=_count(s.state for s in statuses),
             )
-        return self._storage.instances()
 
     @staticmethod
     def _failed(
@@ -221,14 +333,21 @@ class Launcher:
 
         With no instance record at all (a new store in place of one that was lost, or a unit
         that never launched), what the nodes report is adopted as it runs, so that it is
-        reported and the next placement keeps each instance on its node. Once a placement is
+        reported and the next placement keeps each instance on its node. A node whose SM is
+        away (of several) is skipped: its records stay as they were. Once a placement is
         stored, an instance it does not name is one the node is removing (or failed to
         remove): it is not adopted, or its record would outlive its container and be
         reported failed.
         """
         statuses: list[InstanceStatus] = []
+        away: set[str] = set()
         for node in sorted(self._nodes):
-            statuses += await self._nodes[node].instance_statuses()
+            try:
+                statuses += await self._nodes[node].instance_statuses()
+            except AosError as exc:
+                if exc.code != AosCode.TIMEOUT or len(self._nodes) == 1:
+                    raise
+                away.add(node)  # its records stay as they were until it comes back
         reported = {s.key for s in statuses}
         known = {r.key: r for r in self._storage.instances()}
         if not known and statuses:
@@ -253,12 +372,26 @@ class Launcher:
                 ErrorInfo(int(AosCode.NOT_FOUND), 0, "instance is not running on its node"),
             )
             for k, r in known.items()
-            if k not in reported and r.node and r.state != InstanceState.FAILED
+            if k not in reported
+            and r.node
+            and r.node not in away
+            and r.state != InstanceState.FAILED
         ]
         self._record([*statuses, *missing], known)
         return self._storage.instances()
 
-    async def wait_active(self, timeout_s: float, poll_s: float = 0.5) -> bool:
+    def give_up_activating(self, timeout_s: float) -> list[tuple[str, str]]:
+        """Record every instance still activating as failed (errorInfo timeout); the (item id,
+        version) pairs they belong to. What waitingActive does when its timeout passes."""
+        late = [r for r in self._storage.instances() if r.state == InstanceState.ACTIVATING]
+        if late:
+            error = _late_error(timeout_s)
+            self._storage.update_instances(
+                [replace(r, state=InstanceState.FAILED, error=error) for r in late]
+            )
+        return sorted({(r.key.item_id, r.version) for r in late})
+
+    async def wait_active(self, timeout_s: float, poll_s: float = 0.1) -> bool:
         """Wait until no instance is activating; False when `timeout_s` passes first."""
         deadline = time.monotonic() + timeout_s
         while True:
@@ -271,10 +404,14 @@ class Launcher:
                     "wait_active.timeout",
                     activating=activating,
                     timeout_s=timeout_s,
-                    next="finalizing anyway; these instances are reported as they are",
+                    next="reported failed; finalizing the items whose instances are active",
                 )
                 return False
             await asyncio.sleep(poll_s)
+
+
+def _late_error(timeout_s: float) -> ErrorInfo:
+    return ErrorInfo(int(AosCode.TIMEOUT), 0, f"did not become active within {timeout_s:g} s")
 
 
 def _count(states: object) -> dict[str, int]:

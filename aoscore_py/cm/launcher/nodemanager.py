@@ -34,15 +34,26 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
+
+import orjson
 
 from ...errors import AosCode, AosError, ProtocolError
 from ...logs import get_logger
 from ...nodes import InstanceKey, InstanceSpec, InstanceStatus, wire
 from ...nodes.proto import sm_pb2
-from ...protocol import ErrorInfo, Identity, NodeInfo, NodeState, UnitConfigStatus
+from ...protocol import (
+    ErrorInfo,
+    Identity,
+    NodeInfo,
+    NodeState,
+    UnitConfig,
+    UnitConfigState,
+    UnitConfigStatus,
+)
+from ...protocol._write import node_config as node_config_json
 
 log = get_logger("launcher.nodes")
 
@@ -161,6 +172,7 @@ class RemoteNode:
         self.node_id = node_id
         self.since = since  # monotonic time of the last connect or disconnect (or of creation)
         self.ever_connected = False
+        self.ever_reported = False  # its SM sent NodeInstancesStatus once
         self.runtimes: wire.NodeRuntimes | None = None  # the last SMInfo
         self.config_status: UnitConfigStatus | None = None  # the last NodeConfigStatus
         self.alerts: deque[NodeAlert] = deque(maxlen=MAX_ALERTS)
@@ -171,6 +183,8 @@ class RemoteNode:
         self._reported: dict[InstanceKey, tuple[str, str]] = {}
         self._lock = asyncio.Lock()
         self._answer: _Answer | None = None
+        self._config_answer: tuple[str, asyncio.Future[UnitConfigStatus]] | None = None
+        self._config_lock = asyncio.Lock()
         self._error_reported = False
 
     def __repr__(self) -> str:
@@ -307,6 +321,36 @@ class RemoteNode:
             raise not_connected(self.node_id)
         return [self._statuses[k] for k in sorted(self._statuses)]
 
+    async def configure(self, step: str, version: str, body: bytes) -> UnitConfigStatus:
+        """Send this node its unit config entry (`step` "check": `CheckNodeConfig`, "set":
+        `SetNodeConfig`) and return the node's `NodeConfigStatus` for that version.
+
+        Raises:
+            AosError: code timeout when the node is not connected, goes away, or does not
+                answer in the answer timeout.
+        """
+        build = wire.check_node_config if step == "check" else wire.set_node_config
+        async with self._config_lock:
+            link = self._link
+            if link is None:
+                raise not_connected(self.node_id)
+            future: asyncio.Future[UnitConfigStatus] = asyncio.get_running_loop().create_future()
+            self._config_answer = (version, future)
+            timeout = self._manager.answer_timeout_s
+            try:
+                link.outbox.put(build(self.node_id, version, body))
+                log.info("node.config_sent", node=self.node_id, step=step, version=version)
+                async with asyncio.timeout(timeout):
+                    return await future
+            except TimeoutError:
+                raise AosError(
+                    f"node {self.node_id} did not answer {step} of node config {version} "
+                    f"in {timeout:g} s",
+                    code=AosCode.TIMEOUT,
+                ) from None
+            finally:
+                self._config_answer = None
+
     # -- the stream ---------------------------------------------------------------------------
 
     def _connected(self, link: NodeLink, info: wire.NodeRuntimes) -> None:
@@ -351,6 +395,9 @@ class RemoteNode:
         answer, self._answer = self._answer, None
         if answer is not None and not answer.future.done():
             answer.future.set_exception(not_connected(self.node_id, why))
+        waiting, self._config_answer = self._config_answer, None
+        if waiting is not None and not waiting[1].done():
+            waiting[1].set_exception(not_connected(self.node_id, why))
 
     def _remember(self, message: sm_pb2.NodeInstancesStatus | sm_pb2.UpdateInstancesStatus) -> None:
         for status in message.instances:
@@ -366,6 +413,8 @@ class RemoteNode:
         self._statuses = {s.key: s for s in statuses}
         self._reported = {}
         self._remember(message)
+        self.ever_reported = True
+        self._manager._signal_came()
         log.info("node.instances", node=self.node_id, instances=len(statuses))
         self._manager._notify(self.node_id)
 
@@ -413,6 +462,10 @@ class RemoteNode:
 
     def _on_config_status(self, message: sm_pb2.NodeConfigStatus) -> None:
         self.config_status = wire.node_config_status_from_proto(message)
+        waiting = self._config_answer
+        version = self.config_status.version
+        if waiting is not None and waiting[0] == version and not waiting[1].done():
+            waiting[1].set_result(self.config_status)
         log.info(
             "node.config_status",
             node=self.node_id,
@@ -470,6 +523,14 @@ _RECEIVERS: dict[str, Callable[[RemoteNode, object], None]] = {
 }
 
 
+def node_config_bodies(config: UnitConfig) -> dict[str, bytes]:
+    """Each node's entry of a unit config, as the JSON its SM checks and stores."""
+    return {
+        n.node.key or "": orjson.dumps(node_config_json(n), option=orjson.OPT_SORT_KEYS)
+        for n in config.nodes
+    }
+
+
 class NodeManager(Mapping[str, RemoteNode]):
     """The unit's nodes, by id: those the unit config names, and any whose SM connected.
 
@@ -478,6 +539,8 @@ class NodeManager(Mapping[str, RemoteNode]):
 
     Args:
         expected: the node ids the unit config names (see `set_unit_nodes`).
+        known: node ids of the unit besides those (the unit PKI's nodes): a unit config may
+            name them before their SM ever connected.
         node_timeout_s: how long an SM may be gone before its node is `error`.
         answer_timeout_s: how long `run_instances` waits for a node's answer.
         clock: monotonic seconds (a fake one in tests).
@@ -489,6 +552,7 @@ class NodeManager(Mapping[str, RemoteNode]):
         self,
         expected: Iterable[str] = (),
         *,
+        known: Iterable[str] = (),
         node_timeout_s: float = DEFAULT_NODE_TIMEOUT_S,
         answer_timeout_s: float = DEFAULT_ANSWER_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
@@ -498,10 +562,12 @@ class NodeManager(Mapping[str, RemoteNode]):
         self.answer_timeout_s = answer_timeout_s
         self.clock = clock
         self.on_node_changed = on_node_changed
+        self._known = frozenset(known)
         self._nodes: dict[str, RemoteNode] = {}
         self._expected: frozenset[str] = frozenset()
         self._desired: dict[str, NodeState] = {}
         self._cloud_connected = False
+        self._unit_config: UnitConfig | None = None
         self._came = asyncio.Event()  # set, then replaced, whenever a node connects
         self.set_unit_nodes(expected)
 
@@ -522,6 +588,11 @@ class NodeManager(Mapping[str, RemoteNode]):
     def expected(self) -> frozenset[str]:
         """The node ids the unit config names."""
         return self._expected
+
+    def knows(self, node_id: str) -> bool:
+        """Whether `node_id` is a node of this unit: provisioned (the unit PKI has it, or the
+        installed unit config names it) or its SM connected."""
+        return node_id in self._nodes or node_id in self._known
 
     def set_unit_nodes(self, node_ids: Iterable[str]) -> None:
         """The nodes the unit config names, now: each one is in the mapping from now on (and
@@ -554,6 +625,28 @@ class NodeManager(Mapping[str, RemoteNode]):
             if node._link is not None:
                 node._link.outbox.put(wire.connection_status(connected))
 
+    async def apply_unit_config(self, config: UnitConfig) -> ErrorInfo | None:
+        """Have every connected node named by `config` check its entry (`CheckNodeConfig`),
+        then, when all accept, set it (`SetNodeConfig`). A node not connected now gets it
+        when its SM connects. Returns why it was refused (None: set everywhere it could be).
+        """
+        bodies = node_config_bodies(config)
+        targets = [self._nodes[n] for n in sorted(bodies) if n in self._nodes]
+        targets = [node for node in targets if node.connected]
+        for step in ("check", "set"):
+            for node in targets:
+                try:
+                    status = await node.configure(step, config.version, bodies[node.node_id])
+                except AosError as exc:
+                    return ErrorInfo(int(exc.code), 0, f"node {node.node_id}: {exc.message}")
+                error = status.error_info
+                if error is None and status.state == UnitConfigState.FAILED:
+                    error = ErrorInfo(int(AosCode.FAILED), 0, f"{step} failed")
+                if error is not None:
+                    return replace(error, message=f"node {node.node_id}: {error.message}")
+        self._unit_config = config
+        return None
+
     # -- what the adapter calls ---------------------------------------------------------------
 
     def register(
@@ -580,8 +673,16 @@ class NodeManager(Mapping[str, RemoteNode]):
         link = NodeLink(node, outbox, peer)
         node._connected(link, info)
         outbox.put(wire.connection_status(self._cloud_connected))
-        self._came.set()
-        self._came = asyncio.Event()
+        config = self._unit_config
+        if config is not None:
+            body = node_config_bodies(config).get(info.node_id)
+            if body is not None and (
+                node.config_status is None or node.config_status.version != config.version
+            ):
+                # A node that was away when the unit config was set gets it now; its answer
+                # is kept as its config status.
+                outbox.put(wire.set_node_config(info.node_id, config.version, body))
+        self._signal_came()
         return link
 
     def close_all(self, reason: str) -> None:
@@ -627,24 +728,30 @@ class NodeManager(Mapping[str, RemoteNode]):
         placement excludes them by state and the launcher still tells them to stop."""
         return [n for n in self if self._nodes[n].connected]
 
-    def never_connected(self) -> list[str]:
-        """The nodes the unit config names whose SM has not connected once."""
-        return sorted(n for n in self._expected if not self._nodes[n].ever_connected)
+    def never_connected(self, among: Iterable[str] | None = None) -> list[str]:
+        """The nodes the unit config names (or `among`) whose SM has not connected once and
+        said what it runs (its first `NodeInstancesStatus`)."""
+        ids = self._expected if among is None else among
+        return sorted(n for n in ids if n not in self._nodes or not self._nodes[n].ever_reported)
 
-    async def wait_all_connected(self, timeout_s: float) -> list[str]:
-        """Wait until every node the unit config names has connected once, at most `timeout_s`
-        (AosCore's WaitAllNodesConnected). Returns those that never came (empty when all did).
+    async def wait_all_connected(
+        self, timeout_s: float, among: Iterable[str] | None = None
+    ) -> list[str]:
+        """Wait until every node the unit config names (or each of `among`) has connected once,
+        at most `timeout_s` (AosCore's WaitAllNodesConnected). Returns those that never came
+        (empty when all did).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while missing := self.never_connected():
+        wanted = None if among is None else tuple(among)
+        while missing := self.never_connected(wanted):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 log.warning(
                     "nodes.not_all_connected",
                     missing=missing,
                     timeout_s=timeout_s,
-                    next="launching on the nodes that came",
+                    next="going on with the nodes that came",
                 )
                 return missing
             try:
@@ -653,6 +760,11 @@ class NodeManager(Mapping[str, RemoteNode]):
             except TimeoutError:
                 pass
         return []
+
+    def _signal_came(self) -> None:
+        """Wake `wait_all_connected`: a node connected or reported."""
+        self._came.set()
+        self._came = asyncio.Event()
 
     def _notify(self, node_id: str) -> None:
         callback = self.on_node_changed

@@ -11,7 +11,7 @@ launching. Digests are read leniently: a dry run does not fetch anything.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import ProtocolError
@@ -31,7 +31,7 @@ from ...protocol import (
 )
 from ...protocol._json import JsonObject, as_list, child, decode
 from .balancer import balance
-from .shapes import NodeSpec, Platform, demands, node_specs
+from .shapes import Platform, demands, node_specs, with_desired_states
 
 MAX_SCENARIO_BYTES = 64 * 1024 * 1024
 """Largest scenario file read: room for thousands of nodes, instances."""
@@ -101,23 +101,12 @@ def read_scenario(raw: bytes | str) -> Scenario:
     )
 
 
-def _with_desired_states(specs: list[NodeSpec], desired: DesiredStatus) -> list[NodeSpec]:
-    """A provisioned node the cloud pauses counts as paused; a paused one it resumes, not."""
-    wanted = {n.item.key: str(n.state) for n in desired.nodes}
-    out = []
-    for spec in specs:
-        state = wanted.get(spec.id)
-        if state is not None and spec.state in ("provisioned", "paused"):
-            spec = replace(spec, state=state)
-        out.append(spec)
-    return out
-
-
 def plan(scenario: Scenario) -> tuple[InstancesStatus, ...]:
     """Place the scenario's instances: placed ones `activating` with node, runtime; others
     `failed` with the reason. One entry per (item, subject) group, sorted by ids."""
     desired = scenario.desired
-    nodes = _with_desired_states(node_specs(scenario.nodes, desired.unit_config), desired)
+    states = {n.item.key or "": str(n.state) for n in desired.nodes}
+    nodes = with_desired_states(node_specs(scenario.nodes, desired.unit_config), states)
     wanted = demands(desired, scenario.item_configs, scenario.image_platforms)
     versions = {item.item.key: item.version for item in desired.items}
     identities = {(g.item.key, g.subject.key): (g.item, g.subject) for g in desired.instances}

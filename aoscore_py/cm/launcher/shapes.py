@@ -10,7 +10,7 @@ not limited on that side.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ...nodes.itemconfig import ItemConfig
 from ...protocol import DesiredStatus, NodeInfo, UnitConfig
@@ -75,7 +75,11 @@ class RuntimeSpec:
 
 @dataclass(frozen=True, slots=True)
 class NodeSpec:
-    """A node as placement sees it. Resources are (name, shared count), 0 = unlimited."""
+    """A node as placement sees it. Resources are (name, shared count), 0 = unlimited.
+
+    `accepts_new` False: the node keeps the instances it runs but takes no other (a node whose
+    SM went away, within its node timeout: its containers most likely still run).
+    """
 
     id: str
     connected: bool = True
@@ -88,6 +92,7 @@ class NodeSpec:
     ram_ratio: int | None = None
     runtimes: tuple[RuntimeSpec, ...] = ()
     resources: tuple[tuple[str, int], ...] = ()
+    accepts_new: bool = True
 
     @property
     def usable(self) -> bool:
@@ -168,6 +173,18 @@ def node_specs(nodes: Sequence[NodeInfo], unit_config: UnitConfig | None = None)
                 resources=tuple((r.name, r.shared_count) for r in info.resources or ()),
             )
         )
+    return out
+
+
+def with_desired_states(specs: Sequence[NodeSpec], states: Mapping[str, str]) -> list[NodeSpec]:
+    """The desired node states applied: a provisioned node the cloud pauses counts as paused, a
+    paused one it resumes as provisioned; a node in error (or unprovisioned) stays as it is."""
+    out = []
+    for spec in specs:
+        state = states.get(spec.id)
+        if state is not None and spec.state in ("provisioned", "paused"):
+            spec = replace(spec, state="paused" if state == "paused" else "provisioned")
+        out.append(spec)
     return out
 
 

@@ -36,8 +36,8 @@ from ...errors import AosCode, AosError, ProtocolError, Retry, classify, classif
 from ...logs import get_logger
 from ...protocol import (
     DesiredStatus,
-    ErrorInfo,
     InstanceState,
+    UnitConfig,
     UnitConfigState,
     dump_message,
     parse_message,
@@ -47,10 +47,12 @@ from .crashpoints import DESIRED_STORED, NODES_STORED, UNITCONFIG_STORED
 from .interfaces import (
     ImageProvider,
     InstanceLauncher,
+    NodeDirectory,
     UnitConfigRecord,
     UnitStatusReporter,
     UpdateStorage,
 )
+from .unitconfig import nodes_refusal, version_refusal
 
 log = get_logger("updatemanager")
 
@@ -147,7 +149,8 @@ class DesiredStatusHandler:
         launcher: the launcher.
         status: the unit status handler (told the desired status in force; a full status after
             every cycle).
-        nodes: the codenames of the unit's nodes.
+        nodes: the unit's nodes (the node manager): which are known, and the unit config's
+            check and set on each.
         active_timeout_s: how long waitingActive waits for instances to leave activating.
         retry: the backoff between tries of a cycle that failed for a transient reason.
         sleep: how to wait for the next try (tests pass a fake clock's).
@@ -160,7 +163,7 @@ class DesiredStatusHandler:
         images: ImageProvider,
         launcher: InstanceLauncher,
         status: UnitStatusReporter,
-        nodes: frozenset[str],
+        nodes: NodeDirectory,
         *,
         active_timeout_s: float = 600.0,
         retry: Backoff | None = None,
@@ -466,25 +469,35 @@ class DesiredStatusHandler:
             log.info("nodes.stored", states=states)
         config = ds.unit_config
         if config is not None:
-            current = self._storage.unit_config()
+            installed = self._storage.unit_config()
             body = dump_message(DesiredStatus(unit_config=config))
-            if current is None or current.body != body:
-                unknown = sorted({n.node.key or "" for n in config.nodes} - self._nodes)
-                if unknown:
-                    record = UnitConfigRecord(
-                        config.version,
-                        UnitConfigState.FAILED,
-                        body,
-                        ErrorInfo(
-                            int(AosCode.NOT_FOUND), 0, f"unknown nodes in unit config: {unknown}"
-                        ),
-                    )
-                else:
-                    record = UnitConfigRecord(config.version, UnitConfigState.INSTALLED, body)
-                self._storage.save_unit_config(record)
-                crashpoint(UNITCONFIG_STORED)
-                log.info("unitconfig.stored", version=config.version, state=record.state.value)
+            if installed is None or installed.body != body:
+                await self._install_unit_config(config, installed, body)
         return Outcome("done", payload)
+
+    async def _install_unit_config(
+        self, config: UnitConfig, installed: UnitConfigRecord | None, body: bytes
+    ) -> None:
+        """Install a unit config that differs from the installed one, or record why not: its
+        version (semver, strictly greater), its nodes (known to the unit), then every node's
+        own check and set (`NodeConfigurator`)."""
+        error = version_refusal(installed.version if installed else None, config.version)
+        error = error or nodes_refusal((n.node.key or "" for n in config.nodes), self._nodes.knows)
+        if error is None:
+            error = await self._nodes.apply_unit_config(config)
+        state = UnitConfigState.FAILED if error else UnitConfigState.INSTALLED
+        record = UnitConfigRecord(config.version, state, body, error)
+        self._storage.save_unit_config(record)
+        crashpoint(UNITCONFIG_STORED)
+        log.info(
+            "unitconfig.stored",
+            version=config.version,
+            state=state.value,
+            error=error.message if error else None,
+            next="the installed one stays in force" if error else "in force",
+        )
+        if error is None:
+            self._nodes.set_unit_nodes(n.node.key or "" for n in config.nodes)
 
     async def _launching(self, payload: dict[str, Any]) -> Outcome:
         records = await self._launcher.launch(
@@ -493,14 +506,32 @@ class DesiredStatusHandler:
         return Outcome("done", payload, note=f"{len(records)} instances placed")
 
     async def _waiting_active(self, payload: dict[str, Any]) -> Outcome:
-        ok = await self._launcher.wait_active(self._active_timeout_s)
-        return Outcome("done" if ok else "timeout", payload)
+        if await self._launcher.wait_active(self._active_timeout_s):
+            return Outcome("done", payload)
+        late = self._launcher.give_up_activating(self._active_timeout_s)
+        names = sorted({item_id for item_id, _ in late})
+        return Outcome(
+            "timeout",
+            {
+                **payload,
+                "late_items": [list(pair) for pair in late],
+                "failed_items": sorted({*(payload.get("failed_items") or ()), *names}),
+                "retry": Retry.TRANSIENT.value,  # a late instance may yet start
+            },
+            note=f"instances of {names} not active in {self._active_timeout_s:g} s",
+        )
 
     async def _finalizing(self, payload: dict[str, Any]) -> Outcome:
+        """Install the items whose instances run (AosCore leaves every item pending when
+        waitingActive times out; we install what works). An item whose instances did not
+        become active in time stays pending, its version kept, and the cycle is retried."""
+        late = {tuple(pair) for pair in payload.get("late_items") or ()}
         running = {
             (r.key.item_id, r.version)
             for r in self._launcher.records()
             if r.state != InstanceState.FAILED
         }
-        self._images.finalize(self._ds().items, running)
+        late_ids = {item_id for item_id, _ in late}
+        items = [i for i in self._ds().items if (i.item.key or "") not in late_ids]
+        self._images.finalize(items, running | late)
         return Outcome("done", payload)

@@ -9,11 +9,19 @@ the handler's central rule is tested in milliseconds against stubs (tests/unit/c
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ...protocol import DesiredItem, DesiredStatus, ErrorInfo, NodeInfo, UnitConfigState, UnitStatus
+from ...protocol import (
+    DesiredItem,
+    DesiredStatus,
+    ErrorInfo,
+    NodeInfo,
+    UnitConfig,
+    UnitConfigState,
+    UnitStatus,
+)
 from ..imagemanager.interfaces import ItemRecord
 from ..launcher.interfaces import InstanceRecord
 
@@ -36,7 +44,13 @@ class UpdateStorage(Protocol):
     def set_node_states(self, states: dict[str, str]) -> None: ...
     def node_states(self) -> dict[str, str]: ...
     def save_unit_config(self, record: UnitConfigRecord) -> None: ...
-    def unit_config(self) -> UnitConfigRecord | None: ...
+    def unit_config(self) -> UnitConfigRecord | None:
+        """The unit config in force (installed), if any."""
+        ...
+
+    def unit_configs(self) -> list[UnitConfigRecord]:
+        """The installed unit config, then the last refused one, as the status reports them."""
+        ...
 
 
 class SequenceStorage(Protocol):
@@ -91,6 +105,26 @@ class InstanceLauncher(InstanceSource, Protocol):
 
     async def wait_active(self, timeout_s: float) -> bool:
         """Wait until no instance is activating; False when `timeout_s` passes first."""
+        ...
+
+    def give_up_activating(self, timeout_s: float) -> list[tuple[str, str]]:
+        """Record the instances still activating as failed; their (item id, version) pairs."""
+        ...
+
+
+class NodeDirectory(Protocol):
+    """The unit's nodes, as the update cycle needs them for a unit config."""
+
+    def knows(self, node_id: str) -> bool:
+        """Whether `node_id` is a node of this unit (provisioned, or its SM connected)."""
+        ...
+
+    async def apply_unit_config(self, config: UnitConfig) -> ErrorInfo | None:
+        """Have the nodes check, then set, their entries; why it was refused, else None."""
+        ...
+
+    def set_unit_nodes(self, node_ids: Iterable[str]) -> None:
+        """The nodes the installed unit config names: launching waits for them."""
         ...
 
 

@@ -126,7 +126,7 @@ class UnitStatusHandler:
         self._seq = SequenceNumbers(seq_storage)
         self._items = items
         self._instances = instances
-        self._nodes = dict(nodes)
+        self._nodes = nodes  # a live mapping: a node whose SM connects later is reported
         self._sender = sender
         self._desired: DesiredStatus | None = None
 
@@ -139,8 +139,8 @@ class UnitStatusHandler:
         out = []
         for node in sorted(self._nodes):
             info = await self._nodes[node].node_info()
-            if states.get(node) == "paused":
-                info = _with_state(info, NodeState.PAUSED)
+            if states.get(node) == "paused" and info.state == NodeState.PROVISIONED:
+                info = _with_state(info, NodeState.PAUSED)  # error outranks paused
             out.append(info)
         return tuple(out)
 
@@ -159,13 +159,11 @@ class UnitStatusHandler:
             return [replace(r, error=r.error or error) for r in self._instances.records()]
 
     async def full_status(self) -> UnitStatus:
-        config = self._storage.unit_config()
+        configs = self._storage.unit_configs()
         desired = self._desired
         return UnitStatus(
             is_delta_info=False,
-            unit_config=()
-            if config is None
-            else (UnitConfigStatus(config.version, config.state, config.error),),
+            unit_config=tuple(UnitConfigStatus(c.version, c.state, c.error) for c in configs),
             nodes=await self._node_infos(),
             items=items_status(self._items.records()),
             instances=instances_status(await self._instance_records()),

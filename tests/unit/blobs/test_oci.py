@@ -15,7 +15,9 @@ from aoscore_py.errors import AosCode, BlobError
 
 INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-D = {name: f"sha256:{n:064x}" for n, name in enumerate(["amd64", "arm64", "cfg", "l1", "l2"])}
+D = {
+    name: f"sha256:{n:064x}" for n, name in enumerate(["amd64", "arm64", "cfg", "l1", "l2", "item"])
+}
 
 
 def raw(doc: Any) -> bytes:
@@ -148,6 +150,62 @@ class TestParseManifest:
         assert "image manifest is not valid JSON" in err.message
 
 
+class TestItemConfigDigest:
+    def test_the_descriptor_the_manifest_names(self) -> None:
+        doc = {
+            "config": {"digest": D["cfg"]},
+            "aosItemConfig": {
+                "mediaType": oci.ITEM_CONFIG_MEDIA_TYPE,
+                "digest": D["item"],
+                "size": 300,
+            },
+            "layers": [],
+        }
+        assert oci.item_config_digest(doc) == D["item"]
+
+    def test_a_plain_oci_manifest_names_none(self) -> None:
+        assert oci.item_config_digest({"config": {"digest": D["cfg"]}, "layers": []}) is None
+        assert oci.item_config_digest({"aosItemConfig": None}) is None
+
+    def test_the_key_is_read_ignoring_case_as_aoscore_does(self) -> None:
+        assert oci.item_config_digest({"AosItemConfig": {"digest": D["item"]}}) == D["item"]
+        exact_wins = {"AOSITEMCONFIG": {"digest": D["l1"]}, "aosItemConfig": {"digest": D["item"]}}
+        assert oci.item_config_digest(exact_wins) == D["item"]
+
+    @pytest.mark.parametrize("bad", [5, "sha256:x", [], {"size": 3}, {"digest": 7}])
+    def test_a_descriptor_without_a_digest_is_refused_as_bad_input(self, bad: Any) -> None:
+        err = refused(oci.item_config_digest, {"aosItemConfig": bad})
+        assert err.code == AosCode.INVALID_ARGUMENT
+        assert "aosItemConfig has no digest" in err.message
+
+
+class TestImagePlatform:
+    def test_os_architecture_variant(self) -> None:
+        doc = {"os": "linux", "architecture": "arm", "variant": "v7", "rootfs": {}}
+        assert oci.image_platform(raw(doc)) == ("linux", "arm", "v7")
+
+    def test_missing_or_empty_fields_are_none(self) -> None:
+        assert oci.image_platform(raw({"architecture": "amd64"})) == (None, "amd64", None)
+        assert oci.image_platform(raw({"os": "", "variant": ""})) == (None, None, None)
+
+    def test_keys_are_read_ignoring_case(self) -> None:
+        assert oci.image_platform(raw({"OS": "linux", "Architecture": "amd64"}))[:2] == (
+            "linux",
+            "amd64",
+        )
+
+    def test_a_field_that_is_not_a_string_is_refused(self) -> None:
+        err = refused(oci.image_platform, raw({"os": "linux", "architecture": 64}))
+        assert err.code == AosCode.INVALID_ARGUMENT
+        assert "architecture" in err.message
+
+    @pytest.mark.parametrize("text", [b"", b"[]", b"\xff"])
+    def test_not_a_json_object_is_refused(self, text: bytes) -> None:
+        err = refused(oci.image_platform, text)
+        assert err.code == AosCode.INVALID_ARGUMENT
+        assert "image config" in err.message
+
+
 class TestIsIndex:
     def test_by_media_type_or_shape(self) -> None:
         assert oci.is_index({"mediaType": INDEX})
@@ -175,6 +233,8 @@ json_values = st.recursive(
                     "digest",
                     "config",
                     "layers",
+                    "aosItemConfig",
+                    "variant",
                 ]
             ),
             inner,
@@ -195,6 +255,8 @@ class TestAnyInput:
             lambda: oci.choose_manifest(data, "linux", "amd64"),
             lambda: oci.parse_manifest(data),
             lambda: oci.is_index(oci.load_document(data)),
+            lambda: oci.item_config_digest(oci.parse_manifest(data)[0]),
+            lambda: oci.image_platform(data),
         ):
             with contextlib.suppress(BlobError):
                 call()

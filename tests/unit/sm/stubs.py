@@ -31,13 +31,16 @@ from aoscore_py.sm.types import (
     LABEL_IMAGE,
     LABEL_INSTANCE,
     LABEL_ITEM,
+    LABEL_ITEM_CONFIG,
     LABEL_SUBJECT,
     LABEL_VERSION,
     RESTART_POLICY,
     ContainerInfo,
+    ContainerLimits,
     ContainerSpec,
     ImageInfo,
     Platform,
+    item_config_digest,
 )
 
 T0 = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC).timestamp()
@@ -114,8 +117,10 @@ def make_blobs(
     variant: str | None = None,
     compressions: tuple[str, ...] = ("gzip",),
     media_types: tuple[str | None, ...] | None = None,
+    item_config: bytes | None = None,
 ) -> Blobs:
-    """Write an image's config and layers (one per compression) under `root`."""
+    """Write an image's config and layers (one per compression) under `root`, and the item
+    config (raw JSON, so a test can write one that does not read) that its manifest names."""
     plain = tuple(
         layer_tar({f"{name}/{n}.txt": f"{name} layer {n}\n".encode()})
         for n in range(len(compressions))
@@ -146,11 +151,14 @@ def make_blobs(
         config_json["variant"] = variant
     config = orjson.dumps(config_json)
     blobs[digest_of(config)] = config
-    manifest = {
+    manifest: dict[str, Any] = {
         "schemaVersion": 2,
         "config": {"digest": digest_of(config), "size": len(config)},
         "layers": layers,
     }
+    if item_config is not None:
+        blobs[digest_of(item_config)] = item_config
+        manifest["aosItemConfig"] = {"digest": digest_of(item_config), "size": len(item_config)}
     manifest_bytes = orjson.dumps(manifest)
     out = Blobs(root, manifest, digest_of(config), digest_of(manifest_bytes), plain)
     for digest, data in blobs.items():
@@ -177,8 +185,9 @@ IMG1 = "sha256:" + "1" * 64
 IMG2 = "sha256:" + "2" * 64
 
 
-def layout(config: str = IMG1) -> ImageLayout:
-    return ImageLayout("sha256:" + "9" * 64, "sha256:" + "8" * 64, {}, config, ())
+def layout(config: str = IMG1, item_config: str | None = None) -> ImageLayout:
+    manifest = {"aosItemConfig": {"digest": item_config}} if item_config else {}
+    return ImageLayout("sha256:" + "9" * 64, "sha256:" + "8" * 64, manifest, config, ())
 
 
 def spec(
@@ -196,6 +205,8 @@ def labels_for(s: InstanceSpec, generation: int | None = None) -> dict[str, str]
         LABEL_VERSION: s.version,
         LABEL_IMAGE: s.image.config_digest,
     }
+    if item_config_digest(s.image.manifest):
+        labels[LABEL_ITEM_CONFIG] = item_config_digest(s.image.manifest)
     if generation is not None:
         labels["io.aoscore.generation"] = str(generation)
     return labels
@@ -286,6 +297,7 @@ class FakeEngine:
     loads: list[dict[str, bytes]] = field(default_factory=list)
     fail: dict[str, AosError] = field(default_factory=dict)
     ids: itertools.count = field(default_factory=itertools.count)
+    limits: dict[str, ContainerLimits] = field(default_factory=dict)  # by container id
 
     # what tests set up
     def add_image(self, image_id: str, *tags: str, platform: Platform | None = None) -> None:
@@ -333,6 +345,12 @@ class FakeEngine:
         self.calls.append(("load", image_id))
         return [image_id]
 
+    def tag_image(self, image: str, tag: str) -> None:
+        tags = self.images[image][1]
+        if tag not in tags:
+            tags.append(tag)
+        self.calls.append(("tag", image))
+
     def list_images(self) -> list[ImageInfo]:
         return [ImageInfo(i, tuple(tags)) for i, (_, tags) in self.images.items()]
 
@@ -361,6 +379,7 @@ class FakeEngine:
                 raise AlreadyExists(f"create container {spec.name}: taken", container_id=c.id)
         cid = f"c{next(self.ids)}"
         self.containers[cid] = FakeContainer(cid, spec.name, dict(spec.labels), spec.image_id)
+        self.limits[cid] = spec.limits
         self.calls.append(("create", spec.name))
         return cid
 

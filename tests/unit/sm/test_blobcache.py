@@ -25,6 +25,9 @@ from aoscore_py.sm.blobcache import BlobCache
 
 IMAGE_A = build_test_image("cache-a", extra_layer_bytes=200_000, extra_layers=2)
 IMAGE_B = build_test_image("cache-b", extra_layer_bytes=100_000)
+# AosCore's images may name an item config (quotas, runParameters) in their manifest.
+IMAGE_C = build_test_image("cache-c", item_config={"quotas": {"ramLimit": 64 << 20}})
+IMAGE_BAD = build_test_image("cache-bad", item_config={"quotas": {"ramLimit": -1}})
 
 
 def put(store: BlobStore, data: bytes) -> str:
@@ -69,7 +72,7 @@ class Cm:
 @pytest.fixture
 async def cm(tmp_path: Path) -> AsyncIterator[Cm]:
     store = BlobStore(tmp_path / "cm")
-    for image in (IMAGE_A, IMAGE_B):
+    for image in (IMAGE_A, IMAGE_B, IMAGE_C, IMAGE_BAD):
         for data in image.blobs.values():
             put(store, data)
     cm = Cm(store)
@@ -229,6 +232,39 @@ class TestRefusals:
         cm.get_blobs_infos = one_too_many  # type: ignore[method-assign]
         with pytest.raises(ProtocolError, match=r"BlobsInfos\.urls: 2 URLs for 1 digests"):
             await cache.ensure(IMAGE_A.manifest_digest)
+
+
+class TestItemConfig:
+    async def test_it_is_fetched_and_kept_with_the_image(self, cache: BlobCache, cm: Cm) -> None:
+        item_config = IMAGE_C.item_config_digest
+        assert item_config is not None
+        assert await cache.ensure(IMAGE_C.manifest_digest) == expected(IMAGE_C)
+        assert cache.path(item_config).read_bytes() == IMAGE_C.blobs[item_config]
+        assert item_config in cm.calls[1]
+        assert cache.references(IMAGE_C.manifest_digest) >= {item_config}
+        cache.collect([IMAGE_C.manifest_digest])
+        assert cache.has(item_config)
+        assert set(cache.collect([])) >= {item_config}
+
+    async def test_one_that_does_not_read_refuses_the_image_naming_the_path(
+        self, cache: BlobCache
+    ) -> None:
+        with pytest.raises(ProtocolError) as caught:
+            await cache.ensure(IMAGE_BAD.manifest_digest)
+        assert caught.value.code == AosCode.INVALID_ARGUMENT
+        message = caught.value.message
+        assert message.startswith(f"aosItemConfig {IMAGE_BAD.item_config_digest}: ")
+        assert "$.quotas.ramLimit" in message
+
+    async def test_a_tampered_one_is_refused_by_digest(self, cache: BlobCache, cm: Cm) -> None:
+        item_config = IMAGE_C.item_config_digest
+        assert item_config is not None
+        path = cm.store.path(item_config)
+        path.write_bytes(path.read_bytes().replace(b"ramLimit", b"ramLimiT"))
+        with pytest.raises(BlobError) as caught:
+            await cache.ensure(IMAGE_C.manifest_digest)
+        assert caught.value.code == AosCode.INVALID_CHECKSUM and item_config in caught.value.message
+        assert not cache.has(item_config)
 
 
 class TestCollection:

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from aoscore_py.errors import AosCode, RemoteError
+from aoscore_py.nodes.itemconfig import RunParameters
 from aoscore_py.protocol import InstanceState
 from aoscore_py.sm import health
 from aoscore_py.sm.health import (
@@ -29,7 +30,7 @@ from aoscore_py.sm.health import (
     target_of,
 )
 
-from .stubs import T0, FakeClock, container, spec
+from .stubs import IMG1, T0, FakeClock, container, layout, spec
 
 WANT = spec("svc")
 TARGET = target_of(WANT)
@@ -63,6 +64,22 @@ class TestBackoff:
         assert backoff == Backoff(base_s=2, cap_s=300, burst=2, reset_after_s=60)
         assert Backoff.from_run_parameters(None) == Backoff()
         assert Backoff.from_run_parameters({}) == Backoff()
+
+    def test_an_item_configs_run_parameters_override_what_they_name(self) -> None:
+        fast = Backoff(base_s=0.5, cap_s=5)
+        assert Backoff.from_item(RunParameters(), fast) is None  # the default applies
+        assert Backoff.from_item(RunParameters(restart_interval=2.0), fast) == Backoff(
+            base_s=2.0, cap_s=5
+        )
+        full = RunParameters(start_interval=60.0, start_burst=3, restart_interval=1.0)
+        assert Backoff.from_item(full) == Backoff(base_s=1, cap_s=300, burst=3, reset_after_s=60)
+        assert Backoff.from_item(RunParameters(start_burst=0)) == Backoff(burst=1)
+
+    def test_the_target_names_the_item_config(self) -> None:
+        plain = spec("svc")
+        limited = replace(plain, image=layout(item_config="sha256:" + "e" * 64))
+        assert target_of(plain) == "1.0@" + IMG1
+        assert target_of(limited) == f"1.0@{IMG1}+sha256:{'e' * 64}"
 
     @pytest.mark.parametrize(
         ("params", "field"),

@@ -18,7 +18,7 @@ from aoscore_py.sm.images import (
     ensure_image,
     normalize,
 )
-from aoscore_py.sm.types import ImageInfo, Platform, image_tag
+from aoscore_py.sm.types import ImageInfo, Platform, image_owner, image_tag
 
 from .stubs import FakeClock, FakeEngine, digest_of, make_blobs
 
@@ -131,7 +131,7 @@ class TestEnsureImage:
         self, engine: FakeEngine, tmp_path: Path
     ) -> None:
         blobs = make_blobs(tmp_path, compressions=("gzip", "zstd", "tar"))
-        tag = image_tag("svc", "1.0")
+        tag = image_tag("u-n1", "svc", "1.0")
         got = ensure_image(
             engine, blobs.config_digest, blobs.manifest, blobs.path, tag=tag, node=AMD64
         )
@@ -147,7 +147,7 @@ class TestEnsureImage:
         }
         assert archive[f"{zst}.tar"] == blobs.plain_layers[1]
         assert digest_of(archive[f"{zst}.tar"]) == digest_of(blobs.plain_layers[1])
-        assert engine.images[got][1] == ["aoscore/svc:1.0"]
+        assert engine.images[got][1] == ["aoscore/u-n1/svc:1.0"]
 
     def test_a_present_image_is_not_loaded_again(self, engine: FakeEngine, tmp_path: Path) -> None:
         blobs = make_blobs(tmp_path)
@@ -207,20 +207,28 @@ class TestEnsureImage:
 
 
 class TestCollectable:
-    def test_only_our_images_that_nothing_needs(self) -> None:
+    def test_only_this_sms_images_that_nothing_needs(self) -> None:
         found = [
-            ImageInfo("sha256:a", ("aoscore/svc:1.0",)),
-            ImageInfo("sha256:b", ("aoscore/svc:2.0",)),
-            ImageInfo("sha256:c", ("aoscore_legacy:1.0",)),
+            ImageInfo("sha256:a", ("aoscore/u-n1/svc:1.0",)),
+            ImageInfo("sha256:b", ("aoscore/u-n1/svc:2.0",)),
+            ImageInfo("sha256:c", ("aoscore/u-n1/svc:3.0", "aoscore/u-n2/svc:3.0")),
             ImageInfo("sha256:d", ("busybox:latest",)),
-            ImageInfo("sha256:e", ("aoscore-test/load:x",)),
+            ImageInfo("sha256:e", ("aoscore/u-n2/svc:1.0",)),
             ImageInfo("sha256:f", ()),
-            ImageInfo("sha256:g", ("aoscore/used:1",)),
+            ImageInfo("sha256:g", ("aoscore/u-n1/used:1",)),
+            ImageInfo("sha256:h", ("aoscore/svc:1.0", "aoscore_legacy:1.0")),
         ]
-        out = collectable(found, keep={"sha256:b"}, in_use={"sha256:g"})
-        assert [i.id for i in out] == ["sha256:a", "sha256:c"]
+        out = collectable(found, "u-n1", keep={"sha256:b"}, in_use={"sha256:g"})
+        assert [(i.id, i.tags_of("u-n1")) for i in out] == [
+            ("sha256:a", ("aoscore/u-n1/svc:1.0",)),
+            ("sha256:c", ("aoscore/u-n1/svc:3.0",)),  # its u-n2 tag keeps it on the engine
+        ]
 
     def test_image_tags_are_valid_docker_references(self) -> None:
-        assert image_tag("Svc/One", "1.0.0+build.5") == "aoscore/svc-one:1.0.0_build.5"
-        assert image_tag("___", "") == "aoscore/item:latest"
-        assert image_tag("a", "-x" * 100).split(":")[1] == ("x-" * 64)[:128]
+        owner = image_owner("Unit_1", "Node.2")
+        assert owner == "unit-1-node-2"
+        assert image_tag(owner, "Svc/One", "1.0.0+build.5") == (
+            "aoscore/unit-1-node-2/svc-one:1.0.0_build.5"
+        )
+        assert image_tag(owner, "___", "") == "aoscore/unit-1-node-2/item:latest"
+        assert image_tag(owner, "a", "-x" * 100).split(":")[1] == ("x-" * 64)[:128]

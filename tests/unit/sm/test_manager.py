@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import orjson
 import pytest
 
 from aoscore_py.errors import AosCode, RemoteError, RuntimeEngineError
@@ -15,7 +16,16 @@ from aoscore_py.nodes import InstanceKey, InstanceSpec, InstanceStatus
 from aoscore_py.protocol import InstanceState
 from aoscore_py.sm.health import Backoff
 from aoscore_py.sm.manager import DockerServiceManager
-from aoscore_py.sm.types import LABEL_GENERATION, LABEL_UNIT, LABEL_VERSION, Platform
+from aoscore_py.sm.types import (
+    LABEL_GENERATION,
+    LABEL_ITEM_CONFIG,
+    LABEL_UNIT,
+    LABEL_VERSION,
+    ContainerLimits,
+    Platform,
+    image_owner,
+    item_config_digest,
+)
 
 from .stubs import T0, Behaviour, Blobs, FakeClock, FakeEngine, make_blobs
 
@@ -319,6 +329,92 @@ class TestRestarts:
             await sm.run_instances([rig.spec("a")], run_parameters={"a": {"restartInterval": "x"}})
 
 
+def item_config(quotas: dict | None = None, run: dict | None = None) -> bytes:
+    body: dict = {"author": "test", "quotas": quotas or {}}
+    if run is not None:
+        body["runParameters"] = run
+    return orjson.dumps(body)
+
+
+class TestItemConfig:
+    """The item config the manifest names: its quotas on the container, its runParameters on
+    the restart backoff, another config replacing the container blue-green."""
+
+    def limited(self, rig: Rig, config: bytes, image: str = "limited") -> InstanceSpec:
+        """Instance a/subj/0 of an image whose manifest names `config`: the same `image` name
+        gives the same image config and layers whatever the item config."""
+        blobs = make_blobs(rig.root / "blobs", name=image, item_config=config)
+        return InstanceSpec(InstanceKey("a", "subj", 0), "service", "1.0", blobs.layout())
+
+    async def test_quotas_become_the_containers_limits(self, rig: Rig) -> None:
+        sm = rig.manager(max_dmips=8_000, cpus=4)
+        config = item_config({"ramLimit": 64 << 20, "pidsLimit": 20, "cpuDmipsLimit": 2_000})
+        want = self.limited(rig, config)
+        (status,) = await sm.run_instances([want])
+        assert status.state == InstanceState.ACTIVATING
+        (c,) = rig.engine.by_item("a")
+        assert rig.engine.limits[c.id] == ContainerLimits(64 << 20, 20, 1_000_000_000)
+        assert c.labels[LABEL_ITEM_CONFIG] == item_config_digest(want.image.manifest)
+
+    async def test_without_max_dmips_a_core_counts_the_default(self, rig: Rig) -> None:
+        sm = rig.manager(cpus=16)
+        await sm.run_instances([self.limited(rig, item_config({"cpuDmipsLimit": 5_000}))])
+        (c,) = rig.engine.by_item("a")
+        assert rig.engine.limits[c.id] == ContainerLimits(nano_cpus=500_000_000)
+
+    async def test_an_image_without_an_item_config_has_no_limits(self, rig: Rig) -> None:
+        sm = rig.manager()
+        await sm.run_instances([rig.spec("a")])
+        (c,) = rig.engine.by_item("a")
+        assert rig.engine.limits[c.id] == ContainerLimits()
+        assert LABEL_ITEM_CONFIG not in c.labels
+
+    async def test_new_quotas_replace_the_container_blue_green(self, rig: Rig) -> None:
+        sm = rig.manager()
+        first = self.limited(rig, item_config({"ramLimit": 64 << 20}))
+        await sm.run_instances([first])
+        await settle(rig, sm)
+        (old,) = rig.engine.by_item("a")
+        second = self.limited(rig, item_config({"ramLimit": 128 << 20}))
+        assert (second.version, second.image.config_digest) == ("1.0", first.image.config_digest)
+        await sm.run_instances([second])
+        assert len(rig.engine.by_item("a")) == 2, "the new one starts beside the old one"
+        assert old.status == "running"
+        await settle(rig, sm)
+        (new,) = rig.engine.by_item("a")
+        assert new.id != old.id and rig.engine.limits[new.id].memory == 128 << 20
+
+    async def test_run_parameters_set_the_items_backoff(self, rig: Rig) -> None:
+        sm = rig.manager()
+        config = item_config(run={"restartInterval": "PT2S", "startBurst": 3})
+        await sm.run_instances([self.limited(rig, config)])
+        assert sm._state.backoffs["a"] == Backoff(base_s=2, burst=3)
+        await settle(rig, sm)
+        (c,) = rig.engine.by_item("a")
+        rig.engine.crash(c.id)
+        await sm.supervise_once()
+        rig.clock.advance(2)
+        await sm.supervise_once()
+        assert c.status == "running", "started again after 2 s, not 10"
+
+    async def test_explicit_run_parameters_win(self, rig: Rig) -> None:
+        sm = rig.manager()
+        config = item_config(run={"restartInterval": "PT2S"})
+        await sm.run_instances([self.limited(rig, config)], run_parameters={"a": Backoff(base_s=7)})
+        assert sm._state.backoffs["a"] == Backoff(base_s=7)
+
+    async def test_a_config_that_does_not_read_fails_the_start_naming_the_path(
+        self, rig: Rig
+    ) -> None:
+        sm = rig.manager()
+        want = self.limited(rig, item_config({"ramLimit": -1}))
+        (status,) = await sm.run_instances([want])
+        assert status.state == InstanceState.FAILED and status.error is not None
+        assert "$.quotas.ramLimit" in status.error.message
+        assert status.error.message.startswith("StartFailure")
+        assert rig.engine.by_item("a") == []
+
+
 class TestImages:
     async def test_an_image_for_another_platform_fails_its_instance_with_not_supported(
         self, rig: Rig
@@ -368,8 +464,9 @@ class TestImages:
         await sm.run_instances([a2, b])
         await settle(rig, sm)
         rig.engine.add_image("sha256:foreign", "busybox:latest")
-        rig.engine.add_image("sha256:shared", "aoscore/x:1", "someone/else:1")
-        rig.engine.add_image("sha256:used", "aoscore/used:1")
+        ours = image_owner(UNIT, NODE)
+        rig.engine.add_image("sha256:shared", f"aoscore/{ours}/x:1", "aoscore/other-sm/x:1")
+        rig.engine.add_image("sha256:used", f"aoscore/{ours}/used:1")
         rig.engine.used_by_others.add("sha256:used")
         removed = await sm.collect_images(keep={b.image.config_digest})
         assert removed == [a1.image.config_digest]
@@ -380,7 +477,17 @@ class TestImages:
             "sha256:shared",
             "sha256:used",
         }
-        assert rig.engine.images["sha256:shared"][1] == ["someone/else:1"]
+        assert rig.engine.images["sha256:shared"][1] == ["aoscore/other-sm/x:1"]
+
+    async def test_an_image_another_sm_loaded_gets_our_tag_too(self, rig: Rig) -> None:
+        """Two SMs on one engine: each tags the image it uses, so one collecting its tags never
+        deletes the image the other still needs."""
+        spec = rig.spec("a")
+        rig.engine.add_image(spec.image.config_digest, "aoscore/other-sm/a:1.0")
+        sm = rig.manager()
+        await sm.run_instances([spec])
+        tags = rig.engine.images[spec.image.config_digest][1]
+        assert tags == ["aoscore/other-sm/a:1.0", f"aoscore/{image_owner(UNIT, NODE)}/a:1.0"]
 
 
 class TestSupervisor:

@@ -23,7 +23,7 @@ from aoscore_py.sm.types import (
     container_key,
 )
 
-from .stubs import IMG1, IMG2, T0, container, spec
+from .stubs import IMG1, IMG2, T0, container, layout, spec
 
 NOW = T0 + 100
 LATER = Context(Facts(now=NOW))
@@ -300,6 +300,41 @@ class TestRestarts:
             "start",
             "unpause",
         }
+
+
+class TestItemConfig:
+    """Another item config (other quotas) is another target, replaced blue-green."""
+
+    OLD, NEW = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+    def want(self, item_config: str | None) -> InstanceSpec:
+        return replace(spec("svc"), image=layout(item_config=item_config))
+
+    def test_the_same_item_config_is_the_current_container(self) -> None:
+        want = self.want(self.OLD)
+        assert plan([want], [container("c1", want)]) == []
+
+    @pytest.mark.parametrize(("before", "after"), [(None, NEW), (OLD, NEW), (OLD, None)])
+    def test_new_quotas_start_a_new_container_beside_the_old_one(
+        self, before: str | None, after: str | None
+    ) -> None:
+        old = container("old", self.want(before), started=T0)
+        want = self.want(after)
+        assert [s.action for s in plan([want], [old])] == ["load_image", "create", "start"]
+        new = container("new", want, started=NOW - 5, generation=1)
+        assert plan([want], [old, new], LATER) == [
+            Step("retire", want.key, "old", "replaced by name-new")
+        ]
+
+    def test_an_old_container_that_does_not_run_is_named_by_what_differs(self) -> None:
+        old = container("old", self.want(self.OLD), status="exited", exit_code=0)
+        want = self.want(self.NEW)
+        assert plan([want], [old])[0] == Step("remove", want.key, "old", "other item config")
+
+    def test_without_an_instance_list_the_item_config_label_is_kept(self) -> None:
+        want = self.want(self.OLD)
+        crashed = container("c1", want, status="exited", exit_code=1)
+        assert plan(None, [crashed]) == [Step("start", want.key, "c1", "was exited")]
 
 
 class TestReport:

@@ -27,6 +27,7 @@ from aoscore_py.protocol import (
     ItemState,
     NodeInfo,
     NodeState,
+    RuntimeInfo,
 )
 from aoscore_py.storage import Storage
 
@@ -43,7 +44,10 @@ class Node:
         self.linger: set[InstanceKey] = set()
 
     async def node_info(self) -> NodeInfo:
-        return NodeInfo(Identity(codename=self.node_id), NodeState.PROVISIONED, True)
+        docker = RuntimeInfo(identity=Identity(codename="docker"), runtime_type="docker")
+        return NodeInfo(
+            Identity(codename=self.node_id), NodeState.PROVISIONED, True, runtimes=(docker,)
+        )
 
     async def run_instances(self, specs: Sequence[InstanceSpec]) -> list[InstanceStatus]:
         kept = {k: v for k, v in self.running.items() if k in self.linger}

@@ -269,7 +269,11 @@ class TestRoundTrips:
         store.save_unit_config(bad)
         store = reopen(store)
         try:
-            assert store.unit_config() == bad
+            assert store.unit_config() == first, "a refused config leaves the installed one"
+            assert store.unit_configs() == [first, bad]
+            second = UnitConfigRecord("3.0", UnitConfigState.INSTALLED, b'{"v":3}')
+            store.save_unit_config(second)
+            assert store.unit_configs() == [second], "installing forgets the refused one"
         finally:
             store.close()
 

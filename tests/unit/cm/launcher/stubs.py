@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from aoscore_py.cm.launcher.interfaces import InstanceRecord
 from aoscore_py.errors import AosCode, AosError
 from aoscore_py.nodes import ImageLayout, InstanceKey, InstanceSpec, InstanceStatus
-from aoscore_py.protocol import Identity, InstanceState, NodeInfo, NodeState
+from aoscore_py.protocol import Identity, InstanceState, NodeInfo, NodeState, RuntimeInfo
 
 
 class MemoryLauncherStorage:
@@ -36,7 +36,8 @@ class RecordingServiceManager:
 
     Every `run_instances` call is kept in `calls`, with what the storage held at that moment in
     `stored_when_told`, so a test can check that the placement was stored before any node was
-    told.
+    told. `connected` False is a node whose SM is away: it reports it (`error` once
+    `timed_out`), and every call raises the link's transient timeout.
     """
 
     def __init__(
@@ -50,6 +51,9 @@ class RecordingServiceManager:
         self.calls: list[list[InstanceSpec]] = []
         self.stored_when_told: list[list[InstanceRecord]] = []
         self.running: dict[InstanceKey, InstanceSpec] = {}
+        self.connected = True
+        self.timed_out = False
+        self.total_ram: int | None = None
         self._storage = storage
 
     @property
@@ -58,9 +62,20 @@ class RecordingServiceManager:
         return self.calls[-1] if self.calls else []
 
     async def node_info(self) -> NodeInfo:
-        return NodeInfo(Identity(codename=self.node_id), NodeState.PROVISIONED, True)
+        return NodeInfo(
+            Identity(codename=self.node_id),
+            NodeState.ERROR if self.timed_out else NodeState.PROVISIONED,
+            self.connected,
+            total_ram=self.total_ram,
+            runtimes=(RuntimeInfo(identity=Identity(codename="docker"), runtime_type="docker"),),
+        )
+
+    def _check(self) -> None:
+        if not self.connected:
+            raise AosError(f"node {self.node_id} is not connected", code=AosCode.TIMEOUT)
 
     async def run_instances(self, specs: Sequence[InstanceSpec]) -> list[InstanceStatus]:
+        self._check()
         self.calls.append(list(specs))
         if self._storage is not None:
             self.stored_when_told.append(self._storage.instances())
@@ -68,6 +83,7 @@ class RecordingServiceManager:
         return [InstanceStatus(s.key, s.version, self.node_id, self.state) for s in specs]
 
     async def instance_statuses(self) -> list[InstanceStatus]:
+        self._check()
         return [
             InstanceStatus(s.key, s.version, self.node_id, self.state)
             for s in self.running.values()

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 
 from aoscore_py.cm.launcher.nodemanager import NodeLink, NodeManager
@@ -21,9 +22,11 @@ from aoscore_py.protocol import (
     ErrorInfo,
     Identity,
     InstanceState,
+    NodeConfig,
     NodeState,
     ResourceInfo,
     RuntimeInfo,
+    UnitConfig,
     UnitConfigState,
     UnitConfigStatus,
 )
@@ -109,11 +112,12 @@ class Unit:
         )
 
     def connect(
-        self, node: str = "n1", *statuses: InstanceStatus
+        self, node: str = "n1", *statuses: InstanceStatus, reports: bool = True
     ) -> tuple[NodeLink, RecordingOutbox]:
+        """A new stream of `node`: its SMInfo, then (as an SM does) what it runs."""
         outbox = RecordingOutbox()
         link = self.nodes.register(sm_info(node), outbox, peer=f"ipv4:127.0.0.1:{len(node)}")
-        if statuses:
+        if reports:
             link.receive(report(*statuses))
         return link, outbox
 
@@ -219,7 +223,7 @@ class TestRegistry:
 class TestConnectionsAndTimeout:
     async def test_a_node_gone_past_the_timeout_is_error_until_it_comes_back(self) -> None:
         unit = Unit("n1")
-        link, _ = unit.connect("n1")
+        link, _ = unit.connect("n1", reports=False)
         unit.clock.advance(5)
         link.close()
         node = unit.nodes["n1"]
@@ -264,7 +268,7 @@ class TestConnectionsAndTimeout:
     def test_a_new_stream_replaces_the_old_one(self) -> None:
         unit = Unit("n1")
         old, old_out = unit.connect("n1", status("a"))
-        new, new_out = unit.connect("n1")
+        new, new_out = unit.connect("n1", reports=False)
         assert old_out.closed is not None and "replaced" in old_out.closed
         assert new_out.closed is None
         assert (old.current, new.current) == (False, True)
@@ -295,6 +299,13 @@ class TestWaitAllConnected:
         unit = Unit("n1", "n2", "n3")
         unit.connect("n2")
         assert await unit.nodes.wait_all_connected(0.02) == ["n1", "n3"]
+
+    async def test_a_node_counts_once_it_said_what_it_runs(self) -> None:
+        unit = Unit("n1")
+        link, _ = unit.connect("n1", reports=False)
+        assert await unit.nodes.wait_all_connected(0.02) == ["n1"]
+        asyncio.get_running_loop().call_later(0.01, link.receive, report(status("a")))
+        assert await unit.nodes.wait_all_connected(5.0) == []
 
     async def test_no_node_named_means_no_wait(self) -> None:
         assert await Unit().nodes.wait_all_connected(60.0) == []
@@ -535,3 +546,87 @@ class TestReports:
         link, _ = unit.connect("n1", status("a"))
         link.receive(report(status("b")))
         assert [s.key for s in unit.nodes["n1"]._statuses.values()] == [key("b")]
+
+
+def unit_config(version: str, *nodes: str) -> UnitConfig:
+    return UnitConfig(version, "1", tuple(NodeConfig(Identity(codename=n)) for n in nodes))
+
+
+def config_status(
+    version: str, state: UnitConfigState, error: ErrorInfo | None = None
+) -> sm_pb2.SMOutgoingMessages:
+    return wire.node_config_status(UnitConfigStatus(version, state, error))
+
+
+class TestUnitConfig:
+    async def answer_each(
+        self, link: NodeLink, outbox: RecordingOutbox, *answers: sm_pb2.SMOutgoingMessages
+    ) -> None:
+        def sent() -> int:
+            return len(outbox.of("check_node_config")) + len(outbox.of("set_node_config"))
+
+        for n, message in enumerate(answers, start=1):
+            await until(lambda n=n: sent() >= n)
+            link.receive(message)
+
+    async def test_every_connected_node_checks_then_sets_its_entry(self) -> None:
+        unit = Unit("n1", "n2")
+        link, outbox = unit.connect("n1")
+        config = unit_config("2.0.0", "n1", "n2")
+        task = asyncio.create_task(unit.nodes.apply_unit_config(config))
+        await self.answer_each(
+            link,
+            outbox,
+            config_status("2.0.0", UnitConfigState.ABSENT),
+            config_status("2.0.0", UnitConfigState.INSTALLED),
+        )
+        assert await task is None
+        (check,) = outbox.of("check_node_config")
+        (set_,) = outbox.of("set_node_config")
+        assert check.version == set_.version == "2.0.0"
+        assert orjson.loads(set_.node_config)["node"]["codename"] == "n1"
+        assert unit.nodes["n1"].config_status == UnitConfigStatus(
+            "2.0.0", UnitConfigState.INSTALLED
+        )
+
+    async def test_a_node_refusing_its_entry_refuses_the_config_and_nothing_is_set(
+        self,
+    ) -> None:
+        unit = Unit("n1")
+        link, outbox = unit.connect("n1")
+        refusal = ErrorInfo(int(AosCode.INVALID_ARGUMENT), 0, "bad labels")
+        task = asyncio.create_task(unit.nodes.apply_unit_config(unit_config("2.0.0", "n1")))
+        await self.answer_each(
+            link, outbox, config_status("2.0.0", UnitConfigState.FAILED, refusal)
+        )
+        assert await task == ErrorInfo(int(AosCode.INVALID_ARGUMENT), 0, "node n1: bad labels")
+        assert outbox.of("set_node_config") == []
+
+    async def test_a_node_that_connects_later_gets_the_config_set(self) -> None:
+        unit = Unit("n1", "n2")
+        link, outbox = unit.connect("n1")
+        task = asyncio.create_task(unit.nodes.apply_unit_config(unit_config("2.0.0", "n1", "n2")))
+        await self.answer_each(
+            link,
+            outbox,
+            config_status("2.0.0", UnitConfigState.ABSENT),
+            config_status("2.0.0", UnitConfigState.INSTALLED),
+        )
+        assert await task is None
+        _, later = unit.connect("n2")
+        (set_,) = later.of("set_node_config")
+        assert set_.version == "2.0.0"
+        assert orjson.loads(set_.node_config)["node"]["codename"] == "n2"
+
+    async def test_a_node_going_away_before_answering_fails_it_as_transient(self) -> None:
+        unit = Unit("n1")
+        link, outbox = unit.connect("n1")
+        task = asyncio.create_task(unit.nodes.apply_unit_config(unit_config("2.0.0", "n1")))
+        await until(lambda: bool(outbox.of("check_node_config")))
+        link.close()
+        error = await task
+        assert error is not None and error.aos_code == AosCode.TIMEOUT
+
+    def test_the_pki_nodes_are_known_before_they_connect(self) -> None:
+        nodes = NodeManager(["n1"], known=["n1", "n2"])
+        assert (nodes.knows("n1"), nodes.knows("n2"), nodes.knows("n3")) == (True, True, False)

@@ -23,9 +23,15 @@ from aoscore_py.protocol import (
 from aoscore_py.storage import Storage
 from statemachine import UPDATE_CYCLE, DurableMachine, JournalRecord
 
-from .stubs import FakeClock, Gate, RecordingStatus, StubImages, StubLauncher, settle
-
-NODES = frozenset({"node-1"})
+from .stubs import (
+    FakeClock,
+    Gate,
+    RecordingStatus,
+    StubImages,
+    StubLauncher,
+    StubNodes,
+    settle,
+)
 
 # The events that take a fresh machine to each phase, with the desired status applied.
 PATHS: dict[str, tuple[str, ...]] = {
@@ -72,6 +78,7 @@ class Rig:
     launcher: StubLauncher = field(default_factory=StubLauncher)
     status: RecordingStatus = field(default_factory=RecordingStatus)
     clock: FakeClock = field(default_factory=FakeClock)
+    nodes: StubNodes = field(default_factory=lambda: StubNodes("node-1"))
     storage: Storage | None = None
     handler: DesiredStatusHandler | None = None
 
@@ -86,7 +93,7 @@ class Rig:
             self.images,
             self.launcher,
             self.status,
-            NODES,
+            self.nodes,
             active_timeout_s=1.0,
             retry=Backoff(initial=5.0, factor=2.0, cap=300.0, jitter=0.0),
             sleep=self.clock.sleep,

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aoscore_py.cm.imagemanager.interfaces import ItemRecord
@@ -24,6 +24,7 @@ from aoscore_py.protocol import (
     DesiredStatus,
     ErrorInfo,
     ItemState,
+    UnitConfig,
 )
 
 
@@ -111,6 +112,7 @@ class StubLauncher:
     launch_error: BaseException | None = None
     launches: list[DesiredStatus] = field(default_factory=list)
     waits: int = 0
+    late: list[tuple[str, str]] = field(default_factory=list)  # (item, version) never active
     _records: list[InstanceRecord] = field(default_factory=list)
 
     async def launch(
@@ -125,7 +127,11 @@ class StubLauncher:
     async def wait_active(self, timeout_s: float) -> bool:
         self.waits += 1
         await self.wait_gate.pass_through()
-        return True
+        return not self.late
+
+    def give_up_activating(self, timeout_s: float) -> list[tuple[str, str]]:
+        late, self.late = self.late, []
+        return late
 
     def records(self) -> list[InstanceRecord]:
         return list(self._records)
@@ -200,3 +206,24 @@ async def settle(handler: DesiredStatusHandler) -> None:
         with contextlib.suppress(asyncio.CancelledError, AosError):
             await handler.runner.wait()
     raise AssertionError("the handler did not come to rest")
+
+
+class StubNodes:
+    """The unit's nodes: a fixed set; every node accepts its unit config entry unless
+    `refusal` says otherwise; the configs applied and node lists set are kept."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = set(names)
+        self.refusal: ErrorInfo | None = None
+        self.applied: list[UnitConfig] = []
+        self.unit_nodes: list[set[str]] = []
+
+    def knows(self, node_id: str) -> bool:
+        return node_id in self.names
+
+    async def apply_unit_config(self, config: UnitConfig) -> ErrorInfo | None:
+        self.applied.append(config)
+        return self.refusal
+
+    def set_unit_nodes(self, node_ids: Iterable[str]) -> None:
+        self.unit_nodes.append(set(node_ids))

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from aoscore_py.cm.updatemanager.handler import digest_of
+from aoscore_py.errors import Retry
 from aoscore_py.protocol import dump_message
 from statemachine import UPDATE_CYCLE, WORKING_PHASES
 
@@ -199,3 +200,20 @@ async def test_an_identical_desired_status_when_idle_sends_a_full_status(rig: Ri
     assert await rig.status.next_report() == "desired status needs no update"
     assert rig.journal_since(start) == []
     assert rig.images.downloads == [FIRST]
+
+
+async def test_a_waiting_active_timeout_installs_what_runs_and_retries_the_late_item(
+    rig: Rig,
+) -> None:
+    """AosCore leaves every item pending on this timeout; we install the items whose instances
+    became active, keep the late one pending (its version stays) and try the cycle again."""
+    handler = rig.build()
+    await handler.start()
+    rig.launcher.late = [("svc", "1.0.0")]
+    await handler.accept(FIRST, time.monotonic())
+    await settle(handler)
+    assert [m[1:] for m in moves(rig, 0)][-2:] == [("timeout", "finalizing"), ("done", "none")]
+    assert rig.images.finalized == [()], "the late item is not installed"
+    assert rig.machine.payload is not None
+    assert rig.machine.payload["failed_items"] == ["svc"]
+    assert handler.failure is Retry.TRANSIENT
