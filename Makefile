@@ -12,11 +12,14 @@ demo: setup
 test: setup
 	bash scripts/test
 
+# An engine that already answers is someone else's: left running. One this target starts, it stops.
+ENGINE = scripts/engines status >/dev/null 2>&1 || { scripts/engines start && trap "scripts/engines stop" EXIT; }
+
 powercut: setup
-	bash -c 'scripts/engines start && trap "scripts/engines stop" EXIT && .venv/bin/aoscore powercut'
+	bash -c '$(ENGINE) && .venv/bin/aoscore powercut'
 
 bench: setup
-	bash -c 'scripts/engines start && trap "scripts/engines stop" EXIT && scripts/bench supersede --json bench-supersede.json && scripts/bench download --json bench-download.json'
+	bash -c '$(ENGINE) && scripts/bench supersede --json bench-supersede.json && scripts/bench download --json bench-download.json'
 
 lint: setup
 	.venv/bin/ruff check aoscore_py statemachine tests scripts

@@ -30,6 +30,7 @@ from cryptography import x509
 
 from statemachine import UPDATE_CYCLE
 
+from . import logs
 from .blobs.download import DownloadPolicy, blob_client
 from .blobs.store import BlobStore
 from .cm.communication.link import CloudLink
@@ -284,6 +285,8 @@ class Agent:
         ]
         if self.config.docker_url:
             args += ["--docker-url", self.config.docker_url]
+        level, fmt = logs.settings()
+        args += ["--log-level", level, "--log-format", fmt]  # one log, one format
         if self.pki is None:
             args.append("--insecure")
         else:

@@ -79,6 +79,12 @@ def get_logger(component: str) -> StructLogger:
     return StructLogger(logging.getLogger(f"aoscore.{component}"))
 
 
+def settings() -> tuple[str, str]:
+    """The level and format `configure` set, for a child process to log as its parent does."""
+    level = logging.getLevelName(logging.getLogger("aoscore").getEffectiveLevel()).lower()
+    return (level if level in ("debug", "info", "warning", "error") else "info"), _FORMAT
+
+
 def configure(level: str = "info", fmt: str = "logfmt", stream: Any = None) -> None:
     """Send aoscore logs to `stream` (stderr by default) in `fmt` ("logfmt" or "json")."""
     global _FORMAT
