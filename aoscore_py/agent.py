@@ -47,7 +47,7 @@ from .iam.tls import client_context, grpc_server_credentials
 from .iam.unitpki import DEFAULT_CM_NAMES, UnitPki, init_unit_pki, load_unit_pki
 from .localsm import LocalSM
 from .logs import get_logger
-from .protocol import DesiredStatus, Message, parse_message
+from .protocol import DesiredStatus, Message, UnitConfig, parse_message
 from .storage import Storage
 from .storage.lock import DataDirLock
 
@@ -58,9 +58,6 @@ LOCAL_SM_WAIT_S = 10.0
 
 RECONCILE_DELAY_S = 0.2
 """How long a node change waits before placing again, so a burst of reports is one placement."""
-
-_PLACED = ("waitingActive", "finalizing", "none", "failed")
-"""Cycle phases at which the stored desired status is the one placed last (or at rest)."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +145,7 @@ class Agent:
             config.system_id,
             on_message=self._on_message,
             on_connect=self._on_connect,
+            on_disconnect=lambda: self.nodes.set_cloud_connected(False),
         )
         self.blobs = BlobStore(config.data_dir)
         self.images = ImageManager(self.storage, self.blobs, self.link, self.http, policy)
@@ -155,6 +153,7 @@ class Agent:
         self.nodes = NodeManager(
             self._unit_nodes(),
             known=self.pki.nodes if self.pki is not None else (),
+            always=[config.node_id],
             node_timeout_s=config.node_timeout_s,
             on_node_changed=self._node_changed,
         )
@@ -180,6 +179,7 @@ class Agent:
             self.nodes,
             self.images.layout,
             self.images.item_facts,
+            unit_config_of=self._installed_unit_config,
             node_wait_s=config.node_timeout_s,
         )
         self.status = UnitStatusHandler(
@@ -194,23 +194,31 @@ class Agent:
             self.nodes,
             active_timeout_s=config.active_timeout_s,
         )
-        if self.handler.desired is not None and self.handler.machine.phase in _PLACED:
-            self.launcher.launched = self.handler.desired
+        installed = self._installed_unit_config()
+        if installed is not None:
+            self.nodes.use_unit_config(installed)  # a node that connects later gets it
         self._reconciling: asyncio.Task[None] | None = None
         self._reconcile_again = False
 
-    def _unit_nodes(self) -> set[str]:
-        """The nodes to wait for: this one, and those the installed unit config names."""
-        nodes = {self.config.node_id}
+    def _installed_unit_config(self) -> UnitConfig | None:
+        """The unit config in force: the installed one (a refused one never is)."""
         record = self.storage.unit_config()
-        if record is not None and record.body is not None:
-            try:
-                stored = parse_message(record.body, message_type="desiredStatus")
-            except AosError:
-                return nodes
-            config = getattr(stored, "unit_config", None)
-            if config is not None:
-                nodes.update(n.node.key or "" for n in config.nodes)
+        if record is None or record.body is None:
+            return None
+        try:
+            stored = parse_message(record.body, message_type="desiredStatus")
+        except AosError:
+            return None
+        return stored.unit_config if isinstance(stored, DesiredStatus) else None
+
+    def _unit_nodes(self) -> set[str]:
+        """The nodes to wait for: this one, those the installed unit config names, and those
+        the stored placement has instances on (their SMs come back after a CM restart)."""
+        nodes = {self.config.node_id}
+        config = self._installed_unit_config()
+        if config is not None:
+            nodes.update(n.node.key or "" for n in config.nodes)
+        nodes.update(r.node for r in self.storage.instances() if r.node)
         return nodes
 
     def _known_digests(self) -> set[str]:

@@ -72,7 +72,11 @@ class LocalSM:
         loop = asyncio.get_running_loop()
         while not self._stopping:
             started = loop.time()
-            code = await self._run_once()
+            try:
+                code = await self._run_once()
+            except OSError as exc:
+                code = None
+                log.error("localsm.spawn_failed", error=f"{type(exc).__name__}: {exc}")
             if self._stopping:
                 return
             if loop.time() - started >= HEALTHY_S:
@@ -86,7 +90,7 @@ class LocalSM:
             )
             await asyncio.sleep(delay)
 
-    async def _run_once(self) -> int:
+    async def _run_once(self) -> int | None:
         env = {**os.environ, PARENT_PID_ENV: str(os.getpid())}
         out = None
         if self.log_path is not None:

@@ -414,7 +414,14 @@ class DockerServiceManager:
             if step.action not in ("load_image", "remove"):
                 chains.setdefault(step.key or step.container_id, []).append(step)
         for stage in ([[s] for s in removals], [[s] for s in loads], list(chains.values())):
-            await asyncio.gather(*(self._run_chain(chain, work, failed) for chain in stage))
+            # Every chain ends before anything is raised: none keeps calling the engine after
+            # the pass (and its lock) is over.
+            results = await asyncio.gather(
+                *(self._run_chain(chain, work, failed) for chain in stage), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
         if self._dirty:
             await self._call(self._state.save)
             self._dirty = False

@@ -245,11 +245,20 @@ class Storage:
             "updated_at": time.time(),
         }
 
-    def replace_instances(self, records: list[InstanceRecord]) -> None:
+    def replace_instances(self, records: list[InstanceRecord], placed: str | None = None) -> None:
+        """Replace the placement; with `placed`, the desired status it was made from (JSON)
+        in the same transaction, so the two never disagree after a cut."""
         with self._tx("store the placement"):
             self._instance.delete().execute()
             for r in records:
                 self._instance.insert(**self._instance_fields(r)).execute()
+            if placed is not None:
+                self._meta.insert(key="placed", value=placed).on_conflict_replace().execute()
+
+    def placed(self) -> str | None:
+        """The desired status (JSON) the stored placement was made from, if any."""
+        row = self._meta.get_or_none(self._meta.key == "placed")
+        return None if row is None else str(row.value)
 
     def update_instances(self, records: list[InstanceRecord]) -> None:
         with self._tx("store the instance states"):

@@ -46,6 +46,7 @@ class CloudLink:
             it returns once the message is safe (a desired status stored), then it is acked.
             A raised AosError nacks it with the error.
         on_connect: called each time the link comes up (to send a full status).
+        on_disconnect: called each time it goes down (the SMs are told the cloud is away).
         ssl_context: TLS settings for wss URLs.
         blob_urls_timeout: seconds to wait for a blobUrls answer before asking again.
     """
@@ -57,6 +58,7 @@ class CloudLink:
         *,
         on_message: MessageHandler,
         on_connect: ConnectHandler,
+        on_disconnect: Callable[[], None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         backoff: Backoff | None = None,
         blob_urls_timeout: float = 30.0,
@@ -66,6 +68,7 @@ class CloudLink:
         self.connected = asyncio.Event()
         self._on_message = on_message
         self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
         self._ssl = ssl_context
         self._backoff = backoff or Backoff()
         self._blob_urls_timeout = blob_urls_timeout
@@ -105,6 +108,8 @@ class CloudLink:
                 )
             finally:
                 self._ws = None
+                if self.connected.is_set() and self._on_disconnect is not None:
+                    self._on_disconnect()
                 self.connected.clear()
             if self._stopping:
                 break

@@ -75,6 +75,10 @@ class _Balancer:
     def __init__(self, nodes: Sequence[NodeSpec]) -> None:
         self.nodes = [NodePool(spec) for spec in sorted(nodes, key=lambda n: n.id)]
         self.usable = [n for n in self.nodes if n.spec.usable]
+        # Nodes whose SM is away within its timeout: what runs there stays, whatever it needs
+        # (what they offer may not even be known yet).
+        self.away = {n.id for n in self.nodes if n.spec.usable and not n.spec.accepts_new}
+        self._kept: dict[tuple[str, str], dict[int, str]] = {}
         self._filtered: dict[tuple, list[tuple[NodePool, list[RuntimePool]]]] = {}
         self._cands: dict[tuple, tuple[list[Candidate], Slot | None]] = {}
         self._slots: dict[tuple, Slot] = {}
@@ -143,9 +147,14 @@ class _Balancer:
         """Book the places of the group's running instances whose node still takes them."""
         if not where:
             return {}
+        kept = {i: n for i, n in where.items() if n in self.away and i < d.count}
+        if kept:
+            self._kept[(d.item, d.subject)] = kept
         by_node = {c.node.id: c for c in self.candidates(d)[0]}
         out = {}
         for index in sorted(where):
+            if index in kept:
+                continue
             cand = by_node.get(where[index])
             rt = cand.fit() if cand is not None and index < d.count else None
             if rt is not None:
@@ -156,9 +165,13 @@ class _Balancer:
 
     def _place(self, d: Demand, held: dict[int, Hold]) -> tuple[Slot, ...]:
         cands, refusal = self.candidates(d)
+        kept = self._kept.get((d.item, d.subject), {})
         heap: list[tuple] | None = None
         out = []
         for index in range(d.count):
+            if index in kept:
+                out.append(self._slot(kept[index], None))
+                continue
             hold = held.get(index)
             if hold is not None and hold.rt is not None:
                 hold.kept = True

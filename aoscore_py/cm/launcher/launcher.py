@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from statemachine import crashpoint
 
-from ...errors import AosCode, AosError
+from ...errors import AosCode, AosError, ProtocolError
 from ...logs import get_logger
 from ...nodes import (
     ImageLayout,
@@ -23,7 +23,16 @@ from ...nodes import (
     InstanceStatus,
     ServiceManager,
 )
-from ...protocol import DesiredStatus, ErrorInfo, InstanceState, ItemState, NodeState
+from ...protocol import (
+    DesiredStatus,
+    ErrorInfo,
+    InstanceState,
+    ItemState,
+    NodeState,
+    UnitConfig,
+    dump_message,
+    parse_message,
+)
 from ..imagemanager.interfaces import ItemRecord
 from .balancer import balance
 from .crashpoints import INSTANCES_ADOPTED, NODE_ANSWERED, PLACEMENT_STORED
@@ -90,16 +99,19 @@ class Launcher:
         layout_of: LayoutOf,
         facts_of: FactsOf | None = None,
         *,
+        unit_config_of: Callable[[], UnitConfig | None] | None = None,
         node_wait_s: float = 60.0,
     ) -> None:
         self._storage = storage
         self._nodes = nodes
         self._layout_of = layout_of
         self._facts_of = facts_of
+        self._unit_config_of = unit_config_of
         self._node_wait_s = node_wait_s
         self._lock = asyncio.Lock()
-        self.launched: DesiredStatus | None = None
-        """The desired status the last launch placed (what `reconcile` keeps in force)."""
+        self.launched: DesiredStatus | None = _read_placed(storage.placed())
+        """The desired status the stored placement was made from (what `reconcile` keeps in
+        force); stored with the placement, so it survives a restart in any phase."""
 
     def records(self) -> list[InstanceRecord]:
         return self._storage.instances()
@@ -109,11 +121,14 @@ class Launcher:
     ) -> list[NodeSpec]:
         """The nodes as placement sees them: what each reports, its unit config entry, the
         desired node states. A node whose SM is away, but not for its node timeout yet, keeps
-        the instances it runs and takes no new ones."""
+        the instances it runs and takes no new ones (also one that has not come back since the
+        CM started: what it runs is not known yet). Labels, priorities and resource ratios come
+        from the installed unit config (`unit_config_of`), else from the desired status."""
         infos = [await self._nodes[n].node_info() for n in sorted(self._nodes)]
+        config = desired.unit_config if self._unit_config_of is None else self._unit_config_of()
         specs = []
-        for info, spec in zip(infos, node_specs(infos, desired.unit_config), strict=True):
-            if not info.is_connected and info.state != NodeState.ERROR and info.runtimes:
+        for info, spec in zip(infos, node_specs(infos, config), strict=True):
+            if not info.is_connected and info.state != NodeState.ERROR:
                 spec = replace(spec, connected=True, accepts_new=False)
             specs.append(spec)
         return with_desired_states(specs, node_states)
@@ -181,9 +196,7 @@ class Launcher:
         waiter = getattr(self._nodes, "wait_all_connected", None)
         if wait_nodes and waiter is not None:
             await waiter(self._node_wait_s)
-        records = await self._launch(desired, items, node_states)
-        self.launched = desired
-        return records
+        return await self._launch(desired, items, node_states)
 
     async def _launch(
         self,
@@ -238,7 +251,10 @@ class Launcher:
                             key, kind, version, slot.node, priority, InstanceState.ACTIVATING
                         )
                     )
-        self._storage.replace_instances(sorted(records.values(), key=lambda r: r.key))
+        self._storage.replace_instances(
+            sorted(records.values(), key=lambda r: r.key), dump_message(desired).decode()
+        )
+        self.launched = desired
         crashpoint(PLACEMENT_STORED)
         log.info(
             "placement.stored",
@@ -319,6 +335,8 @@ class Launcher:
             rec = known.get(s.key)
             if rec is None or rec.node != s.node:
                 continue
+            if _given_up(rec) and s.state == InstanceState.ACTIVATING:
+                continue  # failed when waitingActive gave up; until it is active or fails
             new = InstanceRecord(
                 s.key, rec.item_type, rec.version, s.node, rec.priority, s.state, s.error
             )
@@ -375,7 +393,8 @@ class Launcher:
             if k not in reported
             and r.node
             and r.node not in away
-            and r.state != InstanceState.FAILED
+            # Placed and not reported yet: its node is being told (waitingActive times it out).
+            and r.state not in (InstanceState.FAILED, InstanceState.ACTIVATING)
         ]
         self._record([*statuses, *missing], known)
         return self._storage.instances()
@@ -410,8 +429,33 @@ class Launcher:
             await asyncio.sleep(poll_s)
 
 
+LATE = "did not become active within"
+
+
 def _late_error(timeout_s: float) -> ErrorInfo:
-    return ErrorInfo(int(AosCode.TIMEOUT), 0, f"did not become active within {timeout_s:g} s")
+    return ErrorInfo(int(AosCode.TIMEOUT), 0, f"{LATE} {timeout_s:g} s")
+
+
+def _given_up(record: InstanceRecord) -> bool:
+    """Failed by `give_up_activating`: still activating on its node, but no longer waited for."""
+    error = record.error
+    return (
+        record.state == InstanceState.FAILED
+        and error is not None
+        and error.aos_code == AosCode.TIMEOUT
+        and error.message.startswith(LATE)
+    )
+
+
+def _read_placed(raw: str | None) -> DesiredStatus | None:
+    if raw is None:
+        return None
+    try:
+        desired = parse_message(raw, message_type="desiredStatus")
+    except ProtocolError:
+        log.warning("placed.unreadable", next="placed again by the next cycle")
+        return None
+    return desired if isinstance(desired, DesiredStatus) else None
 
 
 def _count(states: object) -> dict[str, int]:

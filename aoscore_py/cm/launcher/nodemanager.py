@@ -173,6 +173,7 @@ class RemoteNode:
         self.since = since  # monotonic time of the last connect or disconnect (or of creation)
         self.ever_connected = False
         self.ever_reported = False  # its SM sent NodeInstancesStatus once
+        self._reported_on_stream = False  # ... on the stream it holds now
         self.runtimes: wire.NodeRuntimes | None = None  # the last SMInfo
         self.config_status: UnitConfigStatus | None = None  # the last NodeConfigStatus
         self.alerts: deque[NodeAlert] = deque(maxlen=MAX_ALERTS)
@@ -319,6 +320,8 @@ class RemoteNode:
         """
         if self._link is None:
             raise not_connected(self.node_id)
+        if not self._reported_on_stream:
+            raise not_connected(self.node_id, " (its SM has not said what it runs yet)")
         return [self._statuses[k] for k in sorted(self._statuses)]
 
     async def configure(self, step: str, version: str, body: bytes) -> UnitConfigStatus:
@@ -359,6 +362,7 @@ class RemoteNode:
         self.runtimes = info
         self.since = self._manager.clock()
         self.ever_connected = True
+        self._reported_on_stream = False
         self._error_reported = False
         if old is not None:
             old.outbox.close(f"replaced by a newer stream of node {self.node_id} from {link.peer}")
@@ -414,6 +418,7 @@ class RemoteNode:
         self._reported = {}
         self._remember(message)
         self.ever_reported = True
+        self._reported_on_stream = True
         self._manager._signal_came()
         log.info("node.instances", node=self.node_id, instances=len(statuses))
         self._manager._notify(self.node_id)
@@ -541,6 +546,7 @@ class NodeManager(Mapping[str, RemoteNode]):
         expected: the node ids the unit config names (see `set_unit_nodes`).
         known: node ids of the unit besides those (the unit PKI's nodes): a unit config may
             name them before their SM ever connected.
+        always: node ids expected whatever the unit config names (the main node).
         node_timeout_s: how long an SM may be gone before its node is `error`.
         answer_timeout_s: how long `run_instances` waits for a node's answer.
         clock: monotonic seconds (a fake one in tests).
@@ -553,6 +559,7 @@ class NodeManager(Mapping[str, RemoteNode]):
         expected: Iterable[str] = (),
         *,
         known: Iterable[str] = (),
+        always: Iterable[str] = (),
         node_timeout_s: float = DEFAULT_NODE_TIMEOUT_S,
         answer_timeout_s: float = DEFAULT_ANSWER_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
@@ -563,6 +570,7 @@ class NodeManager(Mapping[str, RemoteNode]):
         self.clock = clock
         self.on_node_changed = on_node_changed
         self._known = frozenset(known)
+        self._always = frozenset(always)
         self._nodes: dict[str, RemoteNode] = {}
         self._expected: frozenset[str] = frozenset()
         self._desired: dict[str, NodeState] = {}
@@ -598,7 +606,7 @@ class NodeManager(Mapping[str, RemoteNode]):
         """The nodes the unit config names, now: each one is in the mapping from now on (and
         `error` if its SM does not come within the node timeout). A node no longer named is
         dropped if its SM never connected; one that did connect stays."""
-        ids = frozenset(node_ids)
+        ids = frozenset(node_ids) | self._always
         now = self.clock()
         for node_id in ids - self._nodes.keys():
             self._nodes[node_id] = RemoteNode(node_id, self, now)
@@ -625,10 +633,19 @@ class NodeManager(Mapping[str, RemoteNode]):
             if node._link is not None:
                 node._link.outbox.put(wire.connection_status(connected))
 
+    def use_unit_config(self, config: UnitConfig) -> None:
+        """The installed unit config (at start-up): a node that connects gets its entry."""
+        self._unit_config = config
+
     async def apply_unit_config(self, config: UnitConfig) -> ErrorInfo | None:
         """Have every connected node named by `config` check its entry (`CheckNodeConfig`),
-        then, when all accept, set it (`SetNodeConfig`). A node not connected now gets it
-        when its SM connects. Returns why it was refused (None: set everywhere it could be).
+        then, when all accept, set it (`SetNodeConfig`). A node not connected (or gone before
+        it answered) gets it when its SM connects. Returns why a node refused it (None: set
+        everywhere it could be).
+
+        Raises:
+            AosError: code timeout when a connected node does not answer in the answer
+                timeout (transient: the cycle is tried again, nothing is recorded).
         """
         bodies = node_config_bodies(config)
         targets = [self._nodes[n] for n in sorted(bodies) if n in self._nodes]
@@ -638,13 +655,26 @@ class NodeManager(Mapping[str, RemoteNode]):
                 try:
                     status = await node.configure(step, config.version, bodies[node.node_id])
                 except AosError as exc:
-                    return ErrorInfo(int(exc.code), 0, f"node {node.node_id}: {exc.message}")
+                    if node.connected:
+                        raise
+                    log.info(
+                        "node.config_deferred",
+                        node=node.node_id,
+                        error=exc.message,
+                        next="its SM gets the unit config when it connects",
+                    )
+                    continue
                 error = status.error_info
                 if error is None and status.state == UnitConfigState.FAILED:
                     error = ErrorInfo(int(AosCode.FAILED), 0, f"{step} failed")
                 if error is not None:
                     return replace(error, message=f"node {node.node_id}: {error.message}")
         self._unit_config = config
+        for node_id, body in bodies.items():
+            node = self._nodes.get(node_id)
+            link = node._link if node is not None else None
+            if node is not None and link is not None and node not in targets:
+                link.outbox.put(wire.set_node_config(node_id, config.version, body))
         return None
 
     # -- what the adapter calls ---------------------------------------------------------------

@@ -37,6 +37,7 @@ from ...logs import get_logger
 from ...protocol import (
     DesiredStatus,
     InstanceState,
+    ItemState,
     UnitConfig,
     UnitConfigState,
     dump_message,
@@ -532,6 +533,13 @@ class DesiredStatusHandler:
             if r.state != InstanceState.FAILED
         }
         late_ids = {item_id for item_id, _ in late}
+        # A late item's new version stays pending; the version it replaces may still serve
+        # (blue-green), so it is kept too.
+        serving = {
+            (r.item_id, r.version)
+            for r in self._images.records()
+            if r.item_id in late_ids and r.state == ItemState.INSTALLED
+        }
         items = [i for i in self._ds().items if (i.item.key or "") not in late_ids]
-        self._images.finalize(items, running | late)
+        self._images.finalize(items, running | late | serving)
         return Outcome("done", payload)

@@ -19,9 +19,15 @@ class MemoryLauncherStorage:
 
     def __init__(self, records: Sequence[InstanceRecord] = ()) -> None:
         self._records = {r.key: r for r in records}
+        self._placed: str | None = None
 
-    def replace_instances(self, records: list[InstanceRecord]) -> None:
+    def replace_instances(self, records: list[InstanceRecord], placed: str | None = None) -> None:
         self._records = {r.key: r for r in records}
+        if placed is not None:
+            self._placed = placed
+
+    def placed(self) -> str | None:
+        return self._placed
 
     def update_instances(self, records: list[InstanceRecord]) -> None:
         for r in records:
@@ -53,6 +59,7 @@ class RecordingServiceManager:
         self.running: dict[InstanceKey, InstanceSpec] = {}
         self.connected = True
         self.timed_out = False
+        self.runtimes_known = True
         self.total_ram: int | None = None
         self._storage = storage
 
@@ -67,7 +74,9 @@ class RecordingServiceManager:
             NodeState.ERROR if self.timed_out else NodeState.PROVISIONED,
             self.connected,
             total_ram=self.total_ram,
-            runtimes=(RuntimeInfo(identity=Identity(codename="docker"), runtime_type="docker"),),
+            runtimes=(RuntimeInfo(identity=Identity(codename="docker"), runtime_type="docker"),)
+            if self.runtimes_known
+            else None,
         )
 
     def _check(self) -> None:

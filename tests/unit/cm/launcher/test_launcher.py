@@ -405,3 +405,45 @@ class TestWaitActive:
             int(AosCode.TIMEOUT), 0, "did not become active within 600 s"
         )
         assert unit.launcher.give_up_activating(600) == []
+
+
+class TestAfterARestart:
+    async def test_the_launched_desired_status_is_stored_with_the_placement(self) -> None:
+        unit = Unit("n1")
+        ds = desired(group("svc", 2))
+        await unit.launch(ds)
+        again = Launcher(unit.storage, unit.nodes, Layouts())
+        assert again.launched == ds
+
+    async def test_a_node_not_back_yet_keeps_its_instances_whatever_it_offered(self) -> None:
+        """Right after a CM restart a node's SM may not have reconnected: nothing is known of
+        its runtimes or RAM, yet what runs there stays there until its node timeout."""
+        unit = Unit("n1", "n2", records=[running("svc", 1, "n2")])
+        ds = desired(group("svc", 2))
+        await unit.launch(ds)
+        unit.nodes["n2"].connected = False
+        unit.nodes["n2"].runtimes_known = False
+        records = await unit.launcher.reconcile(lambda: downloaded(ds), dict)
+        assert records is not None
+        assert {(str(r.key), r.node) for r in records} == {("svc/s/0", "n1"), ("svc/s/1", "n2")}
+
+    async def test_an_instance_given_up_on_stays_failed_while_its_node_says_activating(
+        self,
+    ) -> None:
+        unit = Unit("n1")
+        unit.nodes["n1"].state = InstanceState.ACTIVATING
+        await unit.launch(desired(group("svc")))
+        unit.launcher.give_up_activating(600)
+        (record,) = await unit.launcher.refresh()
+        assert record.state == InstanceState.FAILED
+        unit.nodes["n1"].state = InstanceState.ACTIVE
+        (record,) = await unit.launcher.refresh()
+        assert (record.state, record.error) == (InstanceState.ACTIVE, None)
+
+    async def test_placement_uses_the_installed_unit_config_not_a_refused_one(self) -> None:
+        unit = Unit("n1", "n2")
+        installed = config(node_config("n2", "gpu"))
+        unit.launcher._unit_config_of = lambda: installed
+        refused = config(node_config("n1", "gpu"))
+        await unit.launch(desired(group("cam", labels=("gpu",)), unit_config=refused))
+        assert unit.where() == {"cam/s/0": "n2"}

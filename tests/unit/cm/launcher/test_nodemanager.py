@@ -618,14 +618,25 @@ class TestUnitConfig:
         assert set_.version == "2.0.0"
         assert orjson.loads(set_.node_config)["node"]["codename"] == "n2"
 
-    async def test_a_node_going_away_before_answering_fails_it_as_transient(self) -> None:
+    async def test_a_node_going_away_before_answering_gets_it_when_it_comes_back(
+        self,
+    ) -> None:
         unit = Unit("n1")
         link, outbox = unit.connect("n1")
         task = asyncio.create_task(unit.nodes.apply_unit_config(unit_config("2.0.0", "n1")))
         await until(lambda: bool(outbox.of("check_node_config")))
         link.close()
-        error = await task
-        assert error is not None and error.aos_code == AosCode.TIMEOUT
+        assert await task is None
+        _, again = unit.connect("n1")
+        (set_,) = again.of("set_node_config")
+        assert set_.version == "2.0.0"
+
+    async def test_a_connected_node_that_does_not_answer_is_a_transient_failure(self) -> None:
+        unit = Unit("n1", answer_timeout_s=0.05)
+        unit.connect("n1")
+        with pytest.raises(AosError) as raised:
+            await unit.nodes.apply_unit_config(unit_config("2.0.0", "n1"))
+        assert classify(raised.value) is Retry.TRANSIENT
 
     def test_the_pki_nodes_are_known_before_they_connect(self) -> None:
         nodes = NodeManager(["n1"], known=["n1", "n2"])
