@@ -1,21 +1,33 @@
-"""The power-cut matrix: kill the agent with SIGKILL at every crash point, start it again, and
-check that the unit still converges on its desired status.
+"""The power-cut matrix: kill the CM or an SM with SIGKILL at every crash point of a three-node
+unit, start it again, and check that the unit still converges on its desired status.
 
-The rows are built from the crash-point registry (registry.py): every point, at the arrivals
-listed below, in the scenario that reaches it.
+Each row arms the process that owns its point: the CM (`aoscore agent --no-local-sm`) for
+every point outside `sm.*`, the SM of `SM_NODE` (node-2, which runs one instance of each item)
+for the SM's own points. Points both sides pass (the blob transfer, in the CM's downloads and
+in the SM's blob cache; the data-dir lock, which the SM takes too) have a row on each side;
+the SM's row is written `POINT@node-2`. The rows are built from the crash-point registry
+(registry.py): every point, at the arrivals listed below, in the scenario that reaches it.
 
-- install: two items (one with a 6 MiB layer, so that a transfer has a middle to be killed
-  in), two desired instances with numInstances 2 (four containers), one node.
-- upgrade: the unit first converges on the install scenario; then one item moves to a new
-  version with `--removed-ttl 0`, so the old version is removed and collected in finalizing.
-- a spoiled store: the unit first converges on the install scenario; then its store file is
-  emptied (as a lost write-ahead log or a bad card would leave it), so the agent moves it aside,
-  starts on a new one and adopts what runs.
+- install: two items (svc-beta with a 6 MiB layer, so that a transfer has a middle to be
+  killed in), two instances each, spread over the three nodes by the RAM their item configs
+  ask for (scenarios.py: node-1 runs one, node-2 two, node-3 one).
+- upgrade: the unit first converges on the install; then svc-alpha moves to a new version
+  with `--removed-ttl 0`: its instances are replaced blue-green on node-1 and node-2, and the
+  old version is removed and collected in finalizing.
+- unit config: the unit first converges on the install; then a desired status with a unit
+  config of a greater version makes the CM check and set each node's config again.
+- a spoiled store: the unit first converges on the install; then the CM's store file is
+  emptied (as a lost write-ahead log or a bad card would leave it), so the agent moves it
+  aside, starts on a new one and adopts what the nodes run. It starts behind a closed gate
+  to the cloud (gate.py), opened once its SMs are back: the network comes up last.
 - a fault: an unexpected error injected at another point first (AOSCORE_FAULT), to reach the
   sticky failed phase.
 
-All of it against the real reference cloud, registry and Docker engine. Each row uses its own
-unit id and data directory, so rows are independent.
+A row passes when the armed process died by SIGKILL at its point (its exit status and the
+`crashpoint.hit` line it wrote), was started again unarmed, and the unit converged
+(`ThreeNodeUnit.check`). All of it against the real reference cloud, registry and Docker
+engine. Each row uses its own unit id, unit PKI, port and data directories, so rows are
+independent.
 """
 
 from __future__ import annotations
@@ -24,51 +36,74 @@ import signal
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import orjson
 
-from statemachine import FAULT_ENV_VAR, committed_point, parse_spec
+from statemachine import committed_point, parse_spec
 
 from ..blobs import crashpoints as blobs
 from ..cloud.oci import OciImage
 from ..cloud.registry import Registry
 from ..cloud.service import publish
-from ..cloud.state import read_timeline
 from ..cm.imagemanager import crashpoints as imagemanager
 from ..cm.launcher import crashpoints as launcher
 from ..cm.updatemanager.handler import MACHINE
+from ..errors import AosError
+from ..logs import get_logger
 from ..protocol import DesiredStatus
 from ..sm import crashpoints as sm
 from ..sm.docker_runtime import DockerRuntime
 from ..storage import DB_NAME
 from ..storage import crashpoints as storage
+from . import interrupts
 from .registry import ALL_POINTS
+from .scenarios import (
+    ALPHA,
+    BETA,
+    FIRST_PLACEMENT,
+    NODES,
+    SM_NODE,
+    desired,
+    item_config,
+    upgraded,
+    with_bumped_unit_config,
+)
 from .testbed import (
     CloudProcess,
-    check_convergence,
+    Convergence,
     item_state,
+    push,
     remove_unit_containers,
     save_desired,
-    scenario,
-    start_agent,
 )
+from .unit import CM, Arm, ThreeNodeUnit
 
-INSTALL, UPGRADE, SPOILED = "install", "upgrade", "spoiled store"
+log = get_logger("powercut")
 
-# Which arrivals of a point get a row (default: the first): the second item's, a later blob's
-# or container's.
+INSTALL, UPGRADE, UNIT_CONFIG, SPOILED = "install", "upgrade", "unit config", "spoiled store"
+
+# Which arrivals of a point get a row on its owner (default: the first): the second item's,
+# a later blob's, node-2's second container.
 ARRIVALS: dict[str, tuple[int, ...]] = {
     imagemanager.ITEM_FIRST_BLOB: (1, 2),
     imagemanager.BLOB_VERIFIED: (1, 3),
     blobs.BLOB_TRANSFER: (1,),
     imagemanager.ITEM_PENDING: (2,),
     imagemanager.ITEM_INSTALLED: (1,),
-    sm.CONTAINER_CREATED: (1, 3),
-    sm.CONTAINER_STARTED: (1, 4),
+    sm.CONTAINER_CREATED: (1, 2),
+    sm.CONTAINER_STARTED: (1, 2),
 }
-# Points only an upgrade reaches: a version retired, then collected.
+# Points outside `sm.*` that an SM passes too, and the arrivals that get a row on SM_NODE: its
+# blob cache half-way through svc-beta's large layer; its data-dir lock, taken at start (no
+# arrivals: the point's first, named without `:N`).
+SM_ARRIVALS: dict[str, tuple[int, ...]] = {
+    blobs.BLOB_TRANSFER: (1,),
+    storage.LOCK_TAKEN: (),
+}
+# Points only an upgrade reaches: a version retired, then collected; a container replaced.
 UPGRADE_POINTS = frozenset(
     {
         imagemanager.ITEM_REMOVED,
@@ -77,6 +112,9 @@ UPGRADE_POINTS = frozenset(
         sm.CONTAINER_REPLACED,
     }
 )
+# Points whose row is a unit config of a greater version (an install reaches them too, but
+# this is the change an operator makes on a running unit).
+UNIT_CONFIG_POINTS = frozenset({sm.NODE_CONFIG_STORED})
 # Points only a store that cannot be trusted reaches.
 SPOILED_POINTS = frozenset(
     {storage.MOVED_ASIDE, imagemanager.BLOB_ADOPTED, launcher.INSTANCES_ADOPTED}
@@ -85,34 +123,72 @@ SPOILED_POINTS = frozenset(
 FAULTS: dict[str, str] = {committed_point(MACHINE, "failed"): launcher.PLACEMENT_STORED}
 
 
+def owner(point: str) -> str:
+    """The process that owns a point: the SM of SM_NODE for the SM's points, else the CM."""
+    return SM_NODE if point in sm.CRASH_POINTS else CM
+
+
+def passes(process: str, point: str) -> bool:
+    """Whether `process` (the CM or a node's SM) reaches `point` at all: the SM its own points
+    and the shared ones (SM_ARRIVALS), the CM every other."""
+    if point in sm.CRASH_POINTS:
+        return process != CM
+    return process == CM or point in SM_ARRIVALS
+
+
+def describe(process: str) -> str:
+    """A process as the table names it: `agent (CM)` or `sm node-2`."""
+    return "agent (CM)" if process == CM else f"sm {process}"
+
+
 @dataclass(frozen=True)
 class Case:
-    """One row of the matrix: where to crash, in which scenario, after which injected fault."""
+    """One row of the matrix: where to crash, which process, in which scenario, after which
+    injected fault."""
 
     spec: str
     scenario: str = INSTALL
     fault: str | None = None
+    process: str = CM
 
     @property
     def point(self) -> str:
         return parse_spec(self.spec)[0]
 
+    @property
+    def row(self) -> str:
+        """The row's name: its spec, with `@node` when it arms another process than the
+        point's owner."""
+        return self.spec if self.process == owner(self.point) else f"{self.spec}@{self.process}"
+
+
+def _scenario(point: str) -> str:
+    if point in UPGRADE_POINTS:
+        return UPGRADE
+    if point in UNIT_CONFIG_POINTS:
+        return UNIT_CONFIG
+    return SPOILED if point in SPOILED_POINTS else INSTALL
+
+
+def _specs(point: str, arrivals: tuple[int, ...] | None) -> list[str]:
+    return [f"{point}:{n}" for n in arrivals] if arrivals else [point]
+
 
 def build_cases(points: tuple[str, ...] = ALL_POINTS) -> tuple[Case, ...]:
-    """The matrix: every registry point at its arrivals, in the scenario that reaches it."""
+    """The matrix: every registry point at its arrivals on its owner, in the scenario that
+    reaches it; then the rows of shared points on SM_NODE."""
     cases = []
     for point in points:
-        arrivals = ARRIVALS.get(point)
-        specs = [f"{point}:{n}" for n in arrivals] if arrivals else [point]
-        kind = (
-            UPGRADE if point in UPGRADE_POINTS else SPOILED if point in SPOILED_POINTS else INSTALL
-        )
-        cases += [Case(spec, kind, FAULTS.get(point)) for spec in specs]
+        kind, fault = _scenario(point), FAULTS.get(point)
+        cases += [Case(s, kind, fault, owner(point)) for s in _specs(point, ARRIVALS.get(point))]
+        if point in SM_ARRIVALS:
+            cases += [Case(s, kind, fault, SM_NODE) for s in _specs(point, SM_ARRIVALS[point])]
     return tuple(cases)
 
 
 CASES = build_cases()
-CRASH_POINTS: tuple[str, ...] = tuple(c.spec for c in CASES)
+CRASH_POINTS: tuple[str, ...] = tuple(c.row for c in CASES)
+"""Every row's name, in the order the matrix runs them."""
 
 KILL_TIMEOUT_S = 60.0
 CONVERGE_TIMEOUT_S = 90.0
@@ -120,168 +196,243 @@ CONVERGE_TIMEOUT_S = 90.0
 
 @dataclass(frozen=True)
 class Row:
-    """One crash point's result."""
+    """One row's result."""
 
     point: str
+    process: str
     killed: bool
     converged: bool
     seconds: float
     detail: str = ""
 
 
-def _print_row(row: Row, width: int) -> None:
-    print(
-        f"{row.point:<{width}}  {'yes' if row.killed else 'NO':<6}  "
-        f"{'yes' if row.converged else 'NO':<9}  {row.seconds:>7.2f}"
-        + (f"  {row.detail}" if row.detail else ""),
-        flush=True,
-    )
-
-
-def upgraded(ds: DesiredStatus) -> DesiredStatus:
-    """`ds` with svc-alpha at version 2.0.0 (its image is already the new one)."""
-    items = tuple(replace(i, version="2.0.0") if i.item.id == "svc-alpha" else i for i in ds.items)
-    return replace(ds, items=items)
-
-
 @dataclass(frozen=True)
 class Images:
-    """The scenario's images: the two items, and the new version of the first."""
+    """The scenario's images: the two items, and the new version of svc-alpha."""
 
     alpha: OciImage
     beta: OciImage
     alpha2: OciImage
 
+    @property
+    def items(self) -> dict[str, OciImage]:
+        return {ALPHA: self.alpha, BETA: self.beta}
+
+
+def publish_images(cloud: CloudProcess, registry_url: str) -> Images:
+    """Publish the matrix's images, each with its item config (the RAM it asks for)."""
+
+    def one(name: str, item_id: str, extra_layer_bytes: int = 0) -> OciImage:
+        return publish(
+            cloud.cloud_dir,
+            name,
+            registry_url=registry_url,
+            extra_layer_bytes=extra_layer_bytes,
+            item_config=item_config(item_id),
+        )
+
+    # beta has a layer large enough to be killed in the middle of its transfer
+    return Images(one("pc-alpha", ALPHA), one("pc-beta", BETA, 6 << 20), one("pc-alpha2", ALPHA))
+
+
+def target_status(case: Case, images: Images) -> DesiredStatus:
+    """The desired status the armed process works on."""
+    first = desired(images.items)
+    if case.scenario == UPGRADE:
+        return upgraded(images.items, images.alpha2)
+    if case.scenario == UNIT_CONFIG:
+        return with_bumped_unit_config(first)
+    return first
+
+
+def _start(unit: ThreeNodeUnit, armed: str | None, arm: Arm | None) -> None:
+    """Start the agent, then, once it serves the SM link, the three SMs; `armed` names the
+    process started with `arm`. An agent that dies first (armed at a start-up point) gets its
+    SMs when it is started again."""
+    unit.start_agent(arm if armed == CM else None)
+    if unit.wait_listening():
+        unit.start_missing_sms((armed, arm) if armed and armed != CM and arm else None)
+
+
+def _arm_second_step(unit: ThreeNodeUnit, case: Case, arm: Arm, ds: DesiredStatus) -> None:
+    """On a unit converged on the first step: start the row's process again armed, and give
+    the unit the second desired status.
+
+    The CM is stopped and started armed; the cloud sends the stored desired status when it
+    connects (a spoiled store is emptied while the CM is stopped). An SM is stopped and
+    started armed, and once the CM has it back the status is pushed to the running unit, so
+    the CM's requests (UpdateInstances, CheckNodeConfig, SetNodeConfig) reach it connected.
+    """
+    if case.process == CM and case.scenario == SPOILED:
+        unit.stop(CM)
+        (unit.data_dir / DB_NAME).write_bytes(b"")
+        _come_up_before_the_cloud(unit, arm)
+        return
+    if case.process == CM:
+        unit.stop(CM)
+        save_desired(unit.cloud.state, unit.unit, ds)
+        unit.start_agent(arm)
+        return
+    mark = len(unit.agent_log().records())
+    unit.stop(case.process)
+    unit.start_sm(case.process, arm)
+    unit.wait_node_connected(case.process, mark)
+    answer = push(unit.cloud, unit.unit, ds)
+    if not answer.get("ok"):
+        log.warning("powercut.push_refused", unit=unit.unit, answer=answer, next="waiting")
+
+
+def _come_up_before_the_cloud(unit: ThreeNodeUnit, arm: Arm) -> None:
+    """Start the agent armed behind a closed gate to the cloud, and open the gate once its SMs
+    are back (or it died): the order a device meets when its network comes up last. The CM's
+    first full status then finds the nodes connected, so a store with no instance record
+    adopts what they run (launcher.instances.adopted) before a desired status is placed. The
+    gate stays open for the rest of the row (the agent started again dials it too)."""
+    gate = unit.gate_the_cloud()
+    unit.start_agent(arm)
+    if unit.wait_all_connected():
+        log.info("powercut.sms_back", unit=unit.unit, next="opening the gate to the cloud")
+    gate.open()
+
+
+def _restart(unit: ThreeNodeUnit, process: str) -> None:
+    """Start the killed process again, unarmed (and any SM not started yet)."""
+    if process == CM:
+        unit.start_agent()
+        if unit.wait_listening():
+            unit.start_missing_sms()
+    else:
+        unit.start_sm(process)
+        unit.start_missing_sms()
+
 
 def _converge(
-    unit: str,
+    unit: ThreeNodeUnit,
     ds: DesiredStatus,
-    cloud: CloudProcess,
-    data_dir: Path,
-    log: Path,
     runtime: DockerRuntime,
-    extra: tuple[str, ...],
-) -> tuple[bool, str]:
-    """Run an unarmed agent until the unit runs `ds`; stop it cleanly."""
-    agent = start_agent(unit, cloud.ws_url, data_dir, log, ca=cloud.trusted_ca, extra=extra)
-    result = None
-    try:
-        deadline = time.monotonic() + CONVERGE_TIMEOUT_S
-        while time.monotonic() < deadline:
-            result = check_convergence(unit, ds, cloud.state, data_dir, runtime)
-            if result.ok or agent.proc.poll() is not None:
-                break
-            time.sleep(0.25)
-    finally:
-        code = agent.stop()
-    ok = bool(result and result.ok) and code == 0
-    return ok, "" if ok else "; ".join((result.problems if result else ())[:3])
+    *,
+    reported: int = -1,
+    extra: tuple[str, str] | None = None,
+) -> Convergence:
+    """Poll `unit.check(ds)` until it passes or CONVERGE_TIMEOUT_S; also wait for a status
+    sent after `reported` statuses, and, with `extra` = (item, version), for that version to
+    be gone from the CM's store."""
+    deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+    while True:
+        result = unit.check(ds, runtime)
+        problems = list(result.problems)
+        if extra and item_state(unit.data_dir, *extra):
+            problems.append(f"{extra[0]} {extra[1]} was not collected")
+        if unit.reported() <= reported:
+            problems.append("the CM has not reported since the restart")
+        if not problems or time.monotonic() >= deadline:
+            return Convergence(not problems, tuple(problems))
+        time.sleep(0.25)
 
 
-def run_point(
+def _placement_note(placement: Mapping[tuple[str, int], str]) -> str:
+    """How the final placement differs from the first launch's (`FIRST_PLACEMENT`)."""
+    moved = [
+        f"{item} {i} on {node}"
+        for (item, i), node in sorted(placement.items())
+        if FIRST_PLACEMENT.get((item, i)) != node
+    ]
+    return "placed as first launched" if not moved else "placed elsewhere: " + ", ".join(moved)
+
+
+def run_case(
     case: Case, cloud: CloudProcess, images: Images, work: Path, runtime: DockerRuntime
 ) -> Row:
     """Crash at the case's point, restart, and wait for convergence."""
-    unit = f"pc-{uuid.uuid4().hex[:8]}"
-    data_dir = work / unit / "data"
-    first = scenario([("svc-alpha", images.alpha), ("svc-beta", images.beta)])
-    ds, extra = first, ()
-    if case.scenario in (UPGRADE, SPOILED):
-        extra = ("--removed-ttl", "0") if case.scenario == UPGRADE else ()
-        save_desired(cloud.state, unit, first)
-        ok, detail = _converge(
-            unit, first, cloud, data_dir, work / unit / "agent-0.log", runtime, extra
-        )
-        if not ok:
-            remove_unit_containers(runtime, unit)
-            return Row(case.spec, False, False, 0.0, f"the scenario's first step: {detail}")
-    if case.scenario == UPGRADE:
-        ds = upgraded(scenario([("svc-alpha", images.alpha2), ("svc-beta", images.beta)]))
-    if case.scenario == SPOILED:
-        (data_dir / DB_NAME).write_bytes(b"")
-    save_desired(cloud.state, unit, ds)
-    env = {FAULT_ENV_VAR: case.fault} if case.fault else None
-    agent = start_agent(
-        unit,
-        cloud.ws_url,
-        data_dir,
-        work / unit / "agent-1.log",
-        ca=cloud.trusted_ca,
-        crashpoint=case.spec,
-        extra=extra,
-        env=env,
-    )
+    unit_id = f"pc-{uuid.uuid4().hex[:8]}"
+    extra = ("--removed-ttl", "0") if case.scenario == UPGRADE else ()
+    unit = ThreeNodeUnit(unit_id, work / unit_id, cloud, agent_extra=extra)
+    arm = Arm(case.spec, case.fault)
+    ds = target_status(case, images)
+    name = describe(case.process)
+    log.info("powercut.row", row=case.row, unit=unit_id, kills=name, scenario=case.scenario)
     try:
-        code = agent.wait(KILL_TIMEOUT_S)
+        if case.scenario == INSTALL:
+            save_desired(cloud.state, unit_id, ds)
+            _start(unit, case.process, arm)
+        else:
+            first = desired(images.items)
+            save_desired(cloud.state, unit_id, first)
+            _start(unit, None, None)
+            result = _converge(unit, first, runtime)
+            if not result.ok:
+                why = "; ".join(result.problems[:3])
+                return Row(case.row, name, False, False, 0.0, f"the scenario's first step: {why}")
+            _arm_second_step(unit, case, arm, ds)
+        armed = unit.process(case.process)
+        assert armed is not None
+        code = armed.wait(KILL_TIMEOUT_S)
+        killed = code == -signal.SIGKILL and unit.killed_at(case.process, arm)
+        reported = unit.reported()
+        started = time.monotonic()
+        _restart(unit, case.process)
+        collected = (ALPHA, "1.0.0") if case.scenario == UPGRADE else None
+        result = _converge(unit, ds, runtime, reported=reported, extra=collected)
+        seconds = round(time.monotonic() - started, 2)
+        note = _placement_note(unit.placement(runtime)) if result.ok else ""
     finally:
-        if agent.proc.returncode is None:
-            agent.stop()
-    killed = code == -signal.SIGKILL
-    reported = len(read_timeline(cloud.state.timeline_path(unit)))
-    started = time.monotonic()
-    agent = start_agent(
-        unit, cloud.ws_url, data_dir, work / unit / "agent-2.log", ca=cloud.trusted_ca, extra=extra
-    )
-    result = None
-    problems: list[str] = []
-    try:
-        deadline = started + CONVERGE_TIMEOUT_S
-        while time.monotonic() < deadline:
-            result = check_convergence(unit, ds, cloud.state, data_dir, runtime)
-            problems = list(result.problems)
-            if case.scenario == UPGRADE and item_state(data_dir, "svc-alpha", "1.0.0"):
-                problems.append("svc-alpha 1.0.0 was not collected")
-            if len(read_timeline(cloud.state.timeline_path(unit))) <= reported:
-                problems.append("the restarted agent has not reported yet")
-            if not problems or agent.proc.poll() is not None:
-                break
-            time.sleep(0.25)
-        seconds = time.monotonic() - started
-    finally:
-        exit_code = agent.stop()
-        remove_unit_containers(runtime, unit)
-    converged = result is not None and not problems
-    detail = "" if converged else "; ".join(problems[:3])
-    if exit_code != 0:
-        detail = f"clean stop exited {exit_code}; {detail}".rstrip("; ")
+        stopped = unit.stop_all()
+        remove_unit_containers(runtime, unit_id)
+    details = [] if result.ok else list(result.problems[:3])
+    if stopped:
+        details.insert(0, "clean stop exited " + ", ".join(f"{n} {c}" for n, c in stopped.items()))
     if not killed:
-        detail = f"not killed (exit {code}); {detail}".rstrip("; ")
-    return Row(case.spec, killed, converged and exit_code == 0, round(seconds, 2), detail)
+        how = "no crashpoint.hit line" if code == -signal.SIGKILL else f"exit {code}"
+        details.insert(0, f"not killed at the point ({how})")
+    converged = result.ok and not stopped
+    return Row(case.row, name, killed, converged, seconds, "; ".join(details) or note)
 
 
-def _interrupted(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+def _print_header(width: int) -> None:
+    print(
+        f"{'row':<{width}}  {'process killed':<14}  killed  converged  seconds  detail",
+        flush=True,
+    )
+
+
+def _print_row(row: Row, width: int) -> None:
+    print(
+        f"{row.point:<{width}}  {row.process:<14}  {'yes' if row.killed else 'NO':<6}  "
+        f"{'yes' if row.converged else 'NO':<9}  {row.seconds:>7.2f}  {row.detail}".rstrip(),
+        flush=True,
+    )
 
 
 def run_matrix(specs: list[str], json_path: Path | None, work_dir: Path | None) -> bool:
-    """Run the rows named by `specs` (as in CRASH_POINTS, or a bare point for all its rows);
-    print one row each; True when every row converged.
+    """Run the rows named by `specs` (see `select_cases`), print one line each; True when
+    every row was killed at its point and converged.
 
     SIGTERM is turned into KeyboardInterrupt, like SIGINT, so that an interrupted matrix still
-    stops the agent, cloud and registry it started and removes the unit's containers.
+    stops the agent, SMs, cloud and registry it started and removes the unit's containers
+    (interrupts.py: never between a process's start and its record).
     """
-    signal.signal(signal.SIGTERM, _interrupted)
+    interrupts.install()
     work = work_dir or Path(tempfile.mkdtemp(prefix="aoscore-powercut-"))
     work.mkdir(parents=True, exist_ok=True)
     runtime = DockerRuntime()
     runtime.ping()
     rows: list[Row] = []
+    cases = select_cases(specs)
+    width = max(len(c.row) for c in cases)
     with Registry(work / "registry") as registry:
-        cloud = CloudProcess(work / "cloud", registry.url).start()
+        cloud = CloudProcess(work / "cloud", registry.url)
         try:
-            cases = select_cases(specs)
-            images = Images(
-                publish(cloud.cloud_dir, "pc-alpha", registry_url=registry.url),
-                # beta has a layer large enough to be killed in the middle of its transfer
-                publish(
-                    cloud.cloud_dir, "pc-beta", registry_url=registry.url, extra_layer_bytes=6 << 20
-                ),
-                publish(cloud.cloud_dir, "pc-alpha2", registry_url=registry.url),
-            )
-            width = max(len(c.spec) for c in cases)
-            print(f"{'point':<{width}}  killed  converged  seconds", flush=True)
+            cloud.start()
+            images = publish_images(cloud, registry.url)
+            print(f"three nodes: {', '.join(NODES)}; SM rows kill {describe(SM_NODE)}", flush=True)
+            _print_header(width)
             for case in cases:
-                row = run_point(case, cloud, images, work, runtime)
+                try:
+                    row = run_case(case, cloud, images, work, runtime)
+                except (AosError, OSError, TimeoutError) as exc:
+                    log.error("powercut.row_failed", row=case.row, exc_info=True, next="next row")
+                    why = f"the row could not run: {type(exc).__name__}: {exc}"
+                    row = Row(case.row, describe(case.process), False, False, 0.0, why)
                 rows.append(row)
                 _print_row(row, width)
         finally:
@@ -300,23 +451,41 @@ def run_matrix(specs: list[str], json_path: Path | None, work_dir: Path | None) 
 
 
 def select_cases(specs: list[str]) -> list[Case]:
-    """The rows `specs` name: a row's spec, a bare point for every row of that point, or
-    `point:N` for another arrival of a registered point.
+    """The rows `specs` name: a row's name (as `--list` prints it), a bare point for all its
+    rows, `POINT:N` for another arrival on the point's owner, or `POINT[:N]@node-2` on that
+    node's SM (for the SM's points and the shared ones).
 
     Raises:
-        ValueError: a spec names no registered crash point, or a bad arrival.
+        ValueError: a spec names no registered crash point, a bad arrival, or a process that
+            never passes the point.
     """
     out: list[Case] = []
     unknown = []
     for spec in specs:
-        point, nth = parse_spec(spec)
-        chosen = [c for c in CASES if spec in (c.spec, c.point)]
-        if not chosen and point in ALL_POINTS:
-            template = next(c for c in CASES if c.point == point)
-            chosen = [replace(template, spec=f"{point}:{nth}")]
+        spec = spec.strip()
+        chosen = [c for c in CASES if spec in (c.row, c.point)]
+        if not chosen:
+            chosen = _another(spec)
         if not chosen:
             unknown.append(spec)
         out += [c for c in chosen if c not in out]
     if unknown:
-        raise ValueError(f"unknown crash points {unknown} (`aoscore powercut --list` lists them)")
+        raise ValueError(f"unknown rows {unknown} (`aoscore powercut --list` lists them)")
     return out
+
+
+def _another(spec: str) -> list[Case]:
+    """A row not in the matrix: another arrival, or another node's SM (ValueError when the
+    arrival is not a positive integer, or that process never passes the point)."""
+    crash, _, process = spec.partition("@")
+    point, nth = parse_spec(crash)
+    if point not in ALL_POINTS:
+        return []
+    process = process or owner(point)
+    if process != CM and process not in NODES:
+        names = ", ".join((CM, *NODES))
+        raise ValueError(f"{spec!r}: {process!r} is no process of the unit ({names})")
+    if not passes(process, point):
+        raise ValueError(f"{spec!r}: {describe(process)} never passes {point}")
+    template = next(c for c in CASES if c.point == point)
+    return [replace(template, spec=f"{point}:{nth}", process=process)]

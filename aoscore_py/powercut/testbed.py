@@ -44,6 +44,7 @@ from ..protocol import (
 from ..sm.docker_runtime import LABEL_UNIT, DockerRuntime
 from ..sm.planner import container_key
 from ..storage import Storage
+from . import interrupts
 
 PYTHON = sys.executable
 
@@ -128,7 +129,8 @@ class CloudProcess:
         if self.blob_urls_delay_s:
             args += ["--blob-urls-delay", str(self.blob_urls_delay_s)]
         args += self.extra
-        self.process = Process(args, self.cloud_dir / "cloud.log")
+        with interrupts.held():  # recorded before an interrupt unwinds to stop()
+            self.process = Process(args, self.cloud_dir / "cloud.log")
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             endpoints = state.endpoints()

@@ -55,6 +55,7 @@ from aoscore_py.sm.docker_runtime import (
     LABEL_VERSION,
     DockerRuntime,
 )
+from statemachine import ENV_VAR, FAULT_ENV_VAR
 
 from .conftest import Agents
 
@@ -190,7 +191,7 @@ class Unit:
                 "json",
             ),
             self.root / f"{node}.log",
-            unset=("AOSCORE_CRASH", "AOSCORE_FAULT"),
+            unset=(ENV_VAR, FAULT_ENV_VAR),
         )
 
     def kill(self, process: Process) -> None:

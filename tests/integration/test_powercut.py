@@ -1,9 +1,18 @@
-"""The power-cut matrix, as an operator runs it: `aoscore powercut --json FILE`."""
+"""The power-cut matrix, as an operator runs it: `aoscore powercut --json FILE`.
+
+The matrix kills the CM or an SM of a three-node unit at every crash point. A few rows run in
+every test run, points the issue names on each side (a node's answer in the CM; the SM's
+instance record and its blob cache in node-2's SM); the whole matrix takes long, so it runs
+only when asked for: `pytest -m slow` or `make powercut`.
+"""
 
 from __future__ import annotations
 
 import signal
+import socket
+import socketserver
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -11,28 +20,66 @@ import orjson
 import pytest
 
 from aoscore_py.powercut import CRASH_POINTS
+from aoscore_py.powercut.gate import TcpGate
 from aoscore_py.powercut.testbed import aoscore_cmd
 
 pytestmark = pytest.mark.integration
 
+FEW_ROWS = (
+    "launcher.node.answered",
+    "sm.state.stored",
+    "imagemanager.blob.transfer:1@node-2",
+)
 
-@pytest.mark.timeout(1300)
-def test_every_crash_point_is_killed_and_converges(tmp_path: Path) -> None:
+
+@pytest.fixture
+def asked_for_slow(request: pytest.FixtureRequest) -> None:
+    """Skip unless the run selects slow tests by marker (`-m slow`)."""
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("the whole matrix runs with `pytest -m slow` or `make powercut`")
+
+
+def run_rows(tmp_path: Path, rows: tuple[str, ...] | None, timeout_s: float) -> tuple[list, str]:
+    """`aoscore powercut` on `rows` (None: all); its JSON rows and its output, asserting it
+    exited 0."""
     out = tmp_path / "rows.json"
-    proc = subprocess.run(
-        aoscore_cmd("powercut", "--json", str(out), "--work-dir", str(tmp_path / "work")),
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    args = ["powercut", "--json", str(out), "--work-dir", str(tmp_path / "work")]
+    if rows is not None:
+        args += ["--points", ",".join(rows)]
+    proc = subprocess.run(aoscore_cmd(*args), capture_output=True, text=True, timeout=timeout_s)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = orjson.loads(out.read_bytes())
-    assert [r["point"] for r in rows] == list(CRASH_POINTS)
-    assert all(set(r) == {"point", "killed", "converged", "seconds"} for r in rows)
+    return orjson.loads(out.read_bytes()), proc.stdout
+
+
+def check_rows(rows: list, stdout: str, names: tuple[str, ...]) -> None:
+    assert [r["point"] for r in rows] == list(names)
+    assert all(set(r) == {"point", "process", "killed", "converged", "seconds"} for r in rows)
     assert all(r["killed"] and r["converged"] for r in rows), rows
-    for point in CRASH_POINTS:
-        assert point in proc.stdout
-    assert f"{len(CRASH_POINTS)}/{len(CRASH_POINTS)} converged" in proc.stdout
+    for name in names:
+        assert name in stdout
+    assert f"{len(names)}/{len(names)} converged" in stdout
+
+
+@pytest.mark.timeout(330)
+def test_the_cm_and_an_sm_are_killed_at_their_points_and_the_unit_converges(
+    tmp_path: Path,
+) -> None:
+    rows, stdout = run_rows(tmp_path, FEW_ROWS, 300)
+    check_rows(rows, stdout, FEW_ROWS)
+    kills = {r["point"]: r["process"] for r in rows}
+    assert kills == {
+        "launcher.node.answered": "agent (CM)",
+        "sm.state.stored": "sm node-2",
+        "imagemanager.blob.transfer:1@node-2": "sm node-2",
+    }
+    assert "three nodes: node-1, node-2, node-3" in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3000)
+def test_every_crash_point_is_killed_and_converges(tmp_path: Path, asked_for_slow: None) -> None:
+    rows, stdout = run_rows(tmp_path, None, 2900)
+    check_rows(rows, stdout, CRASH_POINTS)
 
 
 def test_unknown_crash_point_is_a_usage_error() -> None:
@@ -56,11 +103,36 @@ def test_an_interrupted_matrix_leaves_no_process_behind(tmp_path: Path) -> None:
         text=True,
     )
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list(tmp_path.glob("pc-*/agent-*.log")):
+    while time.monotonic() < deadline and not list(tmp_path.glob("pc-*/node-*.log")):
         time.sleep(0.1)
     assert list(tmp_path.glob("pc-*/agent-*.log")), "the matrix started an agent"
+    assert list(tmp_path.glob("pc-*/node-*.log")), "the matrix started the SMs"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    left = subprocess.run(["pgrep", "-af", str(tmp_path)], capture_output=True, text=True)
     assert left.stdout == "", f"processes left: {left.stdout}"
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        while data := self.request.recv(4096):
+            self.request.sendall(data)
+
+
+def test_the_gate_refuses_until_opened_then_forwards_both_ways() -> None:
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo) as echo:
+        threading.Thread(target=echo.serve_forever, daemon=True).start()
+        with TcpGate("127.0.0.1", echo.server_address[1]) as gate:
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", gate.port), timeout=2)
+            gate.open()
+            with socket.create_connection(("127.0.0.1", gate.port), timeout=5) as conn:
+                conn.sendall(b"x" * 200_000)
+                got = b""
+                while len(got) < 200_000:
+                    got += conn.recv(65536)
+                assert got == b"x" * 200_000
+        echo.shutdown()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", gate.port), timeout=2)

@@ -7,6 +7,7 @@ re-derived on a second run, so launching twice is harmless.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -213,6 +214,11 @@ class Launcher:
                 layouts[item_id] = exc
         wanted, broken = self._demands(desired, versions)
         layouts.update(broken)
+        if not self._storage.instances():
+            # A new store (or a unit never placed): adopt what the nodes that reported run, so
+            # the placement keeps each instance where it runs.
+            with contextlib.suppress(AosError):
+                await self.refresh()
         before = {r.key: r for r in self._storage.instances()}
         current = {k: r.node for k, r in before.items() if r.node}
         specs = await self.node_specs(desired, node_states)
@@ -262,8 +268,15 @@ class Launcher:
             nodes={n: len(s) for n, s in per_node.items()},
             failed=sum(1 for r in records.values() if r.state == InstanceState.FAILED),
         )
-        for node, node_specs_ in sorted(per_node.items()):
-            await self._tell(node, node_specs_, records)
+        # Nodes are told side by side: one fetching large images delays no other. Every node's
+        # answer is recorded before an error is raised.
+        told = await asyncio.gather(
+            *(self._tell(node, specs_, records) for node, specs_ in sorted(per_node.items())),
+            return_exceptions=True,
+        )
+        for result in told:
+            if isinstance(result, BaseException):
+                raise result
         return self._storage.instances()
 
     async def _tell(

@@ -447,3 +447,13 @@ class TestAfterARestart:
         refused = config(node_config("n1", "gpu"))
         await unit.launch(desired(group("cam", labels=("gpu",)), unit_config=refused))
         assert unit.where() == {"cam/s/0": "n2"}
+
+    async def test_on_a_new_store_what_runs_is_adopted_before_placing(self) -> None:
+        """A store that lost its records: the first placement keeps each instance on the node
+        that reports running it, rather than placing from nothing."""
+        unit = Unit("n1", "n2", records=[running("svc", 1, "n2")])
+        ds = desired(group("svc", 2))
+        await unit.launch(ds)
+        unit.storage.replace_instances([])
+        await unit.launch(ds)
+        assert unit.where() == {"svc/s/0": "n1", "svc/s/1": "n2"}
