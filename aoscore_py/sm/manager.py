@@ -87,7 +87,7 @@ _MAX_IDLE_S = 30.0
 # Plan-and-run rounds in one pass: create and start, then roll back or retire what that showed.
 _ROUNDS = 3
 
-ENGINE_WORKERS = 4
+ENGINE_WORKERS = 8
 """Engine calls at once: instances are created and started side by side (compose does it one
 by one), each instance's own steps still in order."""
 
@@ -189,6 +189,9 @@ class DockerServiceManager:
         self._supervisor: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self.changed = asyncio.Event()
+        """Set after every supervisor pass that converged (an instance may have become active,
+        crashed, been replaced): whoever reports statuses reads them again at once."""
         self._due: float | None = None
         self._seen: tuple[tuple[str, str, str | None], ...] | None = None
         self._platform: Platform | None = None
@@ -640,4 +643,5 @@ class DockerServiceManager:
                 return False
         async with self._lock:
             await self._converge()
+        self.changed.set()
         return True

@@ -17,6 +17,7 @@ What it does (docs/sm-protocol.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
@@ -216,7 +217,13 @@ class SmNode:
                 )
 
     async def _poll_loop(self) -> None:
+        # Read again after the poll interval, or as soon as the manager's supervisor converged
+        # (an instance just became active: the CM hears it without a poll's lag). Cleared
+        # before reading, so a change while reading is not missed.
+        changed: asyncio.Event | None = getattr(self._manager, "changed", None)
         while True:
+            if changed is not None:
+                changed.clear()
             try:
                 await self.report()
             except asyncio.CancelledError:
@@ -235,7 +242,11 @@ class SmNode:
                 if self._poll_error is not None:
                     log.info("status.readable", node=self.node_id)
                     self._poll_error = None
-            await asyncio.sleep(self._poll_s)
+            if changed is None:
+                await asyncio.sleep(self._poll_s)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), self._poll_s)
 
     async def _update_loop(self) -> None:
         while True:
