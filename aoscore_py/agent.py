@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -33,6 +33,7 @@ from statemachine import UPDATE_CYCLE
 from . import logs
 from .blobs.download import DownloadPolicy, blob_client
 from .blobs.store import BlobStore
+from .cm.communication.health import ReconnectPolicy
 from .cm.communication.link import CloudLink
 from .cm.imagemanager.blobserver import BlobServer
 from .cm.imagemanager.manager import DAY_S, ImageManager, ImagePolicy
@@ -82,6 +83,7 @@ class AgentConfig:
     local_sm: bool = True
     node_timeout_s: float = DEFAULT_NODE_TIMEOUT_S
     local_sm_args: tuple[str, ...] = ()
+    reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
 
     def pki(self) -> UnitPki | None:
         """The unit PKI of the SM link: the folder given, else `<data dir>/pki`, made (or
@@ -146,6 +148,7 @@ class Agent:
             on_message=self._on_message,
             on_connect=self._on_connect,
             on_disconnect=lambda: self.nodes.set_cloud_connected(False),
+            reconnect=config.reconnect,
         )
         self.blobs = BlobStore(config.data_dir)
         self.images = ImageManager(self.storage, self.blobs, self.link, self.http, policy)

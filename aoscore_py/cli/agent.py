@@ -125,6 +125,47 @@ def _listen_address(_ctx: click.Context, _param: click.Parameter, value: str) ->
     help="Seconds a node's SM may be gone before the node is reported error and its instances "
     "are placed elsewhere; also how long launching waits for every node to connect once.",
 )
+@click.option(
+    "--reconnect-min",
+    type=float,
+    default=15.0,
+    show_default=True,
+    callback=positive,
+    help="Seconds before the first redial of the cloud after a failure; it doubles (+-30 % "
+    "jitter) with each failure in a row.",
+)
+@click.option(
+    "--reconnect-max",
+    type=float,
+    default=900.0,
+    show_default=True,
+    callback=positive,
+    help="The most seconds between redials.",
+)
+@click.option(
+    "--breaker-failures",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="Failures in a row after which the circuit opens: no dial for --breaker-open seconds.",
+)
+@click.option(
+    "--breaker-open",
+    type=float,
+    default=300.0,
+    show_default=True,
+    callback=positive,
+    help="Seconds the circuit stays open.",
+)
+@click.option(
+    "--healthy-after",
+    type=float,
+    default=60.0,
+    show_default=True,
+    callback=positive,
+    help="Seconds a connection must stay up before its failures are forgotten (a cloud that "
+    "drops every connection at once is backed off like one that refuses).",
+)
 @with_logs
 def agent(
     cloud: str,
@@ -144,6 +185,11 @@ def agent(
     insecure: bool,
     no_local_sm: bool,
     node_timeout: float,
+    reconnect_min: float,
+    reconnect_max: float,
+    breaker_failures: int,
+    breaker_open: float,
+    healthy_after: float,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -160,7 +206,13 @@ def agent(
     """
     if insecure and unit_pki is not None:
         raise click.UsageError("give --unit-pki or --insecure, not both")
+    if reconnect_max < reconnect_min:
+        raise click.BadParameter(
+            f"{reconnect_max:g} is below --reconnect-min {reconnect_min:g}",
+            param_hint="--reconnect-max",
+        )
     from ..agent import AgentConfig, run_agent
+    from ..cm.communication.health import ReconnectPolicy
     from ..cm.imagemanager.manager import DAY_S
 
     logs.configure(log_level, log_format)
@@ -182,5 +234,12 @@ def agent(
         unit_pki=unit_pki,
         local_sm=not no_local_sm,
         node_timeout_s=node_timeout,
+        reconnect=ReconnectPolicy(
+            initial_s=reconnect_min,
+            cap_s=reconnect_max,
+            breaker_failures=breaker_failures,
+            breaker_open_s=breaker_open,
+            healthy_after_s=healthy_after,
+        ),
     )
     run(run_agent(config))

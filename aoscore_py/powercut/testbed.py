@@ -167,6 +167,18 @@ class CloudProcess:
             self.process = None
 
 
+TEST_RECONNECT = (
+    "--reconnect-min",
+    "0.5",
+    "--reconnect-max",
+    "5",
+    "--breaker-open",
+    "5",
+    "--healthy-after",
+    "5",
+)
+
+
 def start_agent(
     unit: str,
     cloud_url: str,
@@ -186,6 +198,10 @@ def start_agent(
         full_env[ENV_VAR] = crashpoint
     if "--sm-listen" not in extra:
         extra = (*extra, "--sm-listen", "127.0.0.1:0")  # tests may run side by side
+    if "--reconnect-min" not in extra:
+        # A test rig's cloud comes back in seconds; the fleet's schedule (15 s up to 15 min,
+        # a 5 min open circuit) has its own tests.
+        extra = (*extra, *TEST_RECONNECT)
     args = aoscore_cmd(
         "agent",
         "--cloud",

@@ -33,6 +33,17 @@ def aoscore(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
             "--active-timeout",
         ),
         (["agent", "--system-id", "u"], "--cloud"),
+        (
+            [
+                *("agent", "--cloud", "ws://127.0.0.1:1", "--system-id", "u"),
+                *("--reconnect-min", "10", "--reconnect-max", "5"),
+            ],
+            "--reconnect-max",
+        ),
+        (
+            ["agent", "--cloud", "ws://127.0.0.1:1", "--system-id", "u", "--sm-listen", "x"],
+            "--sm-listen",
+        ),
         (["cloud", "publish", "Not_A_Name"], "NAME"),
         (["cloud", "serve", "--port", "70000"], "--port"),
         (["cloud", "push", "--unit", "u", "/no/such/file.json"], "FILE"),

@@ -9,6 +9,7 @@ figure no benchmark reports yet; it is not asserted here.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
@@ -121,3 +122,43 @@ async def test_an_unexpected_handler_error_is_nacked_and_the_link_stays_up() -> 
         assert orjson.loads(dump_frame(reply))["data"]["errorInfo"]["aosCode"] == 1
     finally:
         await stop_link(link, task, server)
+
+
+async def test_a_cloud_dropping_every_connection_is_backed_off_not_redialled_at_once() -> None:
+    """A hostile or broken cloud sends an oversized frame right after each connect. Before,
+    every handshake reset the backoff: hundreds of reconnects (and full statuses) a minute.
+    A connection that did not stay healthy now counts as a failure, and the delays double."""
+    from aoscore_py.cm.communication.health import ReconnectPolicy
+    from aoscore_py.protocol import MAX_MESSAGE_BYTES
+
+    connects: list[float] = []
+
+    async def hostile(ws: ServerConnection) -> None:
+        connects.append(time.monotonic())
+        await ws.send(b"x" * (MAX_MESSAGE_BYTES + 1))
+        await ws.wait_closed()
+
+    async def ignore(*_args: Any) -> None:
+        return None
+
+    server = await serve(hostile, "127.0.0.1", 0, max_size=None)
+    port = server.sockets[0].getsockname()[1]
+    policy = ReconnectPolicy(initial_s=0.1, jitter=0.0, healthy_after_s=5.0)
+    link = CloudLink(
+        f"ws://127.0.0.1:{port}", "u1", on_message=ignore, on_connect=ignore, reconnect=policy
+    )
+    task = asyncio.create_task(link.run())
+    try:
+        await asyncio.sleep(2.5)
+    finally:
+        await link.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        server.close()
+        await server.wait_closed()
+    # 0.1 + 0.2 + 0.4 + 0.8 s of delays fit in 2.5 s: at most 5 connects (a reset on every
+    # handshake would make it about 20).
+    assert 3 <= len(connects) <= 6, connects
+    gaps = [b - a for a, b in itertools.pairwise(connects)]
+    assert gaps == sorted(gaps), "each delay longer than the last"
+    assert link.health.failures >= 3

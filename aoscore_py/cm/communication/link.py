@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Sequence
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from ...backoff import Backoff
 from ...errors import AosCode, AosError, LinkError, Retry, classify
 from ...logs import get_logger
 from ...protocol import (
@@ -25,6 +24,7 @@ from ...protocol import (
     Message,
     RequestBlobUrls,
 )
+from .health import LinkHealth, ReconnectPolicy
 from .session import Acked, CloudSession, Dropped, Nacked, Received, Refused
 
 log = get_logger("communication")
@@ -48,6 +48,7 @@ class CloudLink:
         on_connect: called each time the link comes up (to send a full status).
         on_disconnect: called each time it goes down (the SMs are told the cloud is away).
         ssl_context: TLS settings for wss URLs.
+        reconnect: when to dial again after a failure (`health.ReconnectPolicy`).
         blob_urls_timeout: seconds to wait for a blobUrls answer before asking again.
     """
 
@@ -60,7 +61,7 @@ class CloudLink:
         on_connect: ConnectHandler,
         on_disconnect: Callable[[], None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
-        backoff: Backoff | None = None,
+        reconnect: ReconnectPolicy | None = None,
         blob_urls_timeout: float = 30.0,
     ) -> None:
         self.url = url
@@ -70,7 +71,7 @@ class CloudLink:
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._ssl = ssl_context
-        self._backoff = backoff or Backoff()
+        self.health = LinkHealth(reconnect or ReconnectPolicy(), clock=time.monotonic)
         self._blob_urls_timeout = blob_urls_timeout
         self._ws: ClientConnection | None = None
         self._waiters: dict[str, asyncio.Future[BlobUrls]] = {}
@@ -80,8 +81,9 @@ class CloudLink:
         self._wake = asyncio.Event()
 
     async def run(self) -> None:
-        """Connect, serve, and reconnect until `close()`."""
+        """Connect, serve, and reconnect until `close()`, on the health's schedule."""
         while not self._stopping:
+            reason = "the cloud closed the connection"
             try:
                 async with connect(
                     self.url,
@@ -99,10 +101,11 @@ class CloudLink:
                 fatal = classify(exc) is Retry.PERMANENT and not isinstance(
                     exc, websockets.exceptions.WebSocketException
                 )
+                reason = f"{type(exc).__name__}: {exc}"
                 log.warning(
                     "link.down",
                     url=self.url,
-                    error=f"{type(exc).__name__}: {exc}",
+                    error=reason,
                     fatal=fatal or None,
                     next="reconnecting after backoff",
                 )
@@ -113,16 +116,20 @@ class CloudLink:
                 self.connected.clear()
             if self._stopping:
                 break
-            delay = self._backoff.next()
+            delay = self.health.disconnected(reason)
             log.info(
-                "link.retry", url=self.url, delay_s=round(delay, 2), attempt=self._backoff.attempts
+                "link.retry",
+                url=self.url,
+                delay_s=round(delay, 2),
+                failures=self.health.failures,
+                health=self.health.health.value,
             )
             await asyncio.sleep(delay)
 
     async def _serve(self, ws: ClientConnection) -> None:
         self._ws = ws
         self.connected.set()
-        self._backoff.reset()
+        self.health.connected()
         log.info("link.up", url=self.url)
         self.session.forget("unitStatus")
         for frame in self.session.pending_frames():
