@@ -18,7 +18,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -331,6 +331,17 @@ class CloudServer:
                 reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             await ws.send(orjson.dumps(reply))
 
+    def _next_seq(self, unit_id: str) -> int:
+        """The per-unit order stamped on each desired status pushed (one more than the last)."""
+        body = self.state.desired(unit_id)
+        if body is None:
+            return 1
+        try:
+            last = parse_message(body, message_type="desiredStatus")
+        except ProtocolError:
+            return 1
+        return ((last.seq if isinstance(last, DesiredStatus) else None) or 0) + 1
+
     async def _operate(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "push":
@@ -338,6 +349,7 @@ class CloudServer:
             ds = parse_message(orjson.dumps(request["desiredStatus"]), message_type="desiredStatus")
             if not isinstance(ds, DesiredStatus):
                 return {"ok": False, "error": f"expected a desiredStatus, got {ds.MESSAGE_TYPE}"}
+            ds = replace(ds, seq=self._next_seq(unit_id))
             self.state.save_desired(unit_id, dump_message(ds))
             return await self.deliver(unit_id, float(request.get("timeout", 30.0)))
         if op == "raw":

@@ -303,6 +303,7 @@ def desired_status(o: JsonObject) -> DesiredStatus:
         subjects=o.array("subjects", _objects(_desired_subject)),
         certificates=o.array("certificates", _objects(_certificate)),
         certificate_chains=o.array("certificateChains", _objects(_certificate_chain)),
+        seq=o.opt_int("seq", minimum=0),
     )
 
 

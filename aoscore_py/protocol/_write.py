@@ -225,6 +225,7 @@ def desired_status(msg: DesiredStatus) -> JsonDict:
         out["certificates"] = _each(_certificate, msg.certificates)
     if msg.certificate_chains:
         out["certificateChains"] = _each(_certificate_chain, msg.certificate_chains)
+    _put(out, "seq", msg.seq)
     return out
 
 

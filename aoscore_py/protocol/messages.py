@@ -222,6 +222,9 @@ class DesiredStatus:
     subjects: tuple[DesiredSubject, ...] = ()
     certificates: tuple[Certificate, ...] = ()
     certificate_chains: tuple[CertificateChain, ...] = ()
+    seq: int | None = None
+    """Our addition (unknown to AosCore): the cloud's per-unit order of desired statuses; a
+    unit keeps the newer of two, whatever order they arrive in."""
 
 
 # --- unitStatus -----------------------------------------------------------------------------------

@@ -13,13 +13,22 @@ from aoscore_py.cloud.service import publish
 from aoscore_py.powercut.testbed import (
     CloudProcess,
     cycle_journal,
+    operate,
     push,
     read_timeline,
     scenario,
     timeline_until,
     wait_converged,
 )
-from aoscore_py.protocol import DesiredInstance, Identity
+from aoscore_py.protocol import (
+    DesiredInstance,
+    DesiredStatus,
+    Envelope,
+    Identity,
+    dump_frame,
+    new_header,
+    parse_message,
+)
 from aoscore_py.sm.docker_runtime import (
     LABEL_IMAGE,
     LABEL_INSTANCE,
@@ -111,6 +120,32 @@ def test_identical_desired_status_is_ignored_and_still_reports(
     assert len(timeline) > statuses
     seqs = [r["unitStatus"]["seq"] for r in timeline]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def test_desired_statuses_are_ordered_by_the_clouds_seq(
+    agents: Agents,
+    cloud: CloudProcess,
+    images: dict[str, OciImage],
+    unit: str,
+    docker_runtime: DockerRuntime,
+) -> None:
+    """The cloud stamps each push with the unit's next seq; one the network delivers late (a
+    replay of an older one, here) is acked, logged stale, and changes nothing."""
+    first = scenario([("svc-a", images["it-alpha"])], num_instances=1)
+    _, log, data_dir = agents.converged(unit, first, docker_runtime)
+    second = scenario([("svc-a", images["it-alpha"])], num_instances=2)
+    assert push(cloud, unit, second)["ok"]
+    assert wait_converged(unit, second, cloud, data_dir, docker_runtime).ok
+    stamped = parse_message(cloud.state.desired(unit) or b"", message_type="desiredStatus")
+    assert isinstance(stamped, DesiredStatus) and stamped.seq == 2
+    before = len(cycle_journal(data_dir))
+
+    late = dump_frame(Envelope(new_header(unit), replace(first, seq=1))).decode()
+    answer = operate(cloud, {"op": "raw", "unit": unit, "frame": late})
+    assert answer.get("ok"), answer
+    log.wait_for("desired.stale", seq=1, in_force_seq=2)
+    assert len(cycle_journal(data_dir)) == before, "no cycle for a stale desired status"
+    assert wait_converged(unit, second, cloud, data_dir, docker_runtime).ok
 
 
 def test_change_of_priority_alone_runs_a_cycle(

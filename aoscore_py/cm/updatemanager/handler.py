@@ -195,6 +195,8 @@ class DesiredStatusHandler:
             on_move=self._moved,
         )
         self._desired, self._digest = self._load_stored()
+        # The newest desired status seq seen (kept in memory; after a restart, the stored one's).
+        self._newest_seq: int | None = self._desired.seq if self._desired else None
         status.use_desired(self._desired)
 
     def _load_stored(self) -> tuple[DesiredStatus | None, str | None]:
@@ -329,6 +331,18 @@ class DesiredStatusHandler:
         """
         validate(ds)
         async with self._lock:
+            newest = self._newest_seq
+            if ds.seq is not None and newest is not None and ds.seq < newest:
+                # Reordered by the network, or replayed: acked, and the newer one stays.
+                log.warning(
+                    "desired.stale",
+                    seq=ds.seq,
+                    in_force_seq=newest,
+                    next="acked and ignored; the newer desired status stays in force",
+                )
+                return
+            if ds.seq is not None:
+                self._newest_seq = ds.seq
             changes = compare(self._desired, ds)
             if changes.empty:
                 log.info(

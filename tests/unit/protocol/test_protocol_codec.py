@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import orjson
 import pytest
 
-from aoscore_py.errors import AosCode
+from aoscore_py.errors import AosCode, ProtocolError
 from aoscore_py.protocol import (
     PROTOCOL_VERSION,
     Ack,
@@ -141,6 +141,16 @@ class TestWriting:
         )
         assert parse_message(dump_message(msg)) == msg
         assert dump_message(DesiredStatus()) == b'{"messageType":"desiredStatus"}'
+
+    def test_desired_status_seq_is_our_addition_and_optional(self) -> None:
+        """The reference cloud orders a unit's desired statuses with `seq` (AosCore's cloud
+        sends none): written last, read back, refused when negative."""
+        assert dump_message(DesiredStatus(seq=5)) == b'{"messageType":"desiredStatus","seq":5}'
+        assert parse_message(dump_message(DesiredStatus(seq=5))) == DesiredStatus(seq=5)
+        assert parse_message(b'{"messageType":"desiredStatus"}') == DesiredStatus()
+        with pytest.raises(ProtocolError) as raised:
+            parse_message(b'{"messageType":"desiredStatus","seq":-1}')
+        assert "$.seq" in str(raised.value)
 
     def test_alert_rule_timeouts_as_iso8601(self) -> None:
         rules = AlertRules(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,39 @@ async def test_a_waiting_active_timeout_installs_what_runs_and_retries_the_late_
     assert rig.machine.payload is not None
     assert rig.machine.payload["failed_items"] == ["svc"]
     assert handler.failure is Retry.TRANSIENT
+
+
+async def test_an_older_desired_status_by_seq_is_acked_and_the_newer_stays(rig: Rig) -> None:
+    """Reordered by the network, or replayed: the cloud's seq says which is newer."""
+    handler = rig.build()
+    await handler.start()
+    newer, older = replace(SECOND, seq=7), replace(FIRST, seq=6)
+    await handler.accept(newer, time.monotonic())
+    await settle(handler)
+    start = len(rig.machine.journal())
+    await handler.accept(older, time.monotonic())  # returns: acked, nothing raised
+    await settle(handler)
+    assert rig.stored() == dump_message(newer)
+    assert rig.journal_since(start) == [], "no cycle for a stale desired status"
+
+
+async def test_without_seq_arrival_order_decides(rig: Rig) -> None:
+    handler = rig.build()
+    await handler.start()
+    await handler.accept(SECOND, time.monotonic())
+    await settle(handler)
+    await handler.accept(FIRST, time.monotonic())
+    await settle(handler)
+    assert rig.stored() == dump_message(FIRST)
+
+
+async def test_after_a_restart_the_stored_seq_still_orders(rig: Rig) -> None:
+    handler = rig.build()
+    await handler.start()
+    await handler.accept(replace(SECOND, seq=7), time.monotonic())
+    await settle(handler)
+    await rig.close()
+    handler = rig.build()
+    await handler.start()
+    await handler.accept(replace(FIRST, seq=3), time.monotonic())
+    assert rig.stored() == dump_message(replace(SECOND, seq=7))
