@@ -341,6 +341,70 @@ def cloud_push(unit: str, file: Path, cloud_dir: Path, timeout: float) -> None:
     fail(str(reply.get("error")))
 
 
+def _wanted_items(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list:
+    from ..cloud.desired import parse_item
+
+    try:
+        return [parse_item(v) for v in values]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _labels(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict:
+    out: dict[str, list[str]] = {}
+    for value in values:
+        item, eq, label = value.partition("=")
+        if not eq or not item or not label:
+            raise click.BadParameter(f"{value!r}: expected ITEM=LABEL")
+        out.setdefault(item, []).append(label)
+    return out
+
+
+@cloud.command("desired")
+@click.option(
+    "--item",
+    "items",
+    multiple=True,
+    required=True,
+    callback=_wanted_items,
+    metavar="ID=DIGEST[:INSTANCES]",
+    help="An item by the indexDigest `cloud publish` printed, with its instance count "
+    "(default 1). Repeat for more items.",
+)
+@click.option(
+    "--version", "item_version", default="1.0.0", show_default=True, help="Items' version."
+)
+@click.option(
+    "--subject", default="subj1", show_default=True, help="The subject instances run for."
+)
+@click.option("--node", "nodes", multiple=True, help="A node to keep provisioned (repeat).")
+@click.option("--paused", multiple=True, help="A node to pause: its instances move (repeat).")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    callback=_labels,
+    metavar="ITEM=LABEL",
+    help="A node label an item's instances need (repeat).",
+)
+def cloud_desired(
+    items: list,
+    item_version: str,
+    subject: str,
+    nodes: tuple[str, ...],
+    paused: tuple[str, ...],
+    labels: dict,
+) -> None:
+    """Print a desired status (v7 JSON) for `cloud push`: each --item as a service."""
+    from ..cloud.desired import build_desired
+    from ..protocol import dump_message
+
+    ds = build_desired(
+        items, version=item_version, subject=subject, nodes=nodes, paused=paused, labels=labels
+    )
+    click.echo(dump_message(ds).decode())
+
+
 @cloud.command("timeline")
 @click.option("--unit", required=True, callback=system_id)
 @cloud_dir_option

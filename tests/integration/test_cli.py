@@ -11,7 +11,7 @@ import pytest
 
 from aoscore_py.cloud.oci import OciImage
 from aoscore_py.powercut.testbed import CloudProcess, aoscore_cmd, scenario, wait_converged
-from aoscore_py.protocol import dump_message
+from aoscore_py.protocol import DesiredStatus, dump_message, parse_message
 from aoscore_py.sm.docker_runtime import DockerRuntime
 
 from .conftest import Agents
@@ -21,6 +21,29 @@ pytestmark = pytest.mark.integration
 
 def aoscore(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(aoscore_cmd(*args), capture_output=True, text=True, timeout=timeout)
+
+
+def test_cloud_desired_writes_what_push_takes() -> None:
+    digest = "sha256:" + "b" * 64
+    proc = aoscore(
+        *("cloud", "desired", "--item", f"web={digest}:2", "--item", f"worker={digest}"),
+        *("--label", "web=gpu", "--node", "node-1", "--paused", "node-3", "--version", "2.0.0"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    ds = parse_message(proc.stdout.encode(), message_type="desiredStatus")
+    assert isinstance(ds, DesiredStatus)
+    assert [(i.item.key, i.version, i.index_digest) for i in ds.items] == [
+        ("web", "2.0.0", digest),
+        ("worker", "2.0.0", digest),
+    ]
+    assert [(g.item.key, g.num_instances, g.labels) for g in ds.instances] == [
+        ("web", 2, ("gpu",)),
+        ("worker", 1, ()),
+    ]
+    assert [(n.item.key, n.state.value) for n in ds.nodes] == [
+        ("node-1", "provisioned"),
+        ("node-3", "paused"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -47,6 +70,10 @@ def aoscore(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
         (["cloud", "publish", "Not_A_Name"], "NAME"),
         (["cloud", "serve", "--port", "70000"], "--port"),
         (["cloud", "push", "--unit", "u", "/no/such/file.json"], "FILE"),
+        (["cloud", "desired", "--item", "web=sha256:xyz"], "--item"),
+        (["cloud", "desired", "--item", "web"], "--item"),
+        (["cloud", "desired", "--item", f"web={'sha256:' + 'a' * 64}:two"], "--item"),
+        (["cloud", "desired", "--item", f"web={'sha256:' + 'a' * 64}", "--label", "x"], "--label"),
         (["protocol", "check", "--type", "bogus", "x.json"], "--type"),
         (["no-such-command"], "no-such-command"),
     ],
