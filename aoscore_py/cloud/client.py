@@ -8,10 +8,11 @@ from typing import Any
 
 import orjson
 from websockets.asyncio.client import connect
-from websockets.exceptions import WebSocketException
+from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.frames import CloseCode
 
 from ..errors import ConfigError, LinkError, ProtocolError
-from ..protocol import DesiredStatus, Envelope, dump_message, parse_any
+from ..protocol import MAX_MESSAGE_BYTES, DesiredStatus, Envelope, dump_message, parse_any
 from .state import CloudState
 
 
@@ -35,11 +36,23 @@ async def operate(url: str, request: dict[str, Any], timeout_s: float = 60.0) ->
     Raises:
         LinkError: the cloud cannot be reached or did not answer in `timeout_s`.
     """
+    body = orjson.dumps(request)
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise LinkError(
+            f"the request is {len(body)} bytes, more than the cloud takes "
+            f"({MAX_MESSAGE_BYTES} bytes); nothing was sent"
+        )
     try:
         async with asyncio.timeout(timeout_s):
             async with connect(url, proxy=None, open_timeout=10, close_timeout=2) as ws:
-                await ws.send(orjson.dumps(request))
+                await ws.send(body)
                 return orjson.loads(await ws.recv())
+    except ConnectionClosed as exc:
+        if exc.rcvd is not None and exc.rcvd.code == CloseCode.MESSAGE_TOO_BIG:
+            raise LinkError(
+                f"the cloud refused the request as too large: {exc.rcvd.reason}"
+            ) from exc
+        raise LinkError(f"the reference cloud at {url} closed the connection: {exc}") from exc
     except (OSError, TimeoutError, WebSocketException) as exc:
         raise LinkError(
             f"cannot reach the reference cloud at {url} ({type(exc).__name__}: {exc}); "
