@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import sys
@@ -22,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .backoff import Backoff
+from .lifeline import set_parent_death_signal
 from .logs import get_logger
 
 log = get_logger("localsm")
@@ -35,8 +35,6 @@ STOP_GRACE_S = 10.0
 HEALTHY_S = 60.0
 """A child that ran this long resets the restart backoff."""
 
-_PR_SET_PDEATHSIG = 1
-
 
 def die_with_parent() -> None:
     """In a child started by the agent: be killed when the agent dies (Linux prctl), and exit at
@@ -44,8 +42,7 @@ def die_with_parent() -> None:
     parent = os.environ.pop(PARENT_PID_ENV, None)
     if not parent or not sys.platform.startswith("linux"):
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != int(parent):
         os._exit(1)
 

@@ -22,6 +22,7 @@ import httpx
 import orjson
 
 from aoscore_py.errors import LocalError
+from aoscore_py.lifeline import dies_with_parent
 from aoscore_py.logs import get_logger
 
 START_TIMEOUT_S = 15.0
@@ -124,6 +125,7 @@ class Registry:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                preexec_fn=dies_with_parent(),  # a killed `cloud serve` leaves no registry
             )
         self.pid_path.write_text(f"{self._process.pid}\n")
         try:

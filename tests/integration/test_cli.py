@@ -149,3 +149,39 @@ def test_publish_push_and_timeline_from_the_command_line(
     )
     last = orjson.loads(timeline.stdout)["unitStatus"]
     assert last["items"][0]["item"]["id"] == "svc-cli" and last["items"][0]["state"] == "installed"
+
+
+def test_a_killed_cloud_serve_leaves_no_registry_behind(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    from aoscore_py.powercut.testbed import Process
+
+    cloud = Process(
+        aoscore_cmd("cloud", "serve", "--cloud-dir", str(tmp_path / "cloud")),
+        tmp_path / "cloud.log",
+    )
+    pid_file = tmp_path / "cloud" / "registry" / "registry.pid"
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "cloud" / "cloud.json").exists():
+            assert time.monotonic() < deadline, cloud.output()
+            time.sleep(0.1)
+        registry = int(pid_file.read_text())
+        os.kill(registry, 0)  # it runs
+        cloud.signal(signal.SIGKILL)
+        assert cloud.wait(10) == -signal.SIGKILL
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{registry}").exists() and b"Z" not in _state(registry):
+            assert time.monotonic() < deadline, "the registry outlived its cloud"
+            time.sleep(0.1)
+    finally:
+        cloud.stop()
+
+
+def _state(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return b"Z"
