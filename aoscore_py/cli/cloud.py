@@ -409,10 +409,29 @@ def cloud_desired(
 @click.option("--unit", required=True, callback=system_id)
 @cloud_dir_option
 @click.option("--last", is_flag=True, help="Only the last unitStatus.")
-def cloud_timeline(unit: str, cloud_dir: Path, last: bool) -> None:
+@click.option(
+    "--check",
+    is_flag=True,
+    help="In the unit's order (bootId, seq): flag duplicates, late arrivals and gaps (statuses "
+    "the unit made that never arrived), print a summary; exit 1 if any status is missing.",
+)
+def cloud_timeline(unit: str, cloud_dir: Path, last: bool, check: bool) -> None:
     """Print the unitStatus timeline of a unit, one JSON object per line."""
+    from ..cloud.ordering import in_unit_order, summary
     from ..cloud.state import CloudState, read_timeline
 
     records = read_timeline(CloudState(cloud_dir).timeline_path(unit))
-    for record in records[-1:] if last else records:
-        click.echo(orjson.dumps(record).decode())
+    if not check:
+        for record in records[-1:] if last else records:
+            click.echo(orjson.dumps(record).decode())
+        return
+    ordered = in_unit_order(records)
+    for o in ordered:
+        flags = [name for name, on in (("duplicate", o.duplicate), ("late", o.late)) if on]
+        if o.gap_before:
+            flags.append(f"{o.gap_before} missing before")
+        click.echo(f"boot={o.boot_id} seq={o.seq} {' '.join(flags) or 'ok'}")
+    counts = summary(ordered)
+    click.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
+    if counts["missing"]:
+        sys.exit(1)

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from aoscore_py.cloud.oci import OciImage
+from aoscore_py.cloud.state import read_timeline
 from aoscore_py.powercut.testbed import CloudProcess, aoscore_cmd, scenario, wait_converged
 from aoscore_py.protocol import DesiredStatus, dump_message, parse_message
 from aoscore_py.sm.docker_runtime import DockerRuntime
@@ -149,6 +150,18 @@ def test_publish_push_and_timeline_from_the_command_line(
     )
     last = orjson.loads(timeline.stdout)["unitStatus"]
     assert last["items"][0]["item"]["id"] == "svc-cli" and last["items"][0]["state"] == "installed"
+
+    # In the unit's own order: one line per status, then the counts; exit 1 only when a status
+    # the unit made never arrived (the durable outbox of a later change makes that none).
+    checked = aoscore(
+        "cloud", "timeline", "--unit", unit, "--check", "--cloud-dir", str(cloud.cloud_dir)
+    )
+    *lines, counts = checked.stdout.splitlines()
+    recorded = len(read_timeline(cloud.state.timeline_path(unit)))
+    assert len(lines) == recorded and all(line.startswith("boot=") for line in lines)
+    fields = dict(pair.split("=") for pair in counts.split())
+    assert int(fields["statuses"]) == recorded and fields["duplicates"] == "0"
+    assert checked.returncode == (1 if int(fields["missing"]) else 0), checked.stderr
 
 
 def test_a_killed_cloud_serve_leaves_no_registry_behind(tmp_path: Path) -> None:
