@@ -224,20 +224,15 @@ class Agent:
         nodes.update(r.node for r in self.storage.instances() if r.node)
         return nodes
 
-    def _known_digests(self) -> set[str]:
-        known: set[str] = set()
-        for record in self.images.records():
-            known |= self.images.references(record.index_digest)
-        return known
-
     def _known_blob(self, digest: str) -> bool:
-        return digest in self._known_digests()
+        """Whether the image manager holds `digest` verified: it has a record of it (one
+        indexed lookup, so serving a blob reads no manifest)."""
+        return self.storage.blob(digest) is not None
 
     def _blob_urls(self, digests: list[str]) -> list[str]:
         """`GetBlobsInfos`: URLs into the blob server, for blobs of items this CM holds only."""
-        known = self._known_digests()
         for digest in digests:
-            if digest not in known:
+            if not self._known_blob(digest):
                 raise AosError(f"blob {digest} is not one this CM holds", code=AosCode.NOT_FOUND)
         return [self.blob_server.url_for(d) for d in digests]
 
