@@ -96,6 +96,12 @@ def bench() -> None:
     """aoscore-py benchmarks."""
 
 
+def _write_result(json_path: Path, result: object) -> None:
+    """Every benchmark's figures, as JSON, in the file given with --json."""
+    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"wrote {json_path}")
+
+
 # Every benchmark writes its figures to the file given with --json.
 json_option = click.option(
     "--json",
@@ -163,8 +169,7 @@ def supersede(json_path: Path, runs: int) -> None:
             f"{min(values) * 1000:>8.2f} {max(values) * 1000:>8.2f}  {len(values)}"
         )
     result = {f"{phase}_s": round(statistics.median(v), 6) for phase, v in samples.items()}
-    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    print(f"wrote {json_path}")
+    _write_result(json_path, result)
 
 
 class _SignedBlobUrls:
@@ -375,8 +380,7 @@ def download(json_path: Path, runs: int, size_mib: int) -> None:
         "goal_ratio": GOAL_RATIO,
         "runs": {"ours_s": [round(v, 6) for v in ours], "peer_s": [round(v, 6) for v in peer]},
     }
-    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    print(f"wrote {json_path}")
+    _write_result(json_path, result)
 
 
 PHASE_GOAL_RATIO = 2.0
@@ -505,8 +509,7 @@ def phase(json_path: Path, samples: int, base_dir: Path | None) -> None:
         "samples": samples,
         "goal_ratio": PHASE_GOAL_RATIO,
     }
-    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    print(f"wrote {json_path}")
+    _write_result(json_path, result)
 
 
 LINK_SYSTEM_ID = "bench-link"
@@ -663,8 +666,7 @@ def link(json_path: Path, samples: int, retry_after_ms: int) -> None:
         "retry_after_ms": retry_after_ms,
         "samples": samples,
     }
-    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    print(f"wrote {json_path}")
+    _write_result(json_path, result)
 
 
 STOP_GRACE_S = 10
@@ -859,8 +861,7 @@ def stop(json_path: Path, samples: int) -> None:
         "samples": samples,
         "docker_cli": cli,
     }
-    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    print(f"wrote {json_path}")
+    _write_result(json_path, result)
 
 
 # --- compose --------------------------------------------------------------------------------------
@@ -987,8 +988,7 @@ def compose(json_path: Path, runs: int) -> None:
         "every_run": {key: [round(v, 4) for v in values] for key, values in every.items()},
         "notes": notes,
     }
-    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    print(f"wrote {json_path}")
+    _write_result(json_path, result)
 
 
 # --- placement ------------------------------------------------------------------------------------
@@ -1137,8 +1137,7 @@ def placement(json_path: Path, runs: int) -> None:
         f"replan (node-08 paused, one item grown) {result['replan_seconds'] * 1000:.1f} ms; "
         f"{placed}/{len(slots)} placed, {moved} moved"
     )
-    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    print(f"wrote {json_path}")
+    _write_result(json_path, result)
 
 
 @bench.command()
@@ -1168,8 +1167,7 @@ def memory(json_path: Path, instances: int, settle: float) -> None:
         f"({result['cm_pss_mib']} Pss), SM {result['sm_rss_mib']} MiB "
         f"({result['sm_pss_mib']} Pss); goals CM 60, SM 40"
     )
-    json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    print(f"wrote {json_path}")
+    _write_result(json_path, result)
 
 
 if __name__ == "__main__":

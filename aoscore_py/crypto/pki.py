@@ -134,7 +134,8 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def _key_usage(*, ca: bool) -> x509.KeyUsage:
+def key_usage(*, ca: bool) -> x509.KeyUsage:
+    """What a CA (signs certificates and CRLs) or a leaf (signs) may do with its key."""
     return x509.KeyUsage(
         digital_signature=not ca,
         content_commitment=False,
@@ -169,7 +170,7 @@ def _issue(
         .not_valid_before(validity[0])
         .not_valid_after(validity[1])
         .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
-        .add_extension(_key_usage(ca=ca), critical=True)
+        .add_extension(key_usage(ca=ca), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
     if issuer_key is not key:

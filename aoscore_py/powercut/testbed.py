@@ -27,6 +27,7 @@ from ..cloud.service import publish
 from ..cloud.state import CloudState, read_timeline
 from ..cm.updatemanager.handler import MACHINE
 from ..errors import AosError
+from ..iam.tls import TlsFiles
 from ..nodes import expand_instances
 from ..protocol import (
     DesiredInstance,
@@ -52,6 +53,19 @@ PYTHON = sys.executable
 def aoscore_cmd(*args: str) -> list[str]:
     """The command line that runs `aoscore ARGS` with this interpreter."""
     return [PYTHON, "-m", "aoscore_py", *args]
+
+
+def sm_cmd(
+    node: str, cm: str, data_dir: Path, unit: str, tls: TlsFiles, total_ram: int
+) -> list[str]:
+    """`aoscore sm` for `node` of `unit`, dialling the CM at `cm` with mutual TLS, offering
+    `total_ram` bytes, logging JSON."""
+    return aoscore_cmd(
+        *("sm", "--node-id", node, "--cm", cm, "--data-dir", str(data_dir)),
+        *("--system-id", unit),
+        *("--ca", str(tls.ca), "--cert", str(tls.cert), "--key", str(tls.key)),
+        *("--total-ram", str(total_ram), "--log-format", "json"),
+    )
 
 
 class Process:

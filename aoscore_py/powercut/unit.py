@@ -27,7 +27,15 @@ from ..sm.types import container_key
 from . import interrupts
 from .gate import TcpGate, free_port
 from .scenarios import NODE_RAM, NODES, qualifying_problems
-from .testbed import AgentLog, CloudProcess, Convergence, Process, aoscore_cmd, check_convergence
+from .testbed import (
+    AgentLog,
+    CloudProcess,
+    Convergence,
+    Process,
+    aoscore_cmd,
+    check_convergence,
+    sm_cmd,
+)
 
 CM = "agent"
 """The process name of the CM in rows and logs; an SM is named by its node id."""
@@ -142,27 +150,13 @@ class ThreeNodeUnit:
 
     def start_sm(self, node: str, arm: Arm | None = None) -> Process:
         """`aoscore sm` for `node`, with its certificate and its RAM (`NODE_RAM`)."""
-        files = self.pki.node(node)
-        args = aoscore_cmd(
-            "sm",
-            "--node-id",
+        args = sm_cmd(
             node,
-            "--cm",
             f"127.0.0.1:{self.port}",
-            "--data-dir",
-            str(self.sm_dir(node)),
-            "--system-id",
+            self.sm_dir(node),
             self.unit,
-            "--ca",
-            str(files.ca),
-            "--cert",
-            str(files.cert),
-            "--key",
-            str(files.key),
-            "--total-ram",
-            str(NODE_RAM[node]),
-            "--log-format",
-            "json",
+            self.pki.node(node),
+            NODE_RAM[node],
         )
         return self._spawn(args, node, arm)
 

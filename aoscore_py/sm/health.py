@@ -303,25 +303,9 @@ def observe(
     if started is not None and finished is not None and finished - started >= backoff.reset_after_s:
         crashes = 0
     crashes += 1
-    code = info.exit_code or 0
-    if info.error or started is None:
-        reason = START_FAILURE
-        detail = f"container did not start (exit code {code}): {info.error or 'it never ran'}"
-    else:
-        reason = CRASH_LOOP
-        detail = f"container keeps exiting (exit code {code}, crash {crashes})"
-    if log.strip():
-        detail += f"; last log: {_tail(log)}"
-    return HealthRecord(
-        target=record.target,
-        crashes=crashes,
-        last_exit=identity,
-        next_start_at=(finished or facts.now) + backoff.delay(crashes),
-        reason=reason,
-        aos_code=int(AosCode.RUNTIME),
-        exit_code=code,
-        detail=detail,
-    )
+    reason, detail = _exit_reason(info, crashes)
+    start_at = (finished or facts.now) + backoff.delay(crashes)
+    return _runtime_failure(record, info, identity, crashes, start_at, reason, detail, log)
 
 
 def replacement_failed(
@@ -334,25 +318,45 @@ def replacement_failed(
     if record.reason and identity == record.last_exit:
         return record
     crashes = record.crashes + 1
-    code = info.exit_code or 0
     if info.status == "running":
         reason, detail = CRASH_LOOP, "health check failing"
-    elif info.error or parse_time(info.started_at) is None:
-        reason = START_FAILURE
-        detail = f"container did not start (exit code {code}): {info.error or 'it never ran'}"
     else:
-        reason = CRASH_LOOP
-        detail = f"container keeps exiting (exit code {code}, crash {crashes})"
+        reason, detail = _exit_reason(info, crashes)
+    start_at = facts.now + backoff.delay(crashes)
+    return _runtime_failure(record, info, identity, crashes, start_at, reason, detail, log)
+
+
+def _exit_reason(info: ContainerInfo, crashes: int) -> tuple[str, str]:
+    """Why a container that is not running counts as failed: it never started, or it exits."""
+    code = info.exit_code or 0
+    if info.error or parse_time(info.started_at) is None:
+        return START_FAILURE, (
+            f"container did not start (exit code {code}): {info.error or 'it never ran'}"
+        )
+    return CRASH_LOOP, f"container keeps exiting (exit code {code}, crash {crashes})"
+
+
+def _runtime_failure(
+    record: HealthRecord,
+    info: ContainerInfo,
+    identity: str,
+    crashes: int,
+    start_at: float,
+    reason: str,
+    detail: str,
+    log: str,
+) -> HealthRecord:
+    """The record of a counted runtime failure, the tail of its log in the detail."""
     if log.strip():
         detail += f"; last log: {_tail(log)}"
     return HealthRecord(
         target=record.target,
         crashes=crashes,
         last_exit=identity,
-        next_start_at=facts.now + backoff.delay(crashes),
+        next_start_at=start_at,
         reason=reason,
         aos_code=int(AosCode.RUNTIME),
-        exit_code=code,
+        exit_code=info.exit_code or 0,
         detail=detail,
     )
 

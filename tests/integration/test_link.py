@@ -151,11 +151,7 @@ async def test_a_cloud_dropping_every_connection_is_backed_off_not_redialled_at_
     try:
         await asyncio.sleep(2.5)
     finally:
-        await link.close()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        server.close()
-        await server.wait_closed()
+        await stop_link(link, task, server)
     # 0.1 + 0.2 + 0.4 + 0.8 s of delays fit in 2.5 s: at most 5 connects (a reset on every
     # handshake would make it about 20).
     assert 3 <= len(connects) <= 6, connects

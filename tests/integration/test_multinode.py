@@ -32,8 +32,8 @@ from aoscore_py.powercut.testbed import (
     AgentLog,
     CloudProcess,
     Process,
-    aoscore_cmd,
     push,
+    sm_cmd,
 )
 from aoscore_py.protocol import (
     DesiredInstance,
@@ -167,29 +167,9 @@ class Unit:
         self.log.wait_for("link.up")
 
     def start_sm(self, node: str) -> None:
-        files = self.pki.node(node)
+        cm = f"127.0.0.1:{self.port}"
         self.sms[node] = Process(
-            aoscore_cmd(
-                "sm",
-                "--node-id",
-                node,
-                "--cm",
-                f"127.0.0.1:{self.port}",
-                "--data-dir",
-                str(self.root / node),
-                "--system-id",
-                self.unit,
-                "--ca",
-                str(files.ca),
-                "--cert",
-                str(files.cert),
-                "--key",
-                str(files.key),
-                "--total-ram",
-                str(NODES[node]),
-                "--log-format",
-                "json",
-            ),
+            sm_cmd(node, cm, self.root / node, self.unit, self.pki.node(node), NODES[node]),
             self.root / f"{node}.log",
             unset=(ENV_VAR, FAULT_ENV_VAR),
         )
