@@ -13,14 +13,14 @@ import orjson
 
 from ..errors import AosCode, BlobError
 
-INDEX_TYPES = {
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-}
-MANIFEST_TYPES = {
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-}
+OCI_INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_LIST_TYPE = "application/vnd.docker.distribution.manifest.list.v2+json"
+"""Docker's image index: what `docker manifest push` and buildx make of a multi-platform image."""
+DOCKER_MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+"""Docker's image manifest: what `docker push` makes of an image `docker build` made."""
+INDEX_TYPES = {OCI_INDEX_TYPE, DOCKER_LIST_TYPE}
+MANIFEST_TYPES = {OCI_MANIFEST_TYPE, DOCKER_MANIFEST_TYPE}
 ITEM_CONFIG_KEY = "aosItemConfig"
 """The manifest field that names the item config (aos_core_cpp `imagemanifest.cpp`)."""
 ITEM_CONFIG_MEDIA_TYPE = "application/vnd.aos.item.config.v1+json"
@@ -97,6 +97,20 @@ def _get(doc: dict[str, Any], key: str) -> Any:
     return next((v for k, v in doc.items() if isinstance(k, str) and k.lower() == folded), None)
 
 
+def item_config_descriptor(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest's item config descriptor, None when it names none (a plain OCI image).
+
+    Raises:
+        BlobError: `aosItemConfig` is there but is not a descriptor with a digest
+            (invalidArgument).
+    """
+    entry = _get(manifest, ITEM_CONFIG_KEY)
+    if entry is None:
+        return None
+    _digest_of(entry, f"image manifest {ITEM_CONFIG_KEY}")
+    return dict(entry)
+
+
 def item_config_digest(manifest: dict[str, Any]) -> str | None:
     """The digest of the manifest's item config, None when it names none (a plain OCI image).
 
@@ -104,8 +118,8 @@ def item_config_digest(manifest: dict[str, Any]) -> str | None:
         BlobError: `aosItemConfig` is there but is not a descriptor with a digest
             (invalidArgument).
     """
-    entry = _get(manifest, ITEM_CONFIG_KEY)
-    return None if entry is None else _digest_of(entry, f"image manifest {ITEM_CONFIG_KEY}")
+    entry = item_config_descriptor(manifest)
+    return None if entry is None else str(entry["digest"])
 
 
 def image_platform(raw: bytes) -> tuple[str | None, str | None, str | None]:

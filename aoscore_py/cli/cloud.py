@@ -196,6 +196,15 @@ def cloud_pki_init(cloud_dir: Path, key_type: str, force: bool) -> None:
 @cloud_dir_option
 @click.option("--registry", default=None, help="Registry URL (default: the running cloud's).")
 @click.option(
+    "--image",
+    "image_ref",
+    default=None,
+    metavar="REF",
+    help="Publish this existing image instead of building a test image: docker-daemon:IMAGE, "
+    "oci:DIR[:TAG], docker-archive:FILE or docker://HOST/NAME:TAG (every platform of an "
+    "index; its entrypoint, cmd, env, workdir, user and healthcheck are kept).",
+)
+@click.option(
     "--healthcheck",
     default=None,
     help="A health check command run by the engine, e.g. 'test -f /ready'.",
@@ -262,6 +271,7 @@ def cloud_publish(
     name: str,
     cloud_dir: Path,
     registry: str | None,
+    image_ref: str | None,
     healthcheck: str | None,
     start_period: float | None,
     size: int,
@@ -272,11 +282,15 @@ def cloud_publish(
     runtimes: tuple[str, ...],
     pids_limit: int | None,
 ) -> None:
-    """Build a busybox test image NAME, push it to the registry, print its indexDigest.
+    """Build a busybox test image NAME (or take --image), push it, print its indexDigest.
 
     Any of the item config options (limits, requests, runtimes) adds AosCore's item config:
     a JSON blob the manifest names as aosItemConfig, served and signed like the image's other
     blobs, which the unit reads to place and limit the item's instances.
+
+    With --image, skopeo copies the image into the registry as it is (Docker v2 or OCI), a
+    single manifest is wrapped in an OCI index, and every document gets a blob copy, so every
+    URL the cloud hands out serves its digest.
     """
     from ..cloud.service import publish
 
@@ -284,6 +298,25 @@ def cloud_publish(
         raise click.BadParameter(
             f"{name!r}: use lowercase letters, digits and . _ -", param_hint="NAME"
         )
+    if image_ref is not None:
+        _publish_existing(
+            cloud_dir,
+            name,
+            registry,
+            image_ref,
+            builder_options={
+                "--healthcheck": healthcheck is not None,
+                "--start-period": start_period is not None,
+                "--size": size != 0,
+                "--cpu-limit": cpu_limit is not None,
+                "--ram-limit": ram_limit is not None,
+                "--requested-cpu": requested_cpu is not None,
+                "--requested-ram": requested_ram is not None,
+                "--runtime": bool(runtimes),
+                "--pids-limit": pids_limit is not None,
+            },
+        )
+        return
     item_config = item_config_of(
         cpu_limit=cpu_limit,
         ram_limit=ram_limit,
@@ -304,6 +337,26 @@ def cloud_publish(
             extra_layer_bytes=size,
             item_config=item_config,
         )
+    click.echo(image.index_digest)
+
+
+def _publish_existing(
+    cloud_dir: Path,
+    name: str,
+    registry: str | None,
+    image_ref: str,
+    builder_options: dict[str, bool],
+) -> None:
+    """`publish --image`: the image keeps its own config, so the test builder's options (and
+    an item config, which would change its manifests) are refused with exit 2."""
+    from ..cloud.imports import import_image
+
+    given = [option for option, used in builder_options.items() if used]
+    if given:
+        raise click.UsageError(f"{', '.join(given)}: not with --image (the image keeps its own)")
+    logs.configure("warning")
+    with exit_codes():
+        image = import_image(cloud_dir, name, image_ref, registry_url=registry)
     click.echo(image.index_digest)
 
 

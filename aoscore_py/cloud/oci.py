@@ -5,8 +5,9 @@ busybox root file system packed as a deterministic gzip layer (same inputs, same
 image config, manifest and index, and optionally AosCore's item config (quotas, requested
 resources, runtimes), named by the manifest as `aosItemConfig`. The push uploads every one of
 those as a blob, because the agent downloads index, manifest, config, item config and layers
-alike from `/v2/<repo>/blobs/<digest>`, and then also registers manifest and index so the image
-stays pullable by ordinary tools.
+alike from `/v2/<repo>/blobs/<digest>` (a registry serves a document there only when it was
+uploaded as a blob), and then also registers manifest and index so the image stays pullable by
+ordinary tools. `index_for` wraps any single manifest in an index (imports.py uses it too).
 """
 
 from __future__ import annotations
@@ -233,27 +234,52 @@ def build_test_image(
         }
         extra = (item_blob,)
     manifest = _dumps(manifest_doc)
-    index = _dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": INDEX_MEDIA_TYPE,
-            "manifests": [
-                {
-                    "mediaType": MANIFEST_MEDIA_TYPE,
-                    "digest": sha256_digest(manifest),
-                    "size": len(manifest),
-                    "platform": {"architecture": host_architecture(), "os": "linux"},
-                }
-            ],
-        }
-    )
+    index = index_for(manifest, config)
     blobs = {sha256_digest(blob): blob for blob in (index, manifest, config, *extra, *layers)}
     return OciImage(name=name, index_digest=sha256_digest(index), blobs=blobs)
+
+
+def index_for(manifest: bytes, config: bytes) -> bytes:
+    """An OCI image index naming one manifest, with the platform its image config declares.
+
+    The unit is always given an indexDigest and picks its platform's manifest from the index,
+    so an image that is a single manifest (what `docker push` makes) is published inside one.
+    The manifest keeps its own media type (OCI or Docker v2); an index may name either.
+
+    Raises:
+        BlobError: the manifest or config is not a JSON object, or a platform field is not a
+            string.
+    """
+    media_type = oci.load_document(manifest).get("mediaType")
+    os_name, architecture, variant = oci.image_platform(config)
+    entry: dict[str, Any] = {
+        "mediaType": media_type if isinstance(media_type, str) else MANIFEST_MEDIA_TYPE,
+        "digest": sha256_digest(manifest),
+        "size": len(manifest),
+    }
+    if os_name and architecture:
+        platform_doc = {"architecture": architecture, "os": os_name}
+        if variant:
+            platform_doc["variant"] = variant
+        entry["platform"] = platform_doc
+    return _dumps({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": [entry]})
 
 
 def blob_url(registry: str, repository: str, digest: str) -> str:
     """Where the registry serves one blob: the URL the agent downloads from."""
     return f"{registry.rstrip('/')}/v2/{repository}/blobs/{digest}"
+
+
+def blob_urls(registry: str, entry: Mapping[str, Any], digest: str) -> tuple[str, ...]:
+    """A URL into every repository a catalog entry says holds the blob, the latest first.
+
+    Images share blobs (a base layer, the same config), and each repository that holds one
+    serves it: the unit tries the next URL when one fails, so the blob stays served while any
+    of them holds it. Every document has a blob copy (`push_image`, imports.py), so each URL
+    serves its digest, manifests and indexes included.
+    """
+    held = entry.get("repositories") or [entry["repository"]]
+    return tuple(blob_url(registry, str(repository), digest) for repository in held)
 
 
 def _check(response: httpx.Response, what: str, expected: int) -> httpx.Response:
@@ -265,7 +291,13 @@ def _check(response: httpx.Response, what: str, expected: int) -> httpx.Response
     return response
 
 
-def _push_blob(client: httpx.Client, repository: str, digest: str, data: bytes) -> None:
+def push_blob(client: httpx.Client, repository: str, digest: str, data: bytes) -> None:
+    """Upload `data` as blob `digest` of `repository`, unless the repository already has it.
+
+    Raises:
+        RemoteError: the registry refused the upload.
+        httpx.HTTPError: the registry could not be reached.
+    """
     if client.head(f"/v2/{repository}/blobs/{digest}").status_code == 200:
         return
     started = _check(client.post(f"/v2/{repository}/blobs/uploads/"), f"upload of {digest}", 202)
@@ -278,9 +310,15 @@ def _push_blob(client: httpx.Client, repository: str, digest: str, data: bytes) 
     _check(upload, f"upload of {digest}", 201)
 
 
-def _put_manifest(
+def put_manifest(
     client: httpx.Client, repository: str, reference: str, body: bytes, media_type: str
 ) -> None:
+    """Register `body` as a manifest (or index) of `repository` under a tag or its digest.
+
+    Raises:
+        RemoteError: the registry refused it (a named manifest it does not hold, a bad body).
+        httpx.HTTPError: the registry could not be reached.
+    """
     headers = {"Content-Type": media_type}
     response = client.put(f"/v2/{repository}/manifests/{reference}", content=body, headers=headers)
     _check(response, f"manifest {repository}:{reference}", 201)
@@ -307,12 +345,10 @@ def push_image(
     try:
         with httpx.Client(base_url=registry, timeout=60, trust_env=False) as client:
             for digest, data in image.blobs.items():
-                _push_blob(client, repository, digest, data)
+                push_blob(client, repository, digest, data)
             manifest = image.blobs[image.manifest_digest]
-            _put_manifest(client, repository, image.manifest_digest, manifest, MANIFEST_MEDIA_TYPE)
-            _put_manifest(
-                client, repository, tag, image.blobs[image.index_digest], INDEX_MEDIA_TYPE
-            )
+            put_manifest(client, repository, image.manifest_digest, manifest, MANIFEST_MEDIA_TYPE)
+            put_manifest(client, repository, tag, image.blobs[image.index_digest], INDEX_MEDIA_TYPE)
     except httpx.HTTPError as exc:
         raise RemoteError(f"cannot push {repository}:{tag} to {registry}: {exc}") from exc
     _log.info(

@@ -46,7 +46,7 @@ from ..protocol import (
     parse_frame,
     parse_message,
 )
-from .oci import blob_url
+from .oci import blob_url, blob_urls
 from .state import EXTRA_HASHES, CloudState, check_unit_id
 
 log = get_logger("cloud")
@@ -239,12 +239,9 @@ class CloudServer:
 
     def _blob_info(self, digest: str, entry: dict[str, Any]) -> BlobUrlInfo:
         serving = self.serving
-        url = blob_url(serving.base or self.registry, entry["repository"], digest)
-        urls = (
-            (blob_url(DEAD_BASE, entry["repository"], digest), url)
-            if serving.dead_first
-            else (url,)
-        )
+        urls = blob_urls(serving.base or self.registry, entry, digest)
+        if serving.dead_first:
+            urls = (blob_url(DEAD_BASE, entry["repository"], digest), *urls)
         sha256 = bytes.fromhex(digest.split(":", 1)[1])
         return BlobUrlInfo(
             digest=digest,

@@ -1,7 +1,7 @@
 """The reference cloud's durable state, all under one folder:
 
 cloud.json                  where the running cloud listens (written by `cloud serve`)
-catalog.json                published blobs: digest -> repository, size, sha384, sha512
+catalog.json                published blobs: digest -> repositories, size, sha384, sha512
 pki/                        the test PKI that signs blobs (`cloud pki init`)
 units/<id>/desired.json     the last desired status pushed to the unit
 units/<id>/timeline.jsonl   every unitStatus received, one JSON object per line
@@ -67,11 +67,19 @@ class CloudState:
             return {}
 
     def add_blobs(self, repository: str, blobs: dict[str, bytes]) -> None:
-        """Record published blobs with the hashes a signer may need besides their sha256."""
+        """Record published blobs with the hashes a signer may need besides their sha256.
+
+        A blob several images share is held by each of their repositories: `repositories`
+        keeps them all, the latest first (`repository`), so the cloud can hand out a URL into
+        each and the blob stays served while any of them holds it.
+        """
         catalog = self.catalog()
         for digest, data in blobs.items():
+            known = catalog.get(digest, {})
+            held = [r for r in known.get("repositories", [known.get("repository")]) if r]
             catalog[digest] = {
                 "repository": repository,
+                "repositories": [repository, *(r for r in held if r != repository)],
                 "size": len(data),
                 **{name: hashlib.new(name, data).hexdigest() for name in EXTRA_HASHES},
             }

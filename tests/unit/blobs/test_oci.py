@@ -260,3 +260,78 @@ class TestAnyInput:
         ):
             with contextlib.suppress(BlobError):
                 call()
+
+
+# What `docker push` and `docker manifest push` (engine 20.10) put in a registry for an image
+# `docker build` made: Docker's v2 manifest and manifest list, Docker's config, gzip layers.
+DOCKER_MANIFEST = {
+    "schemaVersion": 2,
+    "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+    "config": {
+        "mediaType": "application/vnd.docker.container.image.v1+json",
+        "size": 3028,
+        "digest": D["cfg"],
+    },
+    "layers": [
+        {
+            "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "size": 1064344,
+            "digest": D["l1"],
+        },
+        {
+            "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "size": 130,
+            "digest": D["l2"],
+        },
+    ],
+}
+DOCKER_LIST = {
+    "schemaVersion": 2,
+    "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+    "manifests": [
+        {
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "size": 1150,
+            "digest": D[arch],
+            "platform": {"architecture": arch, "os": "linux"},
+        }
+        for arch in ("amd64", "arm64")
+    ],
+}
+
+
+class TestDockerImages:
+    def test_the_media_type_constants_are_the_ones_docker_writes(self) -> None:
+        assert DOCKER_MANIFEST["mediaType"] == oci.DOCKER_MANIFEST_TYPE
+        assert DOCKER_LIST["mediaType"] == oci.DOCKER_LIST_TYPE
+        assert {oci.DOCKER_LIST_TYPE, oci.OCI_INDEX_TYPE} == oci.INDEX_TYPES
+        assert {oci.DOCKER_MANIFEST_TYPE, oci.OCI_MANIFEST_TYPE} == oci.MANIFEST_TYPES
+
+    def test_a_docker_v2_manifest_names_its_config_and_layers(self) -> None:
+        doc, config, layers = oci.parse_manifest(raw(DOCKER_MANIFEST))
+        assert config == D["cfg"]
+        assert layers == (D["l1"], D["l2"])
+        assert not oci.is_index(doc)
+        assert oci.item_config_digest(doc) is None
+
+    def test_a_docker_manifest_list_is_an_index_with_one_manifest_per_platform(self) -> None:
+        assert oci.is_index(oci.load_document(raw(DOCKER_LIST)))
+        assert oci.choose_manifest(raw(DOCKER_LIST), "linux", "arm64") == D["arm64"]
+        assert oci.choose_manifest(raw(DOCKER_LIST), "linux", "amd64") == D["amd64"]
+
+    def test_docker_config_platform(self) -> None:
+        config = raw({"architecture": "amd64", "os": "linux", "config": {"User": "1000"}})
+        assert oci.image_platform(config) == ("linux", "amd64", None)
+
+
+class TestItemConfigDescriptor:
+    def test_the_whole_descriptor_is_returned(self) -> None:
+        item = {"mediaType": oci.ITEM_CONFIG_MEDIA_TYPE, "digest": D["item"], "size": 12}
+        assert oci.item_config_descriptor({**DOCKER_MANIFEST, "aosItemConfig": item}) == item
+
+    def test_none_for_a_plain_image(self) -> None:
+        assert oci.item_config_descriptor(DOCKER_MANIFEST) is None
+
+    def test_a_descriptor_without_digest_is_refused(self) -> None:
+        error = refused(oci.item_config_descriptor, {"aosItemConfig": {"size": 1}})
+        assert error.code == AosCode.INVALID_ARGUMENT
