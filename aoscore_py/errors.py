@@ -7,8 +7,10 @@
   - RemoteError: the other side sent something we cannot accept.
     - ProtocolError: a message that does not follow AosCloud v7 (names the JSON path).
     - BlobError: a blob that cannot be fetched or does not match its digest.
+    - ProvisioningError: the cloud refused to provision this unit (a wrong or used token).
   - RuntimeEngineError: the container engine failed an operation.
   - LinkError: the cloud link is down or timed out.
+    - CertificateError: a TLS peer's certificate failed verification (ours or the cloud's).
 
 The retry policy lives here and nowhere else (as websockets' `process_exception` does for
 connections): `classify` turns an exception, `classify_code` an errorInfo's aosCode (what a
@@ -95,6 +97,15 @@ class BlobError(RemoteError):
     """A blob that cannot be fetched, or whose bytes do not match its digest."""
 
 
+class ProvisioningError(RemoteError):
+    """The cloud refused to provision this unit: the token is wrong or was used already.
+
+    Trying again with the same token gives the same answer, so it is permanent.
+    """
+
+    code = AosCode.INVALID_ARGUMENT
+
+
 class RuntimeEngineError(AosError):
     """The container engine failed an operation."""
 
@@ -105,6 +116,18 @@ class LinkError(AosError):
     """The cloud link is down, or an answer did not come in time."""
 
     code = AosCode.TIMEOUT
+
+
+class CertificateError(LinkError):
+    """A TLS handshake with the cloud failed on a certificate: the cloud's does not verify
+    against the CAs this unit trusts, or the cloud refused the unit's.
+
+    Redialling at once gives the same answer (a clock, a CA or a revocation has to change
+    first), so the link retries it only on its slow schedule; it is permanent for `classify`,
+    like a raw `ssl.SSLCertVerificationError`.
+    """
+
+    code = AosCode.INVALID_ARGUMENT
 
 
 class Retry(enum.Enum):
@@ -146,3 +169,38 @@ def transient_http_status(status: int) -> bool:
     """Whether an HTTP status is worth asking the same URL again for (a timeout, too many
     requests, a server error); 4xx answers are that URL's final word."""
     return status in TRANSIENT_HTTP_STATUS or status >= 500
+
+
+# OpenSSL's reasons when the server refused our certificate (an alert it sent back), as opposed
+# to a connection that broke: the TLS 1.2 and 1.3 alert names for an unknown, bad, revoked or
+# missing client certificate.
+_PEER_REFUSED_CERTIFICATE = frozenset(
+    {
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "TLSV1_ALERT_ACCESS_DENIED",
+    }
+)
+
+
+def certificate_failure(exc: BaseException) -> bool:
+    """Whether `exc`, or an exception it was raised from, is a certificate failure: ours
+    (`CertificateError`), the peer's certificate did not verify, or the peer refused ours.
+
+    Client libraries wrap the `ssl` error (httpx in `ConnectError`, websockets re-raises it),
+    so the chain of causes is walked.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (CertificateError, ssl.SSLCertVerificationError)):
+            return True
+        if isinstance(current, ssl.SSLError) and current.reason in _PEER_REFUSED_CERTIFICATE:
+            return True
+        current = current.__cause__ or current.__context__
+    return False

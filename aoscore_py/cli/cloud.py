@@ -121,6 +121,55 @@ def cloud() -> None:
     help="Answer requestBlobUrls after this many seconds (a slow cloud, for tests).",
 )
 @blob_serving_options
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Serve units on plain ws on --port (loopback), without provisioning, discovery or "
+    "certificates: for tests and the demo.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the HTTPS and wss listeners bind (0.0.0.0 for every interface).",
+)
+@click.option(
+    "--name",
+    "names",
+    multiple=True,
+    metavar="NAME",
+    help="A DNS name or address units reach the cloud by (repeat); the first is put in the "
+    "URLs it advertises. Loopback names are always in its certificate.",
+)
+@click.option(
+    "--https-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Port of provisioning and discovery (0 picks a free one; see cloud.json).",
+)
+@click.option(
+    "--wss-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Port units dial over wss (0 picks a free one).",
+)
+@click.option(
+    "--token-ttl",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    callback=positive,
+    help="Seconds a discovery token opens the wss endpoint; units run discovery again before.",
+)
+@click.option(
+    "--cert-days",
+    type=click.IntRange(1, 36500),
+    default=365,
+    show_default=True,
+    help="Days a unit certificate issued at provisioning is valid.",
+)
 @with_logs
 def cloud_serve(
     cloud_dir: Path,
@@ -131,16 +180,36 @@ def cloud_serve(
     alg: str | None,
     base: str | None,
     dead_first: bool,
+    insecure: bool,
+    host: str,
+    names: tuple[str, ...],
+    https_port: int,
+    wss_port: int,
+    token_ttl: float,
+    cert_days: int,
     log_level: str,
     log_format: str,
 ) -> None:
-    """Serve units on loopback until SIGINT or SIGTERM."""
+    """Serve units until SIGINT or SIGTERM.
+
+    By default over TLS with the cloud's own CA (made in <cloud-dir>/tls on first start and
+    kept): units provision (`aoscore cloud token new` gives their one-use tokens), run
+    discovery over HTTPS and dial wss with their certificate and the discovery token.
+    cloud.json names the endpoints and the CA (`cloudCa`) units trust at provisioning.
+    Operators use the plain ws listener on loopback (--port) either way.
+    """
+    from ..cloud.ca import general_names
+    from ..cloud.https import TlsSettings
     from ..cloud.server import BlobServing
     from ..cloud.service import serve_cloud
 
     logs.configure(log_level, log_format)
     with exit_codes():
         serving = BlobServing(signing, alg, base, dead_first)
+        tls = None
+        if not insecure:
+            tls = TlsSettings(host, names, https_port, wss_port, token_ttl, cert_days)
+            general_names(tls.server_names())
     run(
         serve_cloud(
             cloud_dir,
@@ -148,8 +217,37 @@ def cloud_serve(
             registry_url=registry,
             blob_urls_delay_s=blob_urls_delay,
             serving=serving,
+            tls=tls,
         )
     )
+
+
+@cloud.group("token")
+def cloud_token() -> None:
+    """One-use provisioning tokens: one per unit to provision."""
+
+
+@cloud_token.command("new")
+@cloud_dir_option
+@click.option(
+    "--count", type=click.IntRange(1, 10000), default=1, show_default=True, help="How many."
+)
+def cloud_token_new(cloud_dir: Path, count: int) -> None:
+    """Make COUNT provisioning tokens and print them, one a line.
+
+    Each provisions one unit once (`aoscore agent --provision-token`); only their hashes are
+    kept, so a token not written down is lost. The cloud need not be running.
+    """
+    from ..cloud.provisioning import DB_FILE, Registrar
+
+    logs.configure("warning")
+    with exit_codes():
+        registrar = Registrar(cloud_dir / DB_FILE)
+        try:
+            tokens = registrar.new_tokens(count)
+        finally:
+            registrar.close()
+    click.echo("\n".join(tokens))
 
 
 @cloud.command("blobs")

@@ -15,15 +15,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import ssl
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
+from http import HTTPStatus
 from typing import Any
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from ..crypto.pki import Pki
 from ..crypto.signing import parse_alg
@@ -54,6 +57,10 @@ log = get_logger("cloud")
 SIGNING_MODES = ("valid", "unsigned", "wrong")
 # Nothing listens on port 1 of loopback: a URL that fails at once, for tests of URL fallback.
 DEAD_BASE = "http://127.0.0.1:1"
+
+# Decides at the handshake who a unit dialling over wss is: its system id, or the HTTP answer
+# that refuses it (401: no valid bearer token for the certificate it presented).
+Authenticator = Callable[[ServerConnection, Request], str | Response]
 
 
 @dataclass(frozen=True)
@@ -126,18 +133,69 @@ class CloudServer:
         self.blob_urls_delay_s = blob_urls_delay_s
         self._units: dict[str, _Unit] = {}
         self._connected: dict[str, asyncio.Event] = {}
-        self._server: Server | None = None
+        self._servers: list[Server] = []
+        # The system id each wss connection proved at its handshake.
+        self._verified: dict[ServerConnection, str] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Listen; returns the port."""
-        self._server = await serve(self._route, host, port, max_size=MAX_MESSAGE_BYTES)
-        return self._server.sockets[0].getsockname()[1]
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *, units: bool = True) -> int:
+        """Listen in plaintext; returns the port.
+
+        Args:
+            units: serve units on `/` too; False when units dial over wss
+                (`start_units_tls`), leaving this listener to operators on loopback.
+        """
+        server = await serve(
+            self._route,
+            host,
+            port,
+            max_size=MAX_MESSAGE_BYTES,
+            process_request=None if units else self._operators_only,
+        )
+        self._servers.append(server)
+        return server.sockets[0].getsockname()[1]
+
+    async def start_units_tls(
+        self, host: str, port: int, context: ssl.SSLContext, authenticate: Authenticator
+    ) -> int:
+        """Serve units over wss: `context` demands a client certificate from the cloud's CA,
+        `authenticate` checks the bearer token against it; returns the port."""
+
+        def admit(connection: ServerConnection, request: Request) -> Response | None:
+            verdict = authenticate(connection, request)
+            if isinstance(verdict, Response):
+                return verdict
+            self._verified[connection] = verdict
+            return None
+
+        server = await serve(
+            self._verified_unit,
+            host,
+            port,
+            ssl=context,
+            process_request=admit,
+            max_size=MAX_MESSAGE_BYTES,
+        )
+        self._servers.append(server)
+        return server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+
+    @staticmethod
+    def _operators_only(connection: ServerConnection, request: Request) -> Response | None:
+        if request.path.startswith("/operator"):
+            return None
+        return connection.respond(HTTPStatus.FORBIDDEN, "units connect over wss\n")
+
+    async def _verified_unit(self, ws: ServerConnection) -> None:
+        try:
+            await self._unit(ws, self._verified.get(ws))
+        finally:
+            self._verified.pop(ws, None)
 
     def _event(self, unit_id: str) -> asyncio.Event:
         return self._connected.setdefault(unit_id, asyncio.Event())
@@ -156,7 +214,9 @@ class CloudServer:
         await unit.ws.send(dump_frame(Envelope(header, message)))
         return header.txn
 
-    async def _unit(self, ws: ServerConnection) -> None:
+    async def _unit(self, ws: ServerConnection, verified: str | None = None) -> None:
+        """Serve one unit connection; `verified` is the system id its handshake proved (wss),
+        and frames naming another unit are dropped."""
         unit_id: str | None = None
         unit: _Unit | None = None
         try:
@@ -166,6 +226,9 @@ class CloudServer:
                     check_unit_id(env.header.system_id)
                 except (ProtocolError, ConfigError) as exc:
                     log.warning("unit.bad_frame", unit=unit_id, error=str(exc))
+                    continue
+                if verified is not None and env.header.system_id != verified:
+                    log.warning("unit.foreign_frame", unit=verified, claimed=env.header.system_id)
                     continue
                 if unit is None or env.header.system_id != unit_id:
                     unit_id = env.header.system_id

@@ -11,6 +11,7 @@ from ..crypto.pki import META_FILE, ROOT_FILE, Pki, init_pki, load_pki
 from ..errors import ConfigError
 from ..logs import get_logger
 from ..nodes.itemconfig import ItemConfig, item_config_json
+from .https import Front, TlsSettings
 from .oci import OciImage, build_test_image, push_image
 from .registry import Registry
 from .server import BlobServing, CloudServer
@@ -28,9 +29,16 @@ async def serve_cloud(
     serving: BlobServing | None = None,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    tls: TlsSettings | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM (or `stop`); starts its own registry unless given one, and
-    makes a test PKI (EC) unless `cloud pki init` made one."""
+    makes a test PKI (EC) unless `cloud pki init` made one.
+
+    Args:
+        tls: serve units over wss with the cloud's CA, and provisioning and discovery over
+            HTTPS; the plaintext listener then serves operators only. None: units on plain ws
+            (loopback), as for tests and the demo.
+    """
     state = CloudState(cloud_dir)
     pki = ensure_pki(state)
     registry: Registry | None = None
@@ -44,15 +52,19 @@ async def serve_cloud(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    front: Front | None = None
     try:
-        bound = await server.start("127.0.0.1", port)
+        front = Front(state, server, tls) if tls is not None else None
+        bound = await server.start("127.0.0.1", port, units=front is None)
         ws_url = f"ws://127.0.0.1:{bound}"
+        endpoints = {} if front is None else await front.start()
         state.write_endpoints(
             {
-                "ws": ws_url,
+                **({"ws": ws_url} if front is None else {}),
                 "operator": f"{ws_url}/operator",
                 "registry": registry_url,
                 "trustedCa": str(state.pki_dir / ROOT_FILE),
+                **endpoints,
                 "pid": os.getpid(),
             }
         )
@@ -62,6 +74,8 @@ async def serve_cloud(
         await stop.wait()
     finally:
         await server.close()
+        if front is not None:
+            await front.close()
         state.clear_endpoints()
         if registry is not None:
             registry.stop()

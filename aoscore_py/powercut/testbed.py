@@ -124,6 +124,7 @@ class CloudProcess:
     registry_url: str
     blob_urls_delay_s: float = 0.0
     extra: tuple[str, ...] = ()
+    tls: bool = False  # units over wss with provisioning and discovery; else plain ws
     process: Process | None = None
     endpoints: dict[str, str] = field(default_factory=dict)
 
@@ -142,6 +143,8 @@ class CloudProcess:
         )
         if self.blob_urls_delay_s:
             args += ["--blob-urls-delay", str(self.blob_urls_delay_s)]
+        if not self.tls:
+            args.append("--insecure")
         args += self.extra
         with interrupts.held():  # recorded before an interrupt unwinds to stop()
             self.process = Process(args, self.cloud_dir / "cloud.log")

@@ -1,0 +1,233 @@
+"""The reference cloud over TLS: HTTPS provisioning and discovery, and units on wss.
+
+- `POST /provisioning` `{"token", "csr"}` -> `{"systemId", "certificate", "ca"}` (PEM); a
+  wrong or used token is 403 with `{"error": reason}`, a bad CSR 400. No client certificate
+  is needed: the unit has none yet; the token is its credential.
+- `POST /discovery` (PROTOCOL.md, "Connection") needs the unit's client certificate, whose
+  system id must be the one asked for, and answers the wss URL with a bearer token.
+- wss: a client certificate from the cloud's CA and `Authorization: Bearer <token>` issued
+  for that same unit, or the handshake is answered 401.
+
+The TLS server context asks every HTTPS client for a certificate but does not demand one
+(provisioning has none), so discovery checks for it itself; the wss context demands one.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
+
+from ..errors import ProvisioningError
+from ..iam.tls import TlsFiles, server_context
+from ..logs import get_logger
+from .bearer import BearerTokens, load_key
+from .ca import ensure_ca
+from .provisioning import DB_FILE, Registrar
+from .server import CloudServer
+from .state import CloudState
+
+log = get_logger("cloud.https")
+
+TLS_DIR = "tls"
+PROTOCOL_VERSION = 7
+# A unit runs discovery again when this share of its token's life has passed, so it holds a
+# valid token whenever it redials.
+_REDISCOVER_AT = 0.8
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """How the cloud serves over TLS.
+
+    Args:
+        host: the address the HTTPS and wss listeners bind.
+        names: the names (DNS or addresses) units reach the cloud by; the first is put in the
+            URLs the cloud advertises. Loopback names are always in the certificate.
+        https_port: the HTTPS port (0: a free one).
+        wss_port: the wss port (0: a free one).
+        token_ttl_s: how long a discovery token opens the wss endpoint.
+        cert_days: how long a unit certificate is valid.
+    """
+
+    host: str = "127.0.0.1"
+    names: tuple[str, ...] = ()
+    https_port: int = 0
+    wss_port: int = 0
+    token_ttl_s: float = 3600.0
+    cert_days: int = 365
+
+    def public_name(self) -> str:
+        if self.names:
+            return self.names[0]
+        return "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+
+    def server_names(self) -> list[str]:
+        names = [self.public_name(), *self.names]
+        if self.host not in ("", "0.0.0.0", "::"):
+            names.append(self.host)
+        return list(dict.fromkeys([*names, "localhost", "127.0.0.1", "::1"]))
+
+
+def _url_host(name: str) -> str:
+    return f"[{name}]" if ":" in name else name
+
+
+def peer_system_id(transport: Any) -> str | None:
+    """The common name of the verified client certificate on `transport` (a unit's system id),
+    or None when the client presented none."""
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+def _error(status: HTTPStatus, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)
+
+
+def _lower_keys(body: Any) -> dict[str, Any]:
+    """The request's fields with keys lower-cased (AosCore matches them case-insensitively)."""
+    if not isinstance(body, dict):
+        raise ValueError("the body is not a JSON object")
+    return {str(k).lower(): v for k, v in body.items() if v is not None}
+
+
+class Front:
+    """The TLS side of one cloud: its CA, registrar, tokens, HTTPS app and wss listener.
+
+    Args:
+        state: the cloud's files (the CA lives in `tls/`, the registry in `provisioning.db`).
+        server: the cloud whose unit handler the wss listener feeds.
+        settings: where and how to listen.
+    """
+
+    def __init__(self, state: CloudState, server: CloudServer, settings: TlsSettings) -> None:
+        self.state = state
+        self.server = server
+        self.settings = settings
+        folder = state.root / TLS_DIR
+        self.ca = ensure_ca(folder)
+        self.registrar = Registrar(state.root / DB_FILE, self.ca, cert_days=settings.cert_days)
+        self.tokens = BearerTokens(load_key(folder), settings.token_ttl_s)
+        self.wss_url = ""
+        self._runner: web.AppRunner | None = None
+
+    def _contexts(self, files: TlsFiles) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+        """(HTTPS: a client certificate asked for, wss: demanded), both from the cloud's CA."""
+        https = server_context(files.cert, files.key, client_ca=files.ca)
+        https.verify_mode = ssl.CERT_OPTIONAL
+        return https, server_context(files.cert, files.key, client_ca=files.ca)
+
+    async def start(self) -> dict[str, Any]:
+        """Listen; returns the endpoints to add to cloud.json."""
+        files = self.ca.issue_server(self.settings.server_names())
+        https_context, wss_context = self._contexts(files)
+        host, public = self.settings.host, _url_host(self.settings.public_name())
+        wss_port = await self.server.start_units_tls(
+            host, self.settings.wss_port, wss_context, self.authenticate
+        )
+        self.wss_url = f"wss://{public}:{wss_port}"
+        app = web.Application(client_max_size=64 << 10)
+        app.router.add_post("/provisioning", self._provisioning)
+        app.router.add_post("/discovery", self._discovery)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        sock = socket.create_server((host, self.settings.https_port), family=_family(host))
+        await web.SockSite(self._runner, sock, ssl_context=https_context).start()
+        base = f"https://{public}:{sock.getsockname()[1]}"
+        log.info("tls.serving", https=base, wss=self.wss_url, ca=str(self.ca.ca_path))
+        return {
+            "https": base,
+            "provisioning": f"{base}/provisioning",
+            "discovery": f"{base}/discovery",
+            "wss": self.wss_url,
+            "cloudCa": str(self.ca.ca_path),
+        }
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.registrar.close()
+
+    # provisioning and discovery
+
+    async def _provisioning(self, request: web.Request) -> web.Response:
+        try:
+            body = _lower_keys(await request.json())
+            token, csr = body["token"], body["csr"]
+            if not isinstance(token, str) or not isinstance(csr, str):
+                raise ValueError("token and csr must be strings")
+        except (ValueError, KeyError) as exc:
+            return _error(HTTPStatus.BAD_REQUEST, f"expected {{token, csr}}: {exc}")
+        try:
+            unit = self.registrar.provision(token, csr)
+        except ProvisioningError as exc:
+            log.warning("provisioning.refused", remote=request.remote, reason=exc.message)
+            return _error(HTTPStatus.FORBIDDEN, exc.message)
+        except ValueError as exc:
+            return _error(HTTPStatus.BAD_REQUEST, str(exc))
+        return web.json_response(
+            {"systemId": unit.system_id, "certificate": unit.certificate_pem, "ca": unit.ca_pem}
+        )
+
+    async def _discovery(self, request: web.Request) -> web.Response:
+        proved = peer_system_id(request.transport)
+        if proved is None:
+            return _error(HTTPStatus.UNAUTHORIZED, "discovery needs the unit's client certificate")
+        try:
+            body = _lower_keys(await request.json())
+            version, asked = body["version"], body["systemid"]
+            protocols = body.get("supportedprotocols", ["wss"])
+        except (ValueError, KeyError) as exc:
+            return _error(HTTPStatus.BAD_REQUEST, f"expected {{version, systemId}}: {exc}")
+        if version != PROTOCOL_VERSION:
+            return _error(HTTPStatus.BAD_REQUEST, f"version {version!r}: this cloud speaks 7")
+        if asked != proved:
+            return _error(
+                HTTPStatus.FORBIDDEN, f"the certificate is unit {proved}'s, not {asked!r}'s"
+            )
+        if not isinstance(protocols, list) or "wss" not in protocols:
+            return _error(HTTPStatus.BAD_REQUEST, "this cloud offers wss only")
+        if not self.registrar.is_unit(proved):
+            return _error(HTTPStatus.FORBIDDEN, f"unit {proved} is not provisioned here")
+        delay_ms = int(self.settings.token_ttl_s * _REDISCOVER_AT * 1000)
+        log.info("discovery.answered", unit=proved, next_ms=delay_ms)
+        return web.json_response(
+            {
+                "connectionInfo": [self.wss_url],
+                "authToken": self.tokens.issue(proved),
+                "nextRequestDelay": delay_ms,
+            }
+        )
+
+    # the wss handshake
+
+    def authenticate(self, connection: ServerConnection, request: Request) -> str | Response:
+        """The system id of a unit whose certificate and bearer token agree, or a 401."""
+        proved = peer_system_id(connection.transport)
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        claimed = self.tokens.check(token.strip()) if scheme.lower() == "bearer" else None
+        if proved is None or claimed != proved:
+            reason = (
+                "no client certificate"
+                if proved is None
+                else "no bearer token"
+                if not token
+                else "the bearer token is not valid for this unit (expired or another's)"
+            )
+            log.warning("unit.refused", unit=proved, reason=reason)
+            return connection.respond(HTTPStatus.UNAUTHORIZED, f"{reason}: run discovery\n")
+        return proved
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
