@@ -35,13 +35,15 @@ from .blobs.download import DownloadPolicy, blob_client
 from .blobs.store import BlobStore
 from .cm.communication.health import ReconnectPolicy
 from .cm.communication.link import CloudLink
+from .cm.communication.outbox import Outbox, OutboxLimits
+from .cm.communication.targets import StaticTargets, TargetSource
 from .cm.imagemanager.blobserver import BlobServer
 from .cm.imagemanager.manager import DAY_S, ImageManager, ImagePolicy
 from .cm.launcher.launcher import Launcher
 from .cm.launcher.nodemanager import DEFAULT_NODE_TIMEOUT_S, NodeManager
 from .cm.launcher.smserver import SMServer, split_address
 from .cm.updatemanager.handler import MACHINE, DesiredStatusHandler
-from .cm.updatemanager.unitstatus import UnitStatusHandler
+from .cm.updatemanager.unitstatus import DEFAULT_DEBOUNCE_S, UnitStatusHandler
 from .crypto.signing import load_pem_certificates
 from .errors import AosCode, AosError, ConfigError, LinkError
 from .iam.tls import client_context, grpc_server_credentials
@@ -84,6 +86,10 @@ class AgentConfig:
     node_timeout_s: float = DEFAULT_NODE_TIMEOUT_S
     local_sm_args: tuple[str, ...] = ()
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
+    outbox: OutboxLimits = field(default_factory=OutboxLimits)
+    status_debounce_s: float = DEFAULT_DEBOUNCE_S
+    targets: TargetSource | None = None
+    """Where to dial (discovery); None: the fixed `cloud_url`."""
 
     def pki(self) -> UnitPki | None:
         """The unit PKI of the SM link: the folder given, else `<data dir>/pki`, made (or
@@ -142,9 +148,11 @@ class Agent:
         self.http = blob_client(
             policy.download, config.download_timeout_s, client_context(config.trusted_ca)
         )
+        self.outbox = Outbox(self.storage, time.monotonic, time.time, config.outbox)
         self.link = CloudLink(
-            config.cloud_url,
+            config.targets or StaticTargets(config.cloud_url),
             config.system_id,
+            self.outbox,
             on_message=self._on_message,
             on_connect=self._on_connect,
             on_disconnect=lambda: self.nodes.set_cloud_connected(False),
@@ -186,7 +194,13 @@ class Agent:
             node_wait_s=config.node_timeout_s,
         )
         self.status = UnitStatusHandler(
-            self.storage, self.storage, self.images, self.launcher, self.nodes, self.link
+            self.storage,
+            self.storage,
+            self.images,
+            self.launcher,
+            self.nodes,
+            self.link,
+            debounce_s=config.status_debounce_s,
         )
         self.handler = DesiredStatusHandler(
             self.storage.machine(MACHINE, UPDATE_CYCLE),
@@ -197,6 +211,7 @@ class Agent:
             self.nodes,
             active_timeout_s=config.active_timeout_s,
         )
+        self.images.on_changed = lambda: self.status.changed("item changed")
         installed = self._installed_unit_config()
         if installed is not None:
             self.nodes.use_unit_config(installed)  # a node that connects later gets it
@@ -259,7 +274,7 @@ class Agent:
                     next="placed again when a node next changes, or by the next cycle",
                 )
             # Also with nothing placed yet: the cloud learns the node's state and what it runs.
-            await self.status.send_full(f"node {node_id} changed")
+            self.status.changed(f"node {node_id} changed")
             if not self._reconcile_again:
                 return
 
@@ -342,6 +357,7 @@ class Agent:
         started = time.monotonic()
         self.link.stop_accepting()
         await self.handler.stop()
+        self.status.stop()
         await self.link.close()
         link_task.cancel()
         stop_task.cancel()

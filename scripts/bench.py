@@ -23,6 +23,10 @@ compose: the agent (a desired status received -> the cloud told the instances ar
 starting 10 instances, then changing one item's version, against `docker-compose up -d` of the
 same 10 containers from the images the agent loaded, then of the one changed service, in the
 same run; medians over runs, and where the agent's time goes (scripts/benchlib/compose.py).
+
+outbox: unit statuses through the cloud link's durable outbox (enqueue, send, ack, delete) to
+a loopback peer that acks each, against raw one-row SQLite commits in the same folder;
+alternating rounds, statuses per second and their ratio (scripts/benchlib/outbox.py).
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ from aoscore_py.cloud.oci import OciImage, blob_url, build_test_image, push_imag
 from aoscore_py.cloud.registry import Registry
 from aoscore_py.cloud.state import CloudState
 from aoscore_py.cm.communication.link import CloudLink
+from aoscore_py.cm.communication.outbox import Outbox, OutboxLimits
+from aoscore_py.cm.communication.targets import StaticTargets
 from aoscore_py.cm.imagemanager.manager import ImageManager, ImagePolicy
 from aoscore_py.crypto.pki import Pki, init_pki
 from aoscore_py.errors import AosError
@@ -563,11 +569,17 @@ async def _link_run(retry_after_ms: int, samples: int) -> tuple[list[float], lis
     async def on_connect() -> None:
         return None
 
-    link = CloudLink(
-        f"ws://127.0.0.1:{port}", LINK_SYSTEM_ID, on_message=ignore, on_connect=on_connect
-    )
     # Only the nack can cause a resend within the bench: the ack timeout is far beyond it.
-    link.session.ack_timeout = 3600.0
+    work = tempfile.TemporaryDirectory(prefix="aoscore-bench-link-")
+    storage = Storage(Path(work.name))
+    outbox = Outbox(storage, time.monotonic, time.time, OutboxLimits(ack_timeout_s=3600.0))
+    link = CloudLink(
+        StaticTargets(f"ws://127.0.0.1:{port}"),
+        LINK_SYSTEM_ID,
+        outbox,
+        on_message=ignore,
+        on_connect=on_connect,
+    )
     task = asyncio.create_task(link.run())
     resend_s: list[float] = []
     sleep_s: list[float] = []
@@ -589,6 +601,8 @@ async def _link_run(retry_after_ms: int, samples: int) -> tuple[list[float], lis
         await asyncio.gather(task, return_exceptions=True)
         server.close()
         await server.wait_closed()
+        storage.close()
+        work.cleanup()
     return resend_s, sleep_s
 
 
@@ -599,8 +613,6 @@ async def _link_resend_once(link: CloudLink, cloud: _NackingCloud) -> float:
         click.ClickException: see `_link_run`.
     """
     txn = await link.send(UnitStatus(is_delta_info=False))
-    if txn is None:
-        raise click.ClickException("link: the link went down during the bench")
     try:
         resent_txn, first, again, same = await asyncio.wait_for(cloud.resent.get(), LINK_WAIT_S)
     except TimeoutError:
@@ -609,7 +621,7 @@ async def _link_resend_once(link: CloudLink, cloud: _NackingCloud) -> float:
         raise click.ClickException(f"link: {txn} was resent as {resent_txn} (same bytes: {same})")
     # Untimed: let the ack land so that each sample starts with nothing pending.
     deadline = time.monotonic() + LINK_WAIT_S
-    while link.session.next_deadline() is not None:
+    while link.outbox.depth:
         if time.monotonic() > deadline:
             raise click.ClickException(f"link: the ack of {txn} was not taken")
         await asyncio.sleep(0.001)
@@ -1166,6 +1178,53 @@ def memory(json_path: Path, instances: int, settle: float) -> None:
         f"{instances} instances, idle: CM {result['cm_rss_mib']} MiB resident "
         f"({result['cm_pss_mib']} Pss), SM {result['sm_rss_mib']} MiB "
         f"({result['sm_pss_mib']} Pss); goals CM 60, SM 40"
+    )
+    _write_result(json_path, result)
+
+
+@bench.command()
+@json_option
+@click.option(
+    "--statuses",
+    type=click.IntRange(10, 100_000),
+    default=300,
+    show_default=True,
+    help="Statuses per round.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 100),
+    default=6,
+    show_default=True,
+    help="Timed rounds per side, alternating (after one untimed round each).",
+)
+@click.option(
+    "--dir",
+    "base_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the two SQLite files live (default: a temporary folder); pick the disk the "
+    "agent's data dir is on.",
+)
+def outbox(json_path: Path, statuses: int, rounds: int, base_dir: Path | None) -> None:
+    """Statuses per second through the durable outbox (enqueue, send, ack, delete) against raw
+    one-row SQLite commits (WAL, synchronous=FULL) in the same folder and run."""
+    from benchlib.outbox import measure
+
+    with (
+        open(os.devnull, "w") as devnull,
+        tempfile.TemporaryDirectory(prefix="aoscore-bench-outbox-", dir=base_dir) as work,
+    ):
+        configure_logs("warning", stream=devnull)
+        raw = _RawCommit(Path(work) / "peer.db")
+        try:
+            result = asyncio.run(measure(Path(work), statuses, rounds, raw))
+        finally:
+            raw.close()
+        print(f"outbox against a raw one-row commit (WAL, synchronous=FULL) in {work}")
+    print(
+        f"{result['statuses']} statuses: outbox {result['per_s']}/s, raw commits "
+        f"{result['raw_per_s']}/s, ratio {result['ratio']} (goal <= {result['goal_ratio']})"
     )
     _write_result(json_path, result)
 

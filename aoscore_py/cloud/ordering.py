@@ -3,15 +3,23 @@
 Every unit status carries the boot it came from and a `seq` that only grows, across restarts
 too. Records arrive in network order; sorted by `seq`, a number seen twice is a duplicate (a
 resend the cloud recorded again) and, within one boot, a number skipped is a gap: a status the
-unit made that never reached the cloud (today: made while offline). Between boots, numbers jump
-by design (each boot reserves a fresh block), so that is not a gap.
+unit made that never reached the cloud. Between boots, numbers jump by design (each boot
+reserves a fresh block), so that is not a gap; nor are the numbers a full status names in its
+`foldedSeqs` (statuses a full outbox replaced by it, documented folding).
+
+`unit_view` is what the cloud knows of the unit now: the latest full status in unit order, with
+the sections of every later delta laid over it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+
+SECTIONS = ("unitConfig", "nodes", "items", "instances", "subjects")
+RECENT_TXNS = 4096
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,12 @@ def in_unit_order(records: Sequence[dict[str, Any]]) -> list[Ordered]:
             best = max(best, seq)
         keyed.append((seq if seq is not None else -1, index, record, status, late))
     keyed.sort(key=lambda k: (k[0], k[1]))
+    folded = {
+        n
+        for k in keyed
+        for first, last in _pairs(k[3].get("foldedSeqs"))
+        for n in range(first, last + 1)
+    }
     seen: set[int] = set()
     previous: tuple[str | None, int] | None = None
     for seq, _, record, status, late in keyed:
@@ -51,7 +65,8 @@ def in_unit_order(records: Sequence[dict[str, Any]]) -> list[Ordered]:
         if number is not None and not duplicate:
             seen.add(number)
             if previous is not None and previous[0] == boot and number > previous[1] + 1:
-                gap = number - previous[1] - 1
+                skipped = range(previous[1] + 1, number)
+                gap = sum(1 for n in skipped if n not in folded)
             previous = (boot, number)
         out.append(Ordered(record, boot, number, duplicate, gap, late))
     return out
@@ -66,3 +81,60 @@ def summary(ordered: Sequence[Ordered]) -> dict[str, int]:
         "late": sum(o.late for o in ordered),
         "missing": sum(o.gap_before for o in ordered),
     }
+
+
+def _pairs(value: object) -> list[tuple[int, int]]:
+    """The well-formed [first, last] pairs of a `foldedSeqs` value (others are ignored)."""
+    if not isinstance(value, list):
+        return []
+    return [
+        (p[0], p[1])
+        for p in value
+        if isinstance(p, list)
+        and len(p) == 2
+        and all(isinstance(n, int) for n in p)
+        and p[0] <= p[1]
+        and p[1] - p[0] < 1_000_000
+    ]
+
+
+def unit_view(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What the cloud knows of the unit now: the last full status in the unit's order, each
+    later delta's sections laid over it (empty when no full status arrived yet)."""
+    view: dict[str, Any] = {}
+    for o in in_unit_order(records):
+        if o.duplicate:
+            continue
+        status = o.record.get("unitStatus") or {}
+        if not status.get("isDeltaInfo"):
+            view = dict(status)
+        elif view:
+            view.update({k: status[k] for k in SECTIONS if k in status})
+            view["seq"] = status.get("seq", view.get("seq"))
+    return view
+
+
+@dataclass
+class RecentTxns:
+    """The txns of a unit's last recorded statuses, so a resend is recorded once."""
+
+    limit: int = RECENT_TXNS
+    _txns: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    @classmethod
+    def of_timeline(cls, records: Iterable[dict[str, Any]]) -> RecentTxns:
+        recent = cls()
+        for record in records:
+            txn = record.get("txn")
+            if isinstance(txn, str):
+                recent.add(txn)
+        return recent
+
+    def add(self, txn: str) -> bool:
+        """Remember `txn`; False when it was already there."""
+        if txn in self._txns:
+            return False
+        self._txns[txn] = None
+        if len(self._txns) > self.limit:
+            self._txns.popitem(last=False)
+        return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 from statemachine import UPDATE_CYCLE, Graph, committed_point
 
 from ..blobs import crashpoints as blobs
+from ..cm.communication import crashpoints as link
 from ..cm.imagemanager import crashpoints as imagemanager
 from ..cm.launcher import crashpoints as launcher
 from ..cm.updatemanager import crashpoints as updatemanager
@@ -33,6 +34,7 @@ REGISTRY: dict[str, tuple[str, ...]] = {
     "blobs": blobs.CRASH_POINTS,
     "launcher": launcher.CRASH_POINTS,
     "sm": sm.CRASH_POINTS,
+    "link": link.CRASH_POINTS,
 }
 
 ALL_POINTS: tuple[str, ...] = tuple(p for points in REGISTRY.values() for p in points)

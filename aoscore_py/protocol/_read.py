@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from aoscore_py.errors import AosCode, ProtocolError
-from aoscore_py.protocol._json import JsonObject, as_str, shorten
+from aoscore_py.protocol._json import JsonObject, array_of, as_int, as_str, shorten
 from aoscore_py.protocol._values import (
     parse_base64,
     parse_duration,
@@ -434,7 +434,16 @@ def unit_status(o: JsonObject) -> UnitStatus:
         subjects=o.opt_array("subjects", identity),
         boot_id=o.opt_str("bootId"),
         seq=o.opt_int("seq", minimum=0),
+        folded_seqs=o.opt_array("foldedSeqs", _seq_range),
     )
+
+
+def _seq_range(value: Any, path: str) -> tuple[int, int]:
+    """A `[first, last]` pair of seqs, first <= last (our `foldedSeqs` addition)."""
+    pair = array_of(lambda v, p: as_int(v, p, minimum=0), value, path)
+    if len(pair) != 2 or pair[0] > pair[1]:
+        raise ProtocolError(path, "expected [first, last] with first <= last")
+    return pair[0], pair[1]
 
 
 # --- acknowledgements, blobs, instance state ------------------------------------------------------

@@ -350,6 +350,8 @@ def unit_status(msg: UnitStatus) -> JsonDict:
             out[key] = _each(write, values)
     _put(out, "bootId", msg.boot_id)
     _put(out, "seq", msg.seq)
+    if msg.folded_seqs:
+        out["foldedSeqs"] = [[first, last] for first, last in msg.folded_seqs]
     return out
 
 

@@ -360,7 +360,9 @@ class UnitStatus:
     """What the unit reports: a full status, or a delta holding only the changed sections.
 
     A section left as None is absent from the message (in a delta: unchanged). `boot_id` and
-    `seq` are our addition, so the cloud side can order reports across restarts.
+    `seq` are our addition, so the cloud side can order reports across restarts; so is
+    `folded_seqs`: the (first, last) seq ranges of statuses that a full outbox folded into this
+    full one, which therefore never reach the cloud on their own and are not a gap.
     """
 
     MESSAGE_TYPE: ClassVar[str] = "unitStatus"
@@ -374,6 +376,7 @@ class UnitStatus:
     subjects: tuple[Identity, ...] | None = None
     boot_id: str | None = None
     seq: int | None = None
+    folded_seqs: tuple[tuple[int, int], ...] | None = None
 
 
 # --- acknowledgements and blobs -------------------------------------------------------------------

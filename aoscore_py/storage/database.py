@@ -90,10 +90,20 @@ def _v3_store_identity(db: peewee.Database, bound: dict[str, type[peewee.Model]]
     meta.insert(key="generation", value="0").on_conflict_ignore().execute()
 
 
+def _v4_outbox(db: peewee.Database, bound: dict[str, type[peewee.Model]]) -> None:
+    # The cloud link's durable outbox; version 1 creates it already on a new store.
+    db.create_tables([bound["OutboxRow"]], safe=True)
+
+
 Migration = Callable[[peewee.Database, dict[str, type[peewee.Model]]], None]
 
 # MIGRATIONS[i] takes a store from schema version i to i + 1. Append only; never edit one.
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_blob_mtime, _v3_store_identity)
+MIGRATIONS: tuple[Migration, ...] = (
+    _v1_initial,
+    _v2_blob_mtime,
+    _v3_store_identity,
+    _v4_outbox,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -104,7 +104,21 @@ class NodeRow(_Base):
         table_name = "node"
 
 
-ALL = (Meta, DesiredStatusRow, ItemRow, BlobRow, InstanceRow, UnitConfigRow, NodeRow)
+class OutboxRow(_Base):
+    """A message to the cloud waiting for its ack, written by the cloud link (id: the order)."""
+
+    id = peewee.AutoField()
+    txn = peewee.TextField(unique=True)
+    message_type = peewee.TextField()
+    frame = peewee.BlobField()
+    created_at = peewee.FloatField()
+    seq = peewee.IntegerField(null=True)
+
+    class Meta:
+        table_name = "outbox"
+
+
+ALL = (Meta, DesiredStatusRow, ItemRow, BlobRow, InstanceRow, UnitConfigRow, NodeRow, OutboxRow)
 
 
 def bind(db: peewee.Database) -> dict[str, type[peewee.Model]]:

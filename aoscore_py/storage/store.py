@@ -9,7 +9,7 @@ cannot be stored is nacked with aosCode 3 and what runs keeps running.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import orjson
 
 from statemachine import DurableMachine, Graph
 
+from ..cm.communication.interfaces import OutboxEntry
 from ..cm.imagemanager.interfaces import BlobRecord, ItemRecord
 from ..cm.launcher.interfaces import InstanceRecord
 from ..cm.updatemanager.interfaces import UnitConfigRecord
@@ -64,6 +65,7 @@ class Storage:
         self._instance = m["InstanceRow"]
         self._unit_config = m["UnitConfigRow"]
         self._node = m["NodeRow"]
+        self._outbox = m["OutboxRow"]
 
     def close(self) -> None:
         """Close the file (the last connection checkpoints the log into it); never raises."""
@@ -158,6 +160,45 @@ class Storage:
                 key="seq_next", value=str(start + block)
             ).on_conflict_replace().execute()
         return start
+
+    # cloud link
+
+    def outbox_append(
+        self,
+        txn: str,
+        message_type: str,
+        frame: bytes,
+        created_at: float,
+        seq: int | None,
+        delete: Sequence[str],
+    ) -> int:
+        """Store one message to the cloud and drop the `delete` ones, in one transaction."""
+        with self._tx(f"queue a {message_type} for the cloud"):
+            self._delete_outbox(delete)
+            row_id = self._outbox.insert(
+                txn=txn,
+                message_type=message_type,
+                frame=frame,
+                created_at=created_at,
+                seq=seq,
+            ).execute()
+        return int(row_id)
+
+    def outbox_delete(self, txns: Sequence[str]) -> None:
+        """Forget acknowledged messages, in one transaction."""
+        with self._tx("forget acknowledged messages"):
+            self._delete_outbox(txns)
+
+    def _delete_outbox(self, txns: Sequence[str]) -> None:
+        for start in range(0, len(txns), 500):  # within SQLite's bound-variable limit
+            batch = list(txns[start : start + 500])
+            self._outbox.delete().where(self._outbox.txn.in_(batch)).execute()
+
+    def outbox_entries(self) -> list[OutboxEntry]:
+        return [
+            OutboxEntry(r.id, r.txn, r.message_type, bytes(r.frame), r.created_at, r.seq)
+            for r in self._outbox.select().order_by(self._outbox.id)
+        ]
 
     # image manager
 

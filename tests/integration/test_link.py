@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
+from aoscore_py.cm.communication.health import ReconnectPolicy
 from aoscore_py.cm.communication.link import CloudLink
+from aoscore_py.cm.communication.outbox import Outbox, OutboxLimits
+from aoscore_py.cm.communication.targets import StaticTargets
 from aoscore_py.protocol import (
+    Ack,
     DesiredStatus,
     Envelope,
     Nack,
@@ -27,6 +33,7 @@ from aoscore_py.protocol import (
     new_header,
     parse_frame,
 )
+from aoscore_py.storage import Storage
 
 pytestmark = pytest.mark.integration
 
@@ -54,14 +61,36 @@ class Cloud:
                 await ws.send(dump_frame(Envelope(new_header("u1", txn=env.header.txn), nack)))
 
 
-async def start_link(cloud: Cloud, on_message: Any) -> tuple[CloudLink, asyncio.Task[None], Any]:
-    server = await serve(cloud.handler, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+def new_link(
+    url: str,
+    data_dir: Path,
+    on_message: Any,
+    *,
+    limits: OutboxLimits | None = None,
+    reconnect: ReconnectPolicy | None = None,
+) -> CloudLink:
+    """A link with its outbox in a real store in `data_dir`."""
 
     async def on_connect() -> None:
         return None
 
-    link = CloudLink(f"ws://127.0.0.1:{port}", "u1", on_message=on_message, on_connect=on_connect)
+    outbox = Outbox(Storage(data_dir), time.monotonic, time.time, limits or OutboxLimits())
+    return CloudLink(
+        StaticTargets(url),
+        "u1",
+        outbox,
+        on_message=on_message,
+        on_connect=on_connect,
+        reconnect=reconnect,
+    )
+
+
+async def start_link(
+    cloud: Cloud, on_message: Any, data_dir: Path, limits: OutboxLimits | None = None
+) -> tuple[CloudLink, asyncio.Task[None], Any]:
+    server = await serve(cloud.handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = new_link(f"ws://127.0.0.1:{port}", data_dir, on_message, limits=limits)
     task = asyncio.create_task(link.run())
     await asyncio.wait_for(link.connected.wait(), 10)
     return link, task, server
@@ -75,15 +104,16 @@ async def stop_link(link: CloudLink, task: asyncio.Task[None], server: Any) -> N
     await server.wait_closed()
 
 
-async def test_a_nacked_message_is_resent_after_retry_after() -> None:
+async def test_a_nacked_message_is_resent_after_retry_after(tmp_path: Path) -> None:
     cloud = Cloud()
 
     async def ignore(message: Any, arrived: float) -> None:
         return None
 
-    link, task, server = await start_link(cloud, ignore)
     # Only the nack can cause a resend within the test: the ack timeout is far beyond it.
-    link.session.ack_timeout = 3600.0
+    link, task, server = await start_link(
+        cloud, ignore, tmp_path, OutboxLimits(ack_timeout_s=3600.0)
+    )
     try:
         txn = await link.send(UnitStatus(is_delta_info=False))
         deadline = time.monotonic() + WAIT_S
@@ -99,13 +129,15 @@ async def test_a_nacked_message_is_resent_after_retry_after() -> None:
         await stop_link(link, task, server)
 
 
-async def test_an_unexpected_handler_error_is_nacked_and_the_link_stays_up() -> None:
+async def test_an_unexpected_handler_error_is_nacked_and_the_link_stays_up(
+    tmp_path: Path,
+) -> None:
     cloud = Cloud()
 
     async def broken(message: Any, arrived: float) -> None:
         raise OSError(28, "No space left on device")
 
-    link, task, server = await start_link(cloud, broken)
+    link, task, server = await start_link(cloud, broken, tmp_path)
     try:
         await cloud.connected.wait()
         assert cloud.ws is not None
@@ -124,11 +156,12 @@ async def test_an_unexpected_handler_error_is_nacked_and_the_link_stays_up() -> 
         await stop_link(link, task, server)
 
 
-async def test_a_cloud_dropping_every_connection_is_backed_off_not_redialled_at_once() -> None:
+async def test_a_cloud_dropping_every_connection_is_backed_off_not_redialled_at_once(
+    tmp_path: Path,
+) -> None:
     """A hostile or broken cloud sends an oversized frame right after each connect. Before,
     every handshake reset the backoff: hundreds of reconnects (and full statuses) a minute.
     A connection that did not stay healthy now counts as a failure, and the delays double."""
-    from aoscore_py.cm.communication.health import ReconnectPolicy
     from aoscore_py.protocol import MAX_MESSAGE_BYTES
 
     connects: list[float] = []
@@ -144,9 +177,7 @@ async def test_a_cloud_dropping_every_connection_is_backed_off_not_redialled_at_
     server = await serve(hostile, "127.0.0.1", 0, max_size=None)
     port = server.sockets[0].getsockname()[1]
     policy = ReconnectPolicy(initial_s=0.1, jitter=0.0, healthy_after_s=5.0)
-    link = CloudLink(
-        f"ws://127.0.0.1:{port}", "u1", on_message=ignore, on_connect=ignore, reconnect=policy
-    )
+    link = new_link(f"ws://127.0.0.1:{port}", tmp_path, ignore, reconnect=policy)
     task = asyncio.create_task(link.run())
     try:
         await asyncio.sleep(2.5)
@@ -158,3 +189,127 @@ async def test_a_cloud_dropping_every_connection_is_backed_off_not_redialled_at_
     gaps = [b - a for a, b in itertools.pairwise(connects)]
     assert gaps == sorted(gaps), "each delay longer than the last"
     assert link.health.failures >= 3
+
+
+class AckingCloud:
+    """A peer that acks every frame (or, while `silent`, none) and records them in order."""
+
+    def __init__(self) -> None:
+        self.frames: list[Envelope] = []
+        self.silent = False
+
+    async def handler(self, ws: ServerConnection) -> None:
+        async for raw in ws:
+            env = parse_frame(raw)
+            self.frames.append(env)
+            if not self.silent:
+                await ws.send(dump_frame(Envelope(new_header("u1", txn=env.header.txn), Ack())))
+
+    def seqs(self) -> list[int | None]:
+        return [e.data.seq for e in self.frames if isinstance(e.data, UnitStatus)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_for(predicate: Any, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} within {WAIT_S} s"
+        await asyncio.sleep(0.02)
+
+
+async def test_statuses_made_offline_reach_the_cloud_in_order_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """AosCore drops what it makes while offline; ours keeps it in the outbox (buffer-only),
+    drains it in order after the reconnect (recovering), then sends directly."""
+    port = free_port()
+    cloud = AckingCloud()
+
+    async def ignore(*_args: Any) -> None:
+        return None
+
+    policy = ReconnectPolicy(initial_s=0.1, jitter=0.0, cap_s=0.2, healthy_after_s=5.0)
+    link = new_link(
+        f"ws://127.0.0.1:{port}", tmp_path, ignore, reconnect=policy, limits=OutboxLimits(window=4)
+    )
+    task = asyncio.create_task(link.run())
+    server = None
+    try:
+        for seq in range(1, 21):
+            await link.send(UnitStatus(is_delta_info=True, seq=seq))
+        assert link.outbox.mode.value == "buffer-only" and link.outbox.depth == 20
+        server = await serve(cloud.handler, "127.0.0.1", port)
+        await wait_for(lambda: link.outbox.depth == 0, "the backlog drained")
+        await link.send(UnitStatus(is_delta_info=True, seq=21))
+        await wait_for(lambda: len(cloud.frames) == 21, "the new status arrived")
+        assert cloud.seqs() == list(range(1, 22)), "every status, once, in order"
+        assert link.outbox.mode.value == "direct"
+        await wait_for(lambda: not link.outbox.storage.outbox_entries(), "acked ones deleted")
+    finally:
+        await link.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+
+async def test_an_unacknowledged_status_survives_a_restart_and_goes_out_with_its_txn(
+    tmp_path: Path,
+) -> None:
+    cloud = AckingCloud()
+    cloud.silent = True
+
+    async def ignore(*_args: Any) -> None:
+        return None
+
+    link, task, server = await start_link(cloud, ignore, tmp_path)
+    try:
+        txns = [await link.send(UnitStatus(is_delta_info=False, seq=n)) for n in (1, 2, 3)]
+        await wait_for(lambda: len(cloud.frames) == 3, "three statuses sent")
+    finally:
+        await stop_link(link, task, server)
+    assert link.outbox.depth == 3, "nothing acked, nothing forgotten"
+    cloud = AckingCloud()
+    link, task, server = await start_link(cloud, ignore, tmp_path)
+    try:
+        await wait_for(lambda: link.outbox.depth == 0, "the stored statuses acked")
+        assert [e.header.txn for e in cloud.frames] == txns, "same txns, same order"
+        assert cloud.seqs() == [1, 2, 3]
+    finally:
+        await stop_link(link, task, server)
+
+
+async def test_a_status_without_an_ack_is_sent_again_with_the_same_bytes(
+    tmp_path: Path,
+) -> None:
+    raws: list[bytes | str] = []
+
+    async def ack_the_second_copy(ws: ServerConnection) -> None:
+        async for raw in ws:
+            raws.append(raw)
+            if len(raws) == 2:
+                env = parse_frame(raw)
+                await ws.send(dump_frame(Envelope(new_header("u1", txn=env.header.txn), Ack())))
+
+    async def ignore(*_args: Any) -> None:
+        return None
+
+    server = await serve(ack_the_second_copy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = new_link(
+        f"ws://127.0.0.1:{port}", tmp_path, ignore, limits=OutboxLimits(ack_timeout_s=0.3)
+    )
+    task = asyncio.create_task(link.run())
+    try:
+        await asyncio.wait_for(link.connected.wait(), WAIT_S)
+        await link.send(UnitStatus(is_delta_info=False, seq=7))
+        await wait_for(lambda: link.outbox.depth == 0, "the resend acked")
+        assert len(raws) == 2 and raws[0] == raws[1], "the same frame: the cloud can dedupe"
+    finally:
+        await stop_link(link, task, server)

@@ -72,11 +72,12 @@ class LinkHealth:
         self._up_since = self.clock()
         self._set(Health.ONLINE, "connected")
 
-    def disconnected(self, reason: str) -> float:
+    def disconnected(self, reason: str, *, slow: bool = False) -> float:
         """The link went down, or did not come up: the seconds to wait before dialling again.
 
         A connection that stayed up `healthy_after_s` resets the count, and the next dial is
-        at `initial_s`; any shorter one counts as a failure.
+        at `initial_s`; any shorter one counts as a failure. `slow` (a certificate the unit
+        does not trust, which no quick retry mends) waits at least the circuit's open period.
         """
         up = self._up_since
         self._up_since = None
@@ -92,6 +93,10 @@ class LinkHealth:
         base = min(policy.cap_s, policy.initial_s * policy.factor ** (self.failures - 1))
         spread = base * policy.jitter
         delay = max(0.0, min(policy.cap_s, base + self.rng.uniform(-spread, spread)))
+        if slow:
+            delay = max(delay, policy.breaker_open_s)
+            self._set(Health.OFFLINE, reason)
+            return delay
         state = Health.DEGRADED if self.failures < policy.degraded_after else Health.OFFLINE
         self._set(state, reason)
         return delay

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from ...protocol import BlobUrlInfo, Message
 
 
 class CloudSender(Protocol):
-    """Sends messages that expect an ack (resent on timeout, up to three tries)."""
+    """Sends messages that expect an ack, through the durable outbox (resent until acked)."""
 
-    async def send(self, message: Message) -> str | None:
-        """Send `message`; returns its txn, or None when the link is down (not queued)."""
+    async def send(self, message: Message) -> str:
+        """Queue `message` (committed) and send it when the link allows; returns its txn."""
         ...
 
 
@@ -30,3 +31,39 @@ class MessageHandler(Protocol):
     """
 
     async def __call__(self, message: Message, arrived: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One message waiting for its ack, as stored (`id` gives the order)."""
+
+    id: int
+    txn: str
+    message_type: str
+    frame: bytes
+    created_at: float
+    seq: int | None = None
+
+
+class OutboxStorage(Protocol):
+    """Where the outbox's entries live (the agent's SQLite store)."""
+
+    def outbox_append(
+        self,
+        txn: str,
+        message_type: str,
+        frame: bytes,
+        created_at: float,
+        seq: int | None,
+        delete: Sequence[str],
+    ) -> int:
+        """Store one entry and delete the `delete` txns, in one transaction; returns its id."""
+        ...
+
+    def outbox_delete(self, txns: Sequence[str]) -> None:
+        """Forget entries (acknowledged), in one transaction."""
+        ...
+
+    def outbox_entries(self) -> list[OutboxEntry]:
+        """Every entry, oldest first."""
+        ...

@@ -1,5 +1,11 @@
 """The WebSocket adapter of the cloud link: it only moves frames, keeps the link alive and
-reconnects with backoff. Every protocol rule lives in `session.CloudSession`.
+reconnects with backoff. Every protocol rule lives in `session.CloudSession`; what waits for an
+ack, and when it is sent again, in `outbox.Outbox`; where to dial, in a `targets.TargetSource`.
+
+Dialling: each URL in turn; a 401 asks the source for new credentials (discovery) once; any
+other failure tries the next URL, and when all failed the source discovers again after the
+backoff. A certificate the unit does not trust is logged as such and retried only on the slow
+schedule (the circuit's open period), since no quick retry mends it.
 """
 
 from __future__ import annotations
@@ -25,12 +31,17 @@ from ...protocol import (
     RequestBlobUrls,
 )
 from .health import LinkHealth, ReconnectPolicy
+from .outbox import Outbox
 from .session import Acked, CloudSession, Dropped, Nacked, Received, Refused
+from .targets import Target, TargetSource
 
 log = get_logger("communication")
 
 # How long the cloud should wait before sending again a message refused for a transient reason.
 NACK_RETRY_AFTER_MS = 10_000
+
+ACK_BATCH_S = 0.05
+"""How long acknowledged messages wait to be deleted together (see `_delete_acked`)."""
 
 MessageHandler = Callable[[Message, float], Awaitable[None]]
 ConnectHandler = Callable[[], Awaitable[None]]
@@ -40,107 +51,189 @@ class CloudLink:
     """The unit's one connection to its cloud.
 
     Args:
-        url: the cloud's WebSocket URL.
+        targets: where to dial (`targets.StaticTargets` for a fixed URL, or discovery).
         system_id: this unit's systemId.
+        outbox: where every message to the cloud waits for its ack (`outbox.Outbox`).
         on_message: called for each message from the cloud with the monotonic time it arrived;
             it returns once the message is safe (a desired status stored), then it is acked.
             A raised AosError nacks it with the error.
         on_connect: called each time the link comes up (to send a full status).
         on_disconnect: called each time it goes down (the SMs are told the cloud is away).
-        ssl_context: TLS settings for wss URLs.
         reconnect: when to dial again after a failure (`health.ReconnectPolicy`).
         blob_urls_timeout: seconds to wait for a blobUrls answer before asking again.
+        ping_interval_s: keepalive pings; a link that misses one answer for `ping_interval_s`
+            more is closed, so a dead link is found in under twice that (40 s by default).
     """
 
     def __init__(
         self,
-        url: str,
+        targets: TargetSource,
         system_id: str,
+        outbox: Outbox,
         *,
         on_message: MessageHandler,
         on_connect: ConnectHandler,
         on_disconnect: Callable[[], None] | None = None,
-        ssl_context: ssl.SSLContext | None = None,
         reconnect: ReconnectPolicy | None = None,
         blob_urls_timeout: float = 30.0,
+        ping_interval_s: float = 20.0,
     ) -> None:
-        self.url = url
-        self.session = CloudSession(system_id, time.monotonic)
+        self.targets = targets
+        self.url: str | None = None
+        self.session = CloudSession(system_id)
+        self.outbox = outbox
         self.connected = asyncio.Event()
         self._on_message = on_message
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
-        self._ssl = ssl_context
         self.health = LinkHealth(reconnect or ReconnectPolicy(), clock=time.monotonic)
         self._blob_urls_timeout = blob_urls_timeout
+        self._ping_s = ping_interval_s
         self._ws: ClientConnection | None = None
         self._waiters: dict[str, asyncio.Future[BlobUrls]] = {}
         self._stopping = False
         self._accepting = True
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self._acks = asyncio.Event()
 
     async def run(self) -> None:
         """Connect, serve, and reconnect until `close()`, on the health's schedule."""
         while not self._stopping:
-            reason = "the cloud closed the connection"
-            try:
-                async with connect(
-                    self.url,
-                    ssl=self._ssl,
-                    proxy=None,
-                    open_timeout=10,
-                    ping_interval=20,
-                    ping_timeout=20,
-                    max_size=MAX_MESSAGE_BYTES,
-                ) as ws:
-                    await self._serve(ws)
-            except asyncio.CancelledError:
-                raise
-            except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
-                fatal = classify(exc) is Retry.PERMANENT and not isinstance(
-                    exc, websockets.exceptions.WebSocketException
-                )
-                reason = f"{type(exc).__name__}: {exc}"
-                log.warning(
-                    "link.down",
-                    url=self.url,
-                    error=reason,
-                    fatal=fatal or None,
-                    next="reconnecting after backoff",
-                )
-            finally:
-                self._ws = None
-                if self.connected.is_set() and self._on_disconnect is not None:
-                    self._on_disconnect()
-                self.connected.clear()
+            reason, slow = await self._dial_all()
             if self._stopping:
                 break
-            delay = self.health.disconnected(reason)
+            delay = self.health.disconnected(reason, slow=slow)
             log.info(
                 "link.retry",
                 url=self.url,
                 delay_s=round(delay, 2),
                 failures=self.health.failures,
                 health=self.health.health.value,
+                outbox=self.outbox.depth,
             )
             await asyncio.sleep(delay)
 
+    async def _dial_all(self) -> tuple[str, bool]:
+        """Try each URL in turn (after a 401, discovery once more); why the last one ended,
+        and whether to wait on the slow schedule (a certificate we do not trust)."""
+        reason, slow = "the cloud closed the connection", False
+        rediscovered = False
+        try:
+            targets = await self.targets.targets()
+        except AosError as exc:
+            log.warning("link.discovery_failed", error=exc.message, next="retrying after backoff")
+            return f"discovery: {exc.message}", False
+        while targets:
+            target = targets.pop(0)
+            status = await self._dial(target)
+            if status is None:
+                return "the cloud closed the connection", False
+            reason, slow, unauthorized = status
+            if self._stopping:
+                break
+            if unauthorized and not rediscovered:
+                self.targets.unauthorized(target)
+                rediscovered = True
+                try:
+                    targets = await self.targets.targets()
+                except AosError as exc:
+                    return f"discovery: {exc.message}", False
+            elif unauthorized:
+                self.targets.unauthorized(target)
+        else:
+            self.targets.exhausted()
+        return reason, slow
+
+    async def _dial(self, target: Target) -> tuple[str, bool, bool] | None:
+        """Serve one connection to `target`; (reason, slow, unauthorized) when it failed or
+        ended, None when it was served and the cloud closed it."""
+        self.url = target.url
+        try:
+            async with connect(
+                target.url,
+                ssl=target.ssl_context,
+                additional_headers=dict(target.headers),
+                proxy=None,
+                open_timeout=10,
+                ping_interval=self._ping_s,
+                ping_timeout=self._ping_s,
+                max_size=MAX_MESSAGE_BYTES,
+            ) as ws:
+                await self._serve(ws)
+            return None
+        except asyncio.CancelledError:
+            raise
+        except ssl.SSLCertVerificationError as exc:
+            reason = f"certificate verification failed: {exc.verify_message or exc}"
+            log.error(
+                "link.certificate_refused",
+                url=target.url,
+                error=reason,
+                next="the cloud's certificate is not trusted; retrying on the slow schedule",
+            )
+            return reason, True, False
+        except websockets.exceptions.InvalidStatus as exc:
+            code = exc.response.status_code
+            reason = f"the cloud answered HTTP {code}"
+            log.warning(
+                "link.refused",
+                url=target.url,
+                status=code,
+                next="discovering again" if code == 401 else "trying the next URL",
+            )
+            return reason, False, code == 401
+        except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            fatal = classify(exc) is Retry.PERMANENT and not isinstance(
+                exc, websockets.exceptions.WebSocketException
+            )
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "link.down",
+                url=target.url,
+                error=reason,
+                fatal=fatal or None,
+                outbox=self.outbox.depth,
+                next="trying the next URL, then backing off",
+            )
+            return reason, False, False
+        finally:
+            self._ws = None
+            if self.connected.is_set():
+                self.outbox.disconnected()
+                if self._on_disconnect is not None:
+                    self._on_disconnect()
+            self.connected.clear()
+
     async def _serve(self, ws: ClientConnection) -> None:
         self._ws = ws
+        self.outbox.connected()
         self.connected.set()
         self.health.connected()
-        log.info("link.up", url=self.url)
-        self.session.forget("unitStatus")
-        for frame in self.session.pending_frames():
-            await ws.send(frame)
+        log.info(
+            "link.up",
+            url=self.url,
+            outbox=self.outbox.depth,
+            mode=self.outbox.mode.value,
+        )
+        await self._flush(ws)
         self._spawn(self._on_connect())
         timer = asyncio.create_task(self._resend_loop(ws))
+        deleter = asyncio.create_task(self._delete_acked())
         try:
             async for raw in ws:
                 await self._dispatch(ws, raw, time.monotonic())
         finally:
             timer.cancel()
+            deleter.cancel()
+            self.outbox.flush_acked()
+
+    async def _flush(self, ws: ClientConnection) -> None:
+        """Send what the outbox says is due, in its order (one sender at a time)."""
+        async with self._send_lock:
+            for frame in self.outbox.due():
+                await ws.send(frame)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -148,23 +241,23 @@ class CloudLink:
         task.add_done_callback(self._tasks.discard)
 
     async def _resend_loop(self, ws: ClientConnection) -> None:
-        """Resend what is due; woken early by every send and nack, which move deadlines."""
+        """Send what is due; woken early by every send, ack and nack, which move deadlines."""
         while True:
-            deadline = self.session.next_deadline()
+            deadline = self.outbox.next_deadline()
             timeout = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
-            frames, gave_up = self.session.due()
-            for g in gave_up:
-                log.warning(
-                    "message.unacknowledged",
-                    txn=g.txn,
-                    type=g.message_type,
-                    next="dropped; a fresh status goes out with the next change",
-                )
-            for frame in frames:
-                await ws.send(frame)
+            await self._flush(ws)
+
+    async def _delete_acked(self) -> None:
+        """Delete acknowledged messages from the store in batches: `ACK_BATCH_S` after an ack,
+        unless a new message's commit took them along first (one commit for both)."""
+        while True:
+            await self._acks.wait()
+            await asyncio.sleep(ACK_BATCH_S)
+            self._acks.clear()
+            self.outbox.flush_acked()
 
     async def _dispatch(self, ws: ClientConnection, raw: str | bytes, arrived: float) -> None:
         event = self.session.receive(raw)
@@ -187,8 +280,12 @@ class CloudLink:
                 next="dropped; not acked, not nacked",
             )
         elif isinstance(event, Acked):
+            if self.outbox.acked(event.txn):
+                self._wake.set()  # the window has room for the next one
+                self._acks.set()
             log.debug("message.acked", txn=event.txn)
         elif isinstance(event, Nacked):
+            self.outbox.nacked(event.txn, event.retry_after_s)
             self._wake.set()
             log.warning(
                 "message.nacked",
@@ -253,19 +350,27 @@ class CloudLink:
         )
         await ws.send(self.session.nack(event.txn, error, retry_after_ms))
 
-    async def send(self, message: Message) -> str | None:
-        """Send `message` expecting an ack; returns its txn, or None when the link is down."""
-        ws = self._ws
-        if ws is None:
-            log.debug("message.not_sent", type=message.MESSAGE_TYPE, reason="link down")
-            return None
+    async def send(self, message: Message, *, replace_types: Sequence[str] = ()) -> str:
+        """Queue `message` in the outbox (committed), and send it now if the link is up and
+        nothing queued is ahead of it; returns its txn. `replace_types`: queued messages of
+        these types are folded into this one (see `outbox.py`)."""
         txn, frame = self.session.send(message)
-        self._wake.set()
-        try:
-            await ws.send(frame)
-        except websockets.exceptions.ConnectionClosed:
-            return None
+        self.outbox.append(
+            txn,
+            message.MESSAGE_TYPE,
+            frame,
+            seq=getattr(message, "seq", None),
+            replace_types=replace_types,
+        )
+        ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+                await self._flush(ws)
         return txn
+
+    def room_for(self, message: Message) -> bool:
+        """Whether `message` fits in the outbox without pushing anything out."""
+        return self.outbox.room_for(len(self.session.frame(message)))
 
     async def request_blob_urls(self, digests: Sequence[str]) -> list[BlobUrlInfo]:
         """Ask the cloud where `digests` can be downloaded; waits for the link when it is down.
@@ -279,8 +384,7 @@ class CloudLink:
             waiter: asyncio.Future[BlobUrls] = asyncio.get_running_loop().create_future()
             self._waiters[correlation] = waiter
             try:
-                if await self.send(RequestBlobUrls(correlation, tuple(digests))) is None:
-                    continue
+                await self.send(RequestBlobUrls(correlation, tuple(digests)))
                 answer = await asyncio.wait_for(waiter, self._blob_urls_timeout)
                 return list(answer.items)
             except TimeoutError:
@@ -294,8 +398,9 @@ class CloudLink:
         self._accepting = False
 
     async def close(self) -> None:
-        """Stop reconnecting and close the connection."""
+        """Stop reconnecting and close the connection (acks taken are stored first)."""
         self._stopping = True
+        self.outbox.flush_acked()
         ws = self._ws
         if ws is not None:
             await ws.close()

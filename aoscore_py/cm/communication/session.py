@@ -1,9 +1,8 @@
 """The unit's side of the AosCloud v7 session, with no I/O (websockets' `Protocol` is the model).
 
 Frames go in as bytes and come out as events; frames to send come out as bytes. The session
-checks the envelope (version 7, this unit's systemId), pairs acks with what we sent, and says
-what to send again: a message without an ack in `ack_timeout` seconds is resent, up to
-`max_tries` sends; a nack asks for a resend after its `retryAfter`.
+checks the envelope (version 7, this unit's systemId) and turns acks and nacks into events;
+what waits for an ack, and when it is sent again, is the outbox's business (`outbox.py`).
 
 A frame whose header fails those checks is dropped, not nacked (PROTOCOL.md, "Header checks"):
 a nack would answer in a version the sender does not speak, or on behalf of another unit. Any
@@ -13,8 +12,7 @@ other frame we cannot read is nacked, so the cloud learns why.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
@@ -79,48 +77,25 @@ class Acked:
 
 @dataclass(frozen=True)
 class Nacked:
-    """The cloud refused one of ours; it is resent after `retry_after_s` if tries remain."""
+    """The cloud refused one of ours for now; it is sent again after `retry_after_s`."""
 
     txn: str
     retry_after_s: float
     error: ErrorInfo | None
 
 
-@dataclass(frozen=True)
-class GaveUp:
-    """A message of ours went unacknowledged `max_tries` times and is dropped."""
-
-    txn: str
-    message_type: str
-
-
 Event = Received | Refused | Dropped | Acked | Nacked
 
 
 @dataclass
-class _Pending:
-    frame: bytes
-    message_type: str
-    tries: int
-    deadline: float
-
-
-@dataclass
 class CloudSession:
-    """Envelope rules and the ack bookkeeping of one unit.
+    """The envelope rules of one unit.
 
     Args:
         system_id: this unit's systemId.
-        clock: monotonic seconds.
-        ack_timeout: seconds to wait for an ack before sending again.
-        max_tries: sends of one message before giving up.
     """
 
     system_id: str
-    clock: Callable[[], float]
-    ack_timeout: float = 10.0
-    max_tries: int = 3
-    _pending: dict[str, _Pending] = field(default_factory=dict)
 
     def frame(self, message: Message, *, txn: str | None = None) -> bytes:
         """A frame for `message` with a new header (no ack expected: acks and nacks)."""
@@ -128,13 +103,9 @@ class CloudSession:
         return dump_frame(Envelope(header, message))
 
     def send(self, message: Message) -> tuple[str, bytes]:
-        """Frame `message` and expect an ack for it; returns (txn, frame)."""
+        """Frame `message` under a new txn, for the outbox; returns (txn, frame)."""
         txn = str(uuid.uuid4())
-        data = self.frame(message, txn=txn)
-        self._pending[txn] = _Pending(
-            data, message.MESSAGE_TYPE, 1, self.clock() + self.ack_timeout
-        )
-        return txn, data
+        return txn, self.frame(message, txn=txn)
 
     def ack(self, txn: str) -> bytes:
         return self.frame(Ack(), txn=txn)
@@ -164,14 +135,9 @@ class CloudSession:
             return dropped
         data = envelope.data
         if isinstance(data, Ack):
-            self._pending.pop(header.txn, None)
             return Acked(header.txn)
         if isinstance(data, Nack):
-            pending = self._pending.get(header.txn)
-            delay = data.retry_after / 1000.0
-            if pending is not None:
-                pending.deadline = self.clock() + delay
-            return Nacked(header.txn, delay, data.error_info)
+            return Nacked(header.txn, data.retry_after / 1000.0, data.error_info)
         return Received(envelope)
 
     def _check_header(self, version: object, system_id: object, txn: str | None) -> Dropped | None:
@@ -188,35 +154,6 @@ class CloudSession:
         except ProtocolError as exc:
             return Dropped(exc, txn, system_id)
         return None
-
-    def due(self) -> tuple[list[bytes], list[GaveUp]]:
-        """Frames to send again now, and messages given up on."""
-        now = self.clock()
-        resend, gave_up = [], []
-        for txn, p in list(self._pending.items()):
-            if p.deadline > now:
-                continue
-            if p.tries >= self.max_tries:
-                del self._pending[txn]
-                gave_up.append(GaveUp(txn, p.message_type))
-                continue
-            p.tries += 1
-            p.deadline = now + self.ack_timeout
-            resend.append(p.frame)
-        return resend, gave_up
-
-    def next_deadline(self) -> float | None:
-        return min((p.deadline for p in self._pending.values()), default=None)
-
-    def forget(self, message_type: str | None = None) -> None:
-        """Drop pending messages (of one type), e.g. stale statuses when the link drops."""
-        for txn, p in list(self._pending.items()):
-            if message_type is None or p.message_type == message_type:
-                del self._pending[txn]
-
-    def pending_frames(self) -> list[bytes]:
-        """Every unacknowledged frame, to send again on a new connection."""
-        return [p.frame for p in self._pending.values()]
 
 
 def _salvage_header(raw: bytes | str, name: str) -> object:

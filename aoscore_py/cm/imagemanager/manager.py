@@ -107,6 +107,8 @@ class ImageManager:
         self._platform = host_platform()
         self._facts = FactsCache(store.read, self._platform)
         self._locks: dict[str, asyncio.Lock] = {}
+        self.on_changed: Callable[[], None] | None = None
+        """Called after every item record written (the unit status's delta trigger)."""
         self.progress = ProgressReporter(
             self.downloader.active,
             store.root / PROGRESS_FILE,
@@ -118,6 +120,8 @@ class ImageManager:
         stale record."""
         self._facts.forget(record.item_id, record.version)
         self._storage.upsert_item(record)
+        if self.on_changed is not None:
+            self.on_changed()
 
     def records(self) -> list[ItemRecord]:
         return self._storage.items()

@@ -22,6 +22,7 @@ from ...protocol import (
     UnitConfigState,
     UnitStatus,
 )
+from ..communication.interfaces import OutboxEntry
 from ..imagemanager.interfaces import ItemRecord
 from ..launcher.interfaces import InstanceRecord
 
@@ -134,10 +135,27 @@ class NodeReporter(Protocol):
     async def node_info(self) -> NodeInfo: ...
 
 
-class StatusSender(Protocol):
-    """Sends a unit status to the cloud (the cloud link)."""
+class QueuedStatuses(Protocol):
+    """The link's outbox, as the status handler reads it (to fold it when it is full)."""
 
-    async def send(self, message: UnitStatus) -> str | None: ...
+    @property
+    def depth(self) -> int: ...
+
+    def queued(self, message_type: str) -> list[OutboxEntry]: ...
+
+
+class StatusSender(Protocol):
+    """Queues a unit status for the cloud (the cloud link and its durable outbox)."""
+
+    outbox: QueuedStatuses
+
+    async def send(self, message: UnitStatus, *, replace_types: Sequence[str] = ()) -> str:
+        """Queue `message` (committed) and send it when the link allows; its txn."""
+        ...
+
+    def room_for(self, message: UnitStatus) -> bool:
+        """Whether `message` fits in the outbox without folding."""
+        ...
 
 
 class UnitStatusReporter(Protocol):

@@ -1,4 +1,12 @@
-"""The unit status handler: builds the full unit status from the records and the nodes.
+"""The unit status handler: builds the unit status from the records and the nodes.
+
+A full status goes out on every connect and after every cycle. Between them, item, instance and
+node changes are reported as deltas, debounced (`debounce_s`, AosCore's unitStatusSendTimeout,
+10 s): the first change starts the timer, and when it runs out one delta holds every section
+that differs from what the cloud was last told (a changed section is sent whole). Statuses go
+into the link's durable outbox also while offline (AosCore discards them then); when the outbox
+is full, the queued statuses are folded into one full status (`foldedSeqs` names what it
+replaced), so the latest state is never lost.
 
 Every unitStatus carries `bootId` (new per process start) and `seq`, a number that only grows,
 across restarts too (reserved from storage in blocks), so the cloud can order a timeline even
@@ -7,8 +15,9 @@ when messages arrive out of order.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from itertools import groupby
 
@@ -40,6 +49,9 @@ from .interfaces import (
 log = get_logger("unitstatus")
 
 SEQ_BLOCK = 100
+DEFAULT_DEBOUNCE_S = 10.0
+SECTIONS = ("unit_config", "nodes", "items", "instances", "subjects")
+"""The sections a delta may carry, each sent whole when it changed."""
 
 
 class SequenceNumbers:
@@ -120,8 +132,14 @@ class UnitStatusHandler:
         instances: InstanceSource,
         nodes: Mapping[str, NodeReporter],
         sender: StatusSender,
+        *,
+        debounce_s: float = DEFAULT_DEBOUNCE_S,
     ) -> None:
         self.boot_id = uuid.uuid4().hex
+        self._debounce_s = debounce_s
+        self._told: UnitStatus | None = None  # what the cloud was last told, sections merged
+        self._timer: asyncio.Task[None] | None = None
+        self._send_lock = asyncio.Lock()
         self._storage = storage
         self._seq = SequenceNumbers(seq_storage)
         self._items = items
@@ -159,6 +177,7 @@ class UnitStatusHandler:
             return [replace(r, error=r.error or error) for r in self._instances.records()]
 
     async def full_status(self) -> UnitStatus:
+        """The unit's whole status now, not yet numbered (`seq` is given as it is queued)."""
         configs = self._storage.unit_configs()
         desired = self._desired
         return UnitStatus(
@@ -171,31 +190,130 @@ class UnitStatusHandler:
             if desired
             else (),
             boot_id=self.boot_id,
-            seq=self._seq.next(),
         )
 
     async def send_full(self, reason: str) -> None:
-        """Send a full unit status now; never raises (a status that cannot be built is logged)."""
+        """Queue a full unit status now; never raises (one that cannot be built is logged)."""
+        async with self._send_lock:
+            try:
+                status = await self.full_status()
+            except Exception:
+                log.error(
+                    "status.failed",
+                    reason=reason,
+                    exc_info=True,
+                    next="the next cycle or reconnect sends a full status",
+                )
+                return
+            await self._queue(status, reason)
+
+    def changed(self, reason: str) -> None:
+        """Something the status reports changed: a delta goes out within `debounce_s`."""
+        if self._timer is not None and not self._timer.done():
+            return
+        self._timer = asyncio.get_running_loop().create_task(
+            self._send_delta_later(reason), name="status-delta"
+        )
+
+    async def _send_delta_later(self, reason: str) -> None:
+        await asyncio.sleep(self._debounce_s)
+        self._timer = None
+        await self.send_delta(reason)
+
+    async def send_delta(self, reason: str) -> None:
+        """Queue a delta of what changed since the cloud was last told (nothing when nothing
+        did; a full status when it has been told nothing yet); never raises."""
+        async with self._send_lock:
+            try:
+                now = await self.full_status()
+            except Exception:
+                log.error(
+                    "status.failed",
+                    reason=reason,
+                    exc_info=True,
+                    next="the next change, cycle or reconnect sends a status",
+                )
+                return
+            told = self._told
+            if told is None:
+                await self._queue(now, reason)
+                return
+            changed = {k: getattr(now, k) for k in SECTIONS if getattr(now, k) != getattr(told, k)}
+            if not changed:
+                return
+            delta = UnitStatus(is_delta_info=True, boot_id=now.boot_id, **changed)
+            await self._queue(delta, reason)
+
+    async def _queue(self, status: UnitStatus, reason: str) -> None:
+        """Number `status` and hand it to the outbox; fold the queued statuses into a full one
+        when it would overflow."""
+        status = replace(status, seq=self._seq.next())
+        replace_types: tuple[str, ...] = ()
+        if not self._sender.room_for(status):
+            if status.is_delta_info:
+                status = replace(await self.full_status(), seq=status.seq)
+            folded = _ranges(
+                e.seq for e in self._sender.outbox.queued(status.MESSAGE_TYPE) if e.seq is not None
+            )
+            status = replace(status, folded_seqs=folded or None)
+            replace_types = (status.MESSAGE_TYPE,)
+            log.warning(
+                "status.folded",
+                statuses=sum(b - a + 1 for a, b in folded),
+                seq=status.seq,
+                next="the outbox is full; its queued statuses are replaced by this full one",
+            )
         try:
-            status = await self.full_status()
-        except Exception:
+            txn = await self._sender.send(status, replace_types=replace_types)
+        except AosError as exc:  # the outbox cannot store it (a full disk): never raised
             log.error(
-                "status.failed",
+                "status.not_queued",
                 reason=reason,
-                exc_info=True,
-                next="the next cycle or reconnect sends a full status",
+                seq=status.seq,
+                error=exc.message,
+                next="the next change, cycle or reconnect sends what it held",
             )
             return
-        txn = await self._sender.send(status)
+        self._told = (
+            status
+            if not status.is_delta_info or self._told is None
+            else _merged(self._told, status)
+        )
         log.info(
-            "status.full",
+            "status.delta" if status.is_delta_info else "status.full",
             reason=reason,
             seq=status.seq,
-            sent=txn is not None,
+            txn=txn,
+            sections=[k for k in SECTIONS if getattr(status, k) is not None]
+            if status.is_delta_info
+            else None,
             items=len(status.items or ()),
             instances=sum(len(g.instances) for g in status.instances or ()),
+            outbox=self._sender.outbox.depth,
         )
+
+    def stop(self) -> None:
+        """Drop a pending delta timer (the next start sends a full status anyway)."""
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 def _with_state(info: NodeInfo, state: NodeState) -> NodeInfo:
     return replace(info, state=state)
+
+
+def _merged(told: UnitStatus, delta: UnitStatus) -> UnitStatus:
+    """What the cloud knows after `delta`: its sections over the ones it was told before."""
+    changed = {k: getattr(delta, k) for k in SECTIONS if getattr(delta, k) is not None}
+    return replace(told, **changed)
+
+
+def _ranges(seqs: Iterable[int]) -> tuple[tuple[int, int], ...]:
+    """Sorted seqs as (first, last) runs of consecutive numbers."""
+    out: list[tuple[int, int]] = []
+    for seq in sorted(set(seqs)):
+        if out and seq == out[-1][1] + 1:
+            out[-1] = (out[-1][0], seq)
+        else:
+            out.append((seq, seq))
+    return tuple(out)

@@ -1,5 +1,7 @@
-"""CloudSession: envelope checks, acks and resends, driven by bytes and a fake clock; and what
-the link does with a dropped frame."""
+"""CloudSession: envelope checks and events, driven by bytes; and what the link does with each
+event (a dropped frame, a refusal, an ack or a nack of ours, which the outbox then holds).
+
+What waits for an ack and when it is sent again is the outbox's, tested in test_outbox.py."""
 
 from __future__ import annotations
 
@@ -11,15 +13,16 @@ import orjson
 import pytest
 
 from aoscore_py.cm.communication.link import CloudLink
+from aoscore_py.cm.communication.outbox import Outbox, OutboxLimits
 from aoscore_py.cm.communication.session import (
     Acked,
     CloudSession,
     Dropped,
-    GaveUp,
     Nacked,
     Received,
     Refused,
 )
+from aoscore_py.cm.communication.targets import StaticTargets
 from aoscore_py.errors import AosCode
 from aoscore_py.protocol import (
     PROTOCOL_VERSION,
@@ -30,37 +33,20 @@ from aoscore_py.protocol import (
     Header,
     Message,
     Nack,
-    RequestBlobUrls,
     UnitStatus,
     dump_frame,
     new_header,
     parse_frame,
 )
 
+from .stubs import FakeClock, MemoryOutboxStorage
+
 UNIT = "unit-1"
 
 
-class FakeClock:
-    """Monotonic seconds that move only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def session(clock: FakeClock) -> CloudSession:
-    return CloudSession(UNIT, clock, ack_timeout=10.0, max_tries=3)
+def session() -> CloudSession:
+    return CloudSession(UNIT)
 
 
 def from_cloud(message: Message, txn: str = "cloud-txn", *, system_id: str = UNIT) -> bytes:
@@ -96,122 +82,29 @@ class TestSending:
         nack = parse_frame(session.nack("t-9", ErrorInfo(6, 0, "why"), 1500))
         assert nack.header.txn == "t-9"
         assert nack.data == Nack(retry_after=1500, error_info=ErrorInfo(6, 0, "why"))
-        assert session.pending_frames() == [], "replies expect no ack"
 
 
-class TestAcks:
-    def test_an_ack_clears_the_pending_message(
-        self, session: CloudSession, clock: FakeClock
-    ) -> None:
+class TestAckAndNack:
+    """An ack or nack of ours becomes an event naming our txn; the outbox decides the rest."""
+
+    def test_an_ack_names_its_txn(self, session: CloudSession) -> None:
         txn, _ = session.send(UnitStatus())
         assert session.receive(from_cloud(Ack(), txn)) == Acked(txn)
-        assert session.pending_frames() == []
-        assert session.next_deadline() is None
-        clock.advance(1000)
-        assert session.due() == ([], [])
 
-    def test_an_ack_clears_only_its_own_message(self, session: CloudSession) -> None:
-        first, _ = session.send(UnitStatus())
-        _, second_frame = session.send(UnitStatus())
-        session.receive(from_cloud(Ack(), first))
-        assert session.pending_frames() == [second_frame]
-
-    def test_an_unknown_ack_is_harmless(self, session: CloudSession) -> None:
-        _, frame = session.send(UnitStatus())
+    def test_an_ack_of_a_txn_we_never_sent_is_still_an_ack_event(
+        self, session: CloudSession
+    ) -> None:
         assert session.receive(from_cloud(Ack(), "never-sent")) == Acked("never-sent")
-        assert session.pending_frames() == [frame]
 
-
-class TestResend:
-    def test_nothing_is_resent_before_the_ack_timeout(
-        self, session: CloudSession, clock: FakeClock
-    ) -> None:
-        session.send(UnitStatus())
-        assert session.next_deadline() == clock.now + 10.0
-        clock.advance(9.9)
-        assert session.due() == ([], [])
-
-    def test_the_same_frame_is_resent_after_the_timeout_then_given_up(
-        self, session: CloudSession, clock: FakeClock
-    ) -> None:
-        txn, frame = session.send(UnitStatus())
-        sends = 1
-        for _ in range(2):
-            clock.advance(10.0)
-            resend, gave_up = session.due()
-            # same bytes, same txn: the cloud can tell a resend from a new message
-            assert resend == [frame]
-            assert gave_up == []
-            sends += 1
-            assert session.due() == ([], []), "one resend per timeout"
-        assert sends == session.max_tries
-        clock.advance(10.0)
-        assert session.due() == ([], [GaveUp(txn, "unitStatus")])
-        assert session.pending_frames() == []
-        clock.advance(100.0)
-        assert session.due() == ([], [])
-
-    def test_max_tries_one_means_no_resend(self, clock: FakeClock) -> None:
-        session = CloudSession(UNIT, clock, ack_timeout=5.0, max_tries=1)
-        txn, _ = session.send(RequestBlobUrls("c", ("sha256:" + "a" * 64,)))
-        clock.advance(5.0)
-        assert session.due() == ([], [GaveUp(txn, "requestBlobUrls")])
-
-    def test_an_ack_after_a_resend_stops_further_resends(
-        self, session: CloudSession, clock: FakeClock
-    ) -> None:
-        txn, _ = session.send(UnitStatus())
-        clock.advance(10.0)
-        assert len(session.due()[0]) == 1
-        session.receive(from_cloud(Ack(), txn))
-        clock.advance(100.0)
-        assert session.due() == ([], [])
-
-
-class TestNack:
     def test_a_nack_reports_its_delay_and_reason(self, session: CloudSession) -> None:
         txn, _ = session.send(UnitStatus())
         why = ErrorInfo(int(AosCode.WRONG_STATE), 0, "busy")
         event = session.receive(from_cloud(Nack(retry_after=2500, error_info=why), txn))
         assert event == Nacked(txn, 2.5, why)
 
-    def test_a_short_retry_after_brings_the_resend_forward(
-        self, session: CloudSession, clock: FakeClock
-    ) -> None:
-        txn, frame = session.send(UnitStatus())
-        session.receive(from_cloud(Nack(retry_after=500), txn))
-        clock.advance(0.4)
-        assert session.due() == ([], [])
-        clock.advance(0.1)
-        assert session.due() == ([frame], [])
-
-    def test_a_long_retry_after_holds_the_resend_past_the_ack_timeout(
-        self, session: CloudSession, clock: FakeClock
-    ) -> None:
-        txn, frame = session.send(UnitStatus())
-        session.receive(from_cloud(Nack(retry_after=25_000), txn))
-        clock.advance(10.0)
-        assert session.due() == ([], [])
-        assert session.next_deadline() == pytest.approx(clock.now + 15.0)
-        clock.advance(15.0)
-        assert session.due() == ([frame], [])
-
-    def test_nacked_sends_count_toward_max_tries(self, clock: FakeClock) -> None:
-        session = CloudSession(UNIT, clock, ack_timeout=10.0, max_tries=2)
-        txn, frame = session.send(UnitStatus())
-        session.receive(from_cloud(Nack(retry_after=0), txn))
-        assert session.due() == ([frame], [])
-        session.receive(from_cloud(Nack(retry_after=0), txn))
-        assert session.due() == ([], [GaveUp(txn, "unitStatus")])
-
-    def test_a_nack_for_an_unknown_txn_changes_nothing(
-        self, session: CloudSession, clock: FakeClock
-    ) -> None:
-        _, frame = session.send(UnitStatus())
+    def test_a_nack_without_error_info_has_none(self, session: CloudSession) -> None:
         event = session.receive(from_cloud(Nack(retry_after=0), "other"))
-        assert isinstance(event, Nacked)
-        assert session.due() == ([], [])
-        assert session.pending_frames() == [frame]
+        assert event == Nacked("other", 0.0, None)
 
 
 class TestReceive:
@@ -241,7 +134,6 @@ class TestDropped:
             f"unsupported protocol version {version} (this unit speaks {PROTOCOL_VERSION})"
         )
         assert event.error.code == AosCode.NOT_SUPPORTED
-        assert session.pending_frames() == []
 
     def test_a_newer_frame_that_does_not_parse_as_v7_is_dropped_for_its_version(
         self, session: CloudSession
@@ -275,10 +167,11 @@ class TestDropped:
         assert isinstance(event, Dropped)
         assert (event.txn, event.seen, event.error.path) == ("t-y", "unit-2", "$.header.systemId")
 
-    def test_an_ack_for_another_unit_does_not_clear_ours(self, session: CloudSession) -> None:
-        txn, frame = session.send(UnitStatus())
-        assert isinstance(session.receive(from_cloud(Ack(), txn, system_id="u2")), Dropped)
-        assert session.pending_frames() == [frame]
+    def test_an_ack_for_another_unit_is_dropped_not_acked(self, session: CloudSession) -> None:
+        txn, _ = session.send(UnitStatus())
+        event = session.receive(from_cloud(Ack(), txn, system_id="u2"))
+        assert isinstance(event, Dropped)
+        assert (event.txn, event.seen) == (txn, "u2")
 
     @pytest.mark.parametrize(
         ("header", "path"),
@@ -310,10 +203,8 @@ class TestRefusals:
                 "data": {"messageType": "desiredStatus", "items": [item]},
             }
         )
-        _, ours = session.send(UnitStatus())
         event = session.receive(raw)
         assert isinstance(event, Refused)
-        assert session.pending_frames() == [ours]
         assert event.txn == "t-dig"
         assert event.error.path == "$.data.items[0].indexDigest"
         envelope, nack = nack_of(event)
@@ -353,33 +244,6 @@ class TestRefusals:
         assert "noSuchMessage" in nack.error_info.message
         assert event.error.path in nack.error_info.message
 
-    def test_a_refusal_leaves_pending_messages_alone(
-        self, session: CloudSession, clock: FakeClock
-    ) -> None:
-        _, frame = session.send(UnitStatus())
-        session.receive(b"garbage")
-        assert session.pending_frames() == [frame]
-        clock.advance(10.0)
-        assert session.due() == ([frame], [])
-
-
-class TestForget:
-    def test_forget_one_type_keeps_the_others(self, session: CloudSession) -> None:
-        session.send(UnitStatus(is_delta_info=True))
-        _, blob_frame = session.send(RequestBlobUrls("c", ("sha256:" + "b" * 64,)))
-        session.send(UnitStatus())
-        session.forget("unitStatus")
-        assert session.pending_frames() == [blob_frame]
-
-    def test_forget_all(self, session: CloudSession, clock: FakeClock) -> None:
-        session.send(UnitStatus())
-        session.send(RequestBlobUrls("c", ("sha256:" + "b" * 64,)))
-        session.forget()
-        assert session.pending_frames() == []
-        assert session.next_deadline() is None
-        clock.advance(60.0)
-        assert session.due() == ([], [])
-
 
 class FakeSocket:
     """Records what the link sends."""
@@ -415,15 +279,29 @@ def link_logs() -> Iterator[Records]:
         logger.setLevel(level)
 
 
+def make_link(
+    storage: MemoryOutboxStorage | None = None, clock: FakeClock | None = None
+) -> CloudLink:
+    """A link that never dials, over an outbox in memory."""
+
+    async def ignore(*_: object) -> None:
+        return None
+
+    clock = clock or FakeClock()
+    outbox = Outbox(
+        storage or MemoryOutboxStorage(), clock, clock, OutboxLimits(ack_timeout_s=10.0)
+    )
+    return CloudLink(
+        StaticTargets("ws://cloud.invalid"), UNIT, outbox, on_message=ignore, on_connect=ignore
+    )
+
+
 class TestLinkDispatch:
     """The link answers nothing to a dropped frame and logs why."""
 
     @staticmethod
     def link() -> CloudLink:
-        async def ignore(*_: object) -> None:
-            return None
-
-        return CloudLink("ws://cloud.invalid", UNIT, on_message=ignore, on_connect=ignore)
+        return make_link()
 
     async def test_a_dropped_frame_is_logged_with_its_field_and_value(
         self, link_logs: Records
@@ -458,3 +336,62 @@ class TestLinkDispatch:
             "$.header.systemId",
             "unit-2",
         )
+
+
+class TestLinkOutbox:
+    """What the link does with its outbox: a message is stored before anything is sent, an ack
+    of ours takes it out, a nack holds it, and nothing else touches it."""
+
+    async def test_a_message_sent_while_down_is_stored_and_not_sent(self) -> None:
+        storage = MemoryOutboxStorage()
+        link = make_link(storage)
+        status = UnitStatus(seq=3)
+        txn = await link.send(status)
+        (entry,) = storage.entries
+        assert (entry.txn, entry.message_type, entry.seq) == (txn, "unitStatus", 3)
+        envelope = parse_frame(entry.frame)
+        assert (envelope.header.txn, envelope.data) == (txn, status)
+        assert link.outbox.due() == [], "buffer-only until the link is up"
+
+    async def test_an_ack_of_ours_takes_it_out_of_the_outbox(self) -> None:
+        storage = MemoryOutboxStorage()
+        link = make_link(storage)
+        txn = await link.send(UnitStatus())
+        ws: Any = FakeSocket()
+        await link._dispatch(ws, from_cloud(Ack(), txn), 0.0)
+        assert ws.sent == [], "an ack is not answered"
+        assert link.outbox.depth == 0
+        link.outbox.flush_acked()
+        assert storage.entries == []
+
+    async def test_an_ack_for_another_unit_does_not_clear_ours(self) -> None:
+        link = make_link()
+        txn = await link.send(UnitStatus())
+        ws: Any = FakeSocket()
+        await link._dispatch(ws, from_cloud(Ack(), txn, system_id="unit-2"), 0.0)
+        assert ws.sent == []
+        assert link.outbox.depth == 1
+
+    async def test_a_nack_of_ours_holds_it_until_its_retry_after(self) -> None:
+        clock = FakeClock()
+        link = make_link(clock=clock)
+        link.outbox.connected()
+        txn = await link.send(UnitStatus())
+        (frame,) = link.outbox.due()
+        ws: Any = FakeSocket()
+        await link._dispatch(ws, from_cloud(Nack(retry_after=25_000), txn), 0.0)
+        assert ws.sent == []
+        assert link.outbox.depth == 1
+        clock.advance(24.9)
+        assert link.outbox.due() == []
+        clock.advance(0.1)
+        assert link.outbox.due() == [frame]
+
+    async def test_a_refused_frame_is_nacked_and_leaves_ours_alone(self) -> None:
+        link = make_link()
+        await link.send(UnitStatus())
+        ws: Any = FakeSocket()
+        await link._dispatch(ws, b"garbage", 0.0)
+        (reply,) = ws.sent
+        assert isinstance(parse_frame(reply).data, Nack)
+        assert link.outbox.depth == 1
