@@ -21,9 +21,51 @@ def _listen_address(_ctx: click.Context, _param: click.Parameter, value: str) ->
     return value
 
 
+def _optional_ws_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return None if value is None else ws_url(ctx, param, value)
+
+
+def _optional_system_id(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    return None if value is None else system_id(ctx, param, value)
+
+
 @click.command()
-@click.option("--cloud", required=True, callback=ws_url, help="The cloud's WebSocket URL.")
-@click.option("--system-id", required=True, callback=system_id, help="This unit's systemId.")
+@click.option(
+    "--cloud",
+    default=None,
+    callback=_optional_ws_url,
+    help="Dial this fixed WebSocket URL (with --system-id), without provisioning or discovery.",
+)
+@click.option(
+    "--system-id",
+    default=None,
+    callback=_optional_system_id,
+    help="This unit's systemId, with --cloud (with discovery it is the provisioned one).",
+)
+@click.option(
+    "--discovery",
+    default=None,
+    metavar="URL",
+    help="The cloud's HTTPS discovery endpoint (cloud.json's `discovery`); the provisioning "
+    "endpoint is beside it. Remembered at provisioning: later starts may leave it out.",
+)
+@click.option(
+    "--provision-token",
+    default=None,
+    envvar="AOSCORE_PROVISION_TOKEN",
+    help="One-use token to provision this unit on its first start (its key, certificate and "
+    "system id go to <data-dir>/identity); not used once the unit has an identity.",
+)
+@click.option(
+    "--cloud-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="AOSCORE_CLOUD_CA",
+    default=None,
+    help="PEM file of a CA to trust for the cloud's HTTPS and wss, besides the system's "
+    "(cloud.json's `cloudCa` for the reference cloud).",
+)
 @data_dir_option
 @click.option(
     "--node-id",
@@ -168,8 +210,11 @@ def _listen_address(_ctx: click.Context, _param: click.Parameter, value: str) ->
 )
 @with_logs
 def agent(
-    cloud: str,
-    system_id: str,
+    cloud: str | None,
+    system_id: str | None,
+    discovery: str | None,
+    provision_token: str | None,
+    cloud_ca: Path | None,
     data_dir: Path,
     node_id: str,
     docker_url: str | None,
@@ -201,9 +246,27 @@ def agent(
     nodes run `aoscore sm --cm HOST:PORT` with their certificate from the unit PKI.
     Stopping the agent leaves the containers running; the next start resumes.
 
-    Exit codes: 0 stopped by a signal; 1 it could not run (data dir in use, port taken...);
-    2 bad usage.
+    The cloud is found by discovery (--discovery, with --provision-token on the first start),
+    or dialled at a fixed --cloud URL as --system-id.
+
+    Exit codes: 0 stopped by a signal; 1 it could not run (data dir in use, port taken, the
+    provisioning token refused...); 2 bad usage.
     """
+    if cloud is not None and (discovery or provision_token):
+        raise click.UsageError(
+            "--cloud dials a fixed URL; --discovery and --provision-token find the cloud: "
+            "give one way"
+        )
+    if cloud is not None and system_id is None:
+        raise click.UsageError("--cloud needs --system-id")
+    if cloud is None and discovery is None:
+        from ..iam.identity import load_identity
+
+        if load_identity(data_dir) is None:
+            raise click.UsageError(
+                "give --cloud URL with --system-id, or --discovery URL (with "
+                "--provision-token on the first start)"
+            )
     if insecure and unit_pki is not None:
         raise click.UsageError("give --unit-pki or --insecure, not both")
     if reconnect_max < reconnect_min:
@@ -216,8 +279,23 @@ def agent(
     from ..cm.imagemanager.manager import DAY_S
 
     logs.configure(log_level, log_format)
+    targets = None
+    if cloud is None:
+        from ..cm.communication.discovery import discovery_source
+
+        unit, targets = run(
+            discovery_source(
+                data_dir,
+                discovery_url=discovery,
+                provision_token=provision_token,
+                cloud_ca=cloud_ca,
+            )
+        )
+        if system_id is not None and system_id != unit:
+            raise click.UsageError(f"--system-id {system_id}: this unit was provisioned as {unit}")
+        system_id = unit
     config = AgentConfig(
-        cloud,
+        cloud or targets.url,
         system_id,
         data_dir,
         node_id,
@@ -241,5 +319,6 @@ def agent(
             breaker_open_s=breaker_open,
             healthy_after_s=healthy_after,
         ),
+        targets=targets,
     )
     run(run_agent(config))

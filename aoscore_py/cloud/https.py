@@ -24,7 +24,7 @@ from aiohttp import web
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-from ..errors import ProvisioningError
+from ..errors import LocalError, ProvisioningError
 from ..iam.tls import TlsFiles, server_context
 from ..logs import get_logger
 from .bearer import BearerTokens, load_key
@@ -132,16 +132,19 @@ class Front:
         files = self.ca.issue_server(self.settings.server_names())
         https_context, wss_context = self._contexts(files)
         host, public = self.settings.host, _url_host(self.settings.public_name())
-        wss_port = await self.server.start_units_tls(
-            host, self.settings.wss_port, wss_context, self.authenticate
-        )
+        try:
+            wss_port = await self.server.start_units_tls(
+                host, self.settings.wss_port, wss_context, self.authenticate
+            )
+            sock = socket.create_server((host, self.settings.https_port), family=_family(host))
+        except OSError as exc:
+            raise LocalError(f"cannot listen on {host}: {exc.strerror or exc}") from None
         self.wss_url = f"wss://{public}:{wss_port}"
         app = web.Application(client_max_size=64 << 10)
         app.router.add_post("/provisioning", self._provisioning)
         app.router.add_post("/discovery", self._discovery)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        sock = socket.create_server((host, self.settings.https_port), family=_family(host))
         await web.SockSite(self._runner, sock, ssl_context=https_context).start()
         base = f"https://{public}:{sock.getsockname()[1]}"
         log.info("tls.serving", https=base, wss=self.wss_url, ca=str(self.ca.ca_path))
@@ -215,18 +218,17 @@ class Front:
         """The system id of a unit whose certificate and bearer token agree, or a 401."""
         proved = peer_system_id(connection.transport)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        claimed = self.tokens.check(token.strip()) if scheme.lower() == "bearer" else None
-        if proved is None or claimed != proved:
-            reason = (
-                "no client certificate"
-                if proved is None
-                else "no bearer token"
-                if not token
-                else "the bearer token is not valid for this unit (expired or another's)"
-            )
-            log.warning("unit.refused", unit=proved, reason=reason)
-            return connection.respond(HTTPStatus.UNAUTHORIZED, f"{reason}: run discovery\n")
-        return proved
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        if proved is None:
+            reason = "no client certificate"
+        elif not token:
+            reason = "no bearer token"
+        elif self.tokens.check(token) != proved:
+            reason = "the bearer token is not valid for this unit (expired or another's)"
+        else:
+            return proved
+        log.warning("unit.refused", unit=proved, reason=reason)
+        return connection.respond(HTTPStatus.UNAUTHORIZED, f"{reason}: run discovery\n")
 
 
 def _family(host: str) -> socket.AddressFamily:
