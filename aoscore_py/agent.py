@@ -88,6 +88,7 @@ class AgentConfig:
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
     outbox: OutboxLimits = field(default_factory=OutboxLimits)
     status_debounce_s: float = DEFAULT_DEBOUNCE_S
+    keepalive_s: float = 20.0
     targets: TargetSource | None = None
     """Where to dial (discovery); None: the fixed `cloud_url`."""
 
@@ -157,6 +158,7 @@ class Agent:
             on_connect=self._on_connect,
             on_disconnect=lambda: self.nodes.set_cloud_connected(False),
             reconnect=config.reconnect,
+            ping_interval_s=config.keepalive_s,
         )
         self.blobs = BlobStore(config.data_dir)
         self.images = ImageManager(self.storage, self.blobs, self.link, self.http, policy)

@@ -9,6 +9,8 @@ import click
 from .. import logs
 from .common import data_dir_option, positive, run, system_id, with_logs, ws_url
 
+MIB = 1 << 20
+
 
 def _listen_address(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     from ..cm.launcher.smserver import split_address
@@ -208,6 +210,40 @@ def _optional_system_id(
     help="Seconds a connection must stay up before its failures are forgotten (a cloud that "
     "drops every connection at once is backed off like one that refuses).",
 )
+@click.option(
+    "--keepalive",
+    type=float,
+    default=20.0,
+    show_default=True,
+    callback=positive,
+    help="Seconds between pings on the cloud link; a link whose pong is this late again is "
+    "dead (found in under twice this). Raise it above the round trip on links slower than "
+    "that (a cellular gateway adding 30 s each way needs more than 60).",
+)
+@click.option(
+    "--status-debounce",
+    type=float,
+    default=10.0,
+    show_default=True,
+    callback=positive,
+    help="Seconds item, instance and node changes are gathered before one delta status goes "
+    "out (AosCore's unitStatusSendTimeout).",
+)
+@click.option(
+    "--outbox-max-messages",
+    type=click.IntRange(2),
+    default=1000,
+    show_default=True,
+    help="Messages the durable outbox keeps for the cloud; when full, queued statuses fold "
+    "into one full status.",
+)
+@click.option(
+    "--outbox-max-mib",
+    type=click.FloatRange(0.01),
+    default=16.0,
+    show_default=True,
+    help="MiB of messages the durable outbox keeps (as --outbox-max-messages).",
+)
 @with_logs
 def agent(
     cloud: str | None,
@@ -235,6 +271,10 @@ def agent(
     breaker_failures: int,
     breaker_open: float,
     healthy_after: float,
+    keepalive: float,
+    status_debounce: float,
+    outbox_max_messages: int,
+    outbox_max_mib: float,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -276,6 +316,7 @@ def agent(
         )
     from ..agent import AgentConfig, run_agent
     from ..cm.communication.health import ReconnectPolicy
+    from ..cm.communication.outbox import OutboxLimits
     from ..cm.imagemanager.manager import DAY_S
 
     logs.configure(log_level, log_format)
@@ -320,5 +361,8 @@ def agent(
             healthy_after_s=healthy_after,
         ),
         targets=targets,
+        outbox=OutboxLimits(max_count=outbox_max_messages, max_bytes=int(outbox_max_mib * MIB)),
+        status_debounce_s=status_debounce,
+        keepalive_s=keepalive,
     )
     run(run_agent(config))

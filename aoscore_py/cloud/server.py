@@ -50,7 +50,8 @@ from ..protocol import (
     parse_message,
 )
 from .oci import blob_url, blob_urls
-from .state import EXTRA_HASHES, CloudState, check_unit_id
+from .ordering import RecentTxns
+from .state import EXTRA_HASHES, CloudState, check_unit_id, read_timeline
 
 log = get_logger("cloud")
 
@@ -132,6 +133,7 @@ class CloudServer:
         self.serving = serving or BlobServing()
         self.blob_urls_delay_s = blob_urls_delay_s
         self._units: dict[str, _Unit] = {}
+        self._recent: dict[str, RecentTxns] = {}
         self._connected: dict[str, asyncio.Event] = {}
         self._servers: list[Server] = []
         # The system id each wss connection proved at its handshake.
@@ -266,7 +268,10 @@ class CloudServer:
                     w.set_result(result)
             unit.next_reply.clear()
             return
-        if isinstance(data, UnitStatus):
+        if isinstance(data, UnitStatus) and not self._seen(unit_id).add(txn):
+            # A resend whose ack was lost: acked again, recorded once.
+            log.info("unit.status_again", unit=unit_id, txn=txn, seq=data.seq)
+        elif isinstance(data, UnitStatus):
             self.state.append_status(unit_id, txn, orjson.loads(raw)["data"])
         await self._send(unit_id, unit, Ack(), txn=txn)
         if isinstance(data, UnitStatus):
@@ -277,6 +282,14 @@ class CloudServer:
                     self._spawn(self.deliver(unit_id, timeout_s=30.0))
         elif isinstance(data, RequestBlobUrls):
             self._spawn(self._answer_blob_urls(unit_id, unit, data))
+
+    def _seen(self, unit_id: str) -> RecentTxns:
+        """The txns of the unit's last recorded statuses (read from its timeline once)."""
+        seen = self._recent.get(unit_id)
+        if seen is None:
+            seen = RecentTxns.of_timeline(read_timeline(self.state.timeline_path(unit_id)))
+            self._recent[unit_id] = seen
+        return seen
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -23,6 +23,7 @@ from statemachine import ENV_VAR, UPDATE_CYCLE, JournalRecord, MachineError
 
 from ..cloud import client
 from ..cloud.oci import OciImage
+from ..cloud.ordering import unit_view
 from ..cloud.service import publish
 from ..cloud.state import CloudState, read_timeline
 from ..cm.updatemanager.handler import MACHINE
@@ -195,6 +196,9 @@ TEST_RECONNECT = (
     "5",
 )
 
+TEST_DEBOUNCE = ("--status-debounce", "0.5")
+"""A test rig reads the cloud's view of the unit soon after a change, not 10 s later."""
+
 
 def start_agent(
     unit: str,
@@ -219,6 +223,8 @@ def start_agent(
         # A test rig's cloud comes back in seconds; the fleet's schedule (15 s up to 15 min,
         # a 5 min open circuit) has its own tests.
         extra = (*extra, *TEST_RECONNECT)
+    if "--status-debounce" not in extra:
+        extra = (*extra, *TEST_DEBOUNCE)
     args = aoscore_cmd(
         "agent",
         "--cloud",
@@ -375,9 +381,9 @@ def _timeline_active(path: Path, wanted: set[tuple[str, str, int]]) -> list[str]
     records = read_timeline(path)
     if not records:
         return ["the cloud received no unitStatus"]
-    last = records[-1]["unitStatus"]
-    if last.get("isDeltaInfo"):
-        return ["the last unitStatus is a delta"]
+    last = unit_view(records)
+    if not last:
+        return ["the cloud received no full unitStatus"]
     got = {}
     for group in last.get("instances") or []:
         for inst in group.get("instances") or []:
@@ -385,8 +391,8 @@ def _timeline_active(path: Path, wanted: set[tuple[str, str, int]]) -> list[str]
             got[key] = inst["state"]
     problems = []
     if set(got) != wanted:
-        problems.append(f"last unitStatus reports {sorted(got)}")
-    problems += [f"last unitStatus: {k} is {s}" for k, s in got.items() if s != "active"]
+        problems.append(f"the unit reports {sorted(got)}")
+    problems += [f"the unit reports {k} {s}" for k, s in got.items() if s != "active"]
     return problems
 
 

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from statemachine import ENV_VAR, FAULT_ENV_VAR, parse_spec
 
+from ..cloud.ordering import in_unit_order, summary, unit_view
 from ..cloud.state import read_timeline
 from ..iam.unitpki import UnitPki, init_unit_pki
 from ..protocol import DesiredStatus, UnitConfigState
@@ -28,6 +29,7 @@ from . import interrupts
 from .gate import TcpGate, free_port
 from .scenarios import NODE_RAM, NODES, qualifying_problems
 from .testbed import (
+    TEST_DEBOUNCE,
     AgentLog,
     CloudProcess,
     Convergence,
@@ -144,6 +146,7 @@ class ThreeNodeUnit:
             f"127.0.0.1:{self.port}",
             "--log-format",
             "json",
+            *TEST_DEBOUNCE,
             *self.agent_extra,
         )
         return self._spawn(args, CM, arm)
@@ -257,8 +260,8 @@ class ThreeNodeUnit:
         containers, once each; items installed; the cloud's last full status all active),
         and on three nodes: each container at its item's desired version, on a node that
         qualifies; every process running; the unit config installed, each node's SM holding
-        its node config at that version, and the last full status showing every node
-        connected and provisioned."""
+        its node config at that version, the cloud's view showing every node connected and
+        provisioned, and no unit status missing from the cloud's timeline."""
         result = check_convergence(self.unit, ds, self.cloud.state, self.data_dir, runtime)
         problems = list(result.problems)
         versions = {i.item.id: i.version for i in ds.items}
@@ -274,7 +277,15 @@ class ThreeNodeUnit:
         if ds.unit_config is not None:
             problems += self._config_problems(ds.unit_config.version)
         problems += self._nodes_reported()
+        problems += self._timeline_problems()
         return Convergence(not problems, tuple(problems))
+
+    def _timeline_problems(self) -> list[str]:
+        """Statuses the unit made that never reached the cloud (gaps in a boot's seqs that no
+        full status says it folded): with the durable outbox, a kill loses none."""
+        records = read_timeline(self.cloud.state.timeline_path(self.unit))
+        missing = summary(in_unit_order(records))["missing"]
+        return [f"the cloud's timeline misses {missing} unit statuses"] if missing else []
 
     def _config_problems(self, version: str) -> list[str]:
         problems = []
@@ -301,12 +312,8 @@ class ThreeNodeUnit:
         ]
 
     def _last_full(self) -> dict:
-        full = [
-            r["unitStatus"]
-            for r in read_timeline(self.cloud.state.timeline_path(self.unit))
-            if not r["unitStatus"].get("isDeltaInfo")
-        ]
-        return full[-1] if full else {}
+        """What the cloud knows of the unit: its last full status with later deltas over it."""
+        return unit_view(read_timeline(self.cloud.state.timeline_path(self.unit)))
 
     def reported(self) -> int:
         """How many unit statuses the cloud has recorded for the unit."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from aoscore_py.cloud.oci import OciImage
+from aoscore_py.cloud.ordering import unit_view
 from aoscore_py.cloud.registry import Registry
 from aoscore_py.cloud.service import publish
 from aoscore_py.powercut.testbed import (
@@ -93,8 +94,8 @@ def test_converges_with_every_phase_journalled_and_labelled_containers(
         ("svc-b", "subj1", "0", "1.0.0", "node-1"),
         ("svc-b", "subj1", "1", "1.0.0", "node-1"),
     ]
-    last = read_timeline(cloud.state.timeline_path(unit))[-1]["unitStatus"]
-    assert last["isDeltaInfo"] is False
+    last = unit_view(read_timeline(cloud.state.timeline_path(unit)))
+    assert last["isDeltaInfo"] is False, "a full status went out after the cycle"
     assert {i["state"] for i in last["items"]} == {"installed"}
     assert last["unitConfig"] == [{"version": "1.0.0", "state": "installed"}]
     assert isinstance(last["bootId"], str) and last["seq"] >= 2

@@ -23,6 +23,7 @@ import orjson
 import pytest
 
 from aoscore_py.cloud.oci import OciImage
+from aoscore_py.cloud.ordering import unit_view
 from aoscore_py.cloud.registry import Registry
 from aoscore_py.cloud.service import publish
 from aoscore_py.cloud.state import read_timeline
@@ -227,16 +228,10 @@ class Unit:
             time.sleep(0.25)
 
     def _all_active(self, count: int) -> bool:
-        """Whether the last full unitStatus the cloud recorded has `count` instances, all
-        active."""
-        full = [
-            r["unitStatus"]
-            for r in read_timeline(self.agents.cloud.state.timeline_path(self.unit))
-            if not r["unitStatus"].get("isDeltaInfo")
-        ]
-        if not full:
-            return False
-        states = [i["state"] for g in full[-1].get("instances", []) for i in g["instances"]]
+        """Whether the cloud's view of the unit (its last full status, later deltas laid over
+        it) has `count` instances, all active."""
+        view = unit_view(read_timeline(self.agents.cloud.state.timeline_path(self.unit)))
+        states = [i["state"] for g in view.get("instances", []) for i in g["instances"]]
         return len(states) == count and set(states) == {"active"}
 
     def docker_events(self, since: float) -> list[tuple[str, str, str, str]]:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from ...errors import AosCode, AosError, LinkError, Retry, classify
+from ...errors import AosCode, AosError, LinkError, Retry, certificate_failure, classify
 from ...logs import get_logger
 from ...protocol import (
     MAX_MESSAGE_BYTES,
@@ -123,8 +123,14 @@ class CloudLink:
         try:
             targets = await self.targets.targets()
         except AosError as exc:
-            log.warning("link.discovery_failed", error=exc.message, next="retrying after backoff")
-            return f"discovery: {exc.message}", False
+            slow = certificate_failure(exc)
+            log.warning(
+                "link.discovery_failed",
+                error=exc.message,
+                certificate=slow or None,
+                next="retrying on the slow schedule" if slow else "retrying after backoff",
+            )
+            return f"discovery: {exc.message}", slow
         while targets:
             target = targets.pop(0)
             status = await self._dial(target)
@@ -139,7 +145,7 @@ class CloudLink:
                 try:
                     targets = await self.targets.targets()
                 except AosError as exc:
-                    return f"discovery: {exc.message}", False
+                    return f"discovery: {exc.message}", certificate_failure(exc)
             elif unauthorized:
                 self.targets.unauthorized(target)
         else:
