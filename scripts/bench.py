@@ -24,6 +24,11 @@ starting 10 instances, then changing one item's version, against `docker-compose
 same 10 containers from the images the agent loaded, then of the one changed service, in the
 same run; medians over runs, and where the agent's time goes (scripts/benchlib/compose.py).
 
+fleet: N simulated units (real identity, discovery, TLS, link and outbox, in a few processes,
+no Docker) on one reference cloud process; one desired status pushed to all, timed until every
+unit's full status naming it is in the timeline: p50, p99, total, the cloud's RSS
+(scripts/benchlib/fleet.py).
+
 outbox: unit statuses through the cloud link's durable outbox (enqueue, send, ack, delete) to
 a loopback peer that acks each, against raw one-row SQLite commits in the same folder;
 alternating rounds, statuses per second and their ratio (scripts/benchlib/outbox.py).
@@ -52,7 +57,7 @@ from aoscore_py.blobs.download import blob_client
 from aoscore_py.blobs.store import BlobStore, digest_hex
 from aoscore_py.cloud.oci import OciImage, blob_url, build_test_image, push_image
 from aoscore_py.cloud.registry import Registry
-from aoscore_py.cloud.state import CloudState
+from aoscore_py.cloud.state import CloudState, read_timeline
 from aoscore_py.cm.communication.link import CloudLink
 from aoscore_py.cm.communication.outbox import Outbox, OutboxLimits
 from aoscore_py.cm.communication.targets import StaticTargets
@@ -1225,6 +1230,43 @@ def outbox(json_path: Path, statuses: int, rounds: int, base_dir: Path | None) -
     print(
         f"{result['statuses']} statuses: outbox {result['per_s']}/s, raw commits "
         f"{result['raw_per_s']}/s, ratio {result['ratio']} (goal <= {result['goal_ratio']})"
+    )
+    _write_result(json_path, result)
+
+
+@bench.command()
+@json_option
+@click.option(
+    "--units",
+    type=click.IntRange(1, 10_000),
+    default=1000,
+    show_default=True,
+    help="Simulated units.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Processes the units run in.",
+)
+def fleet(json_path: Path, units: int, workers: int) -> None:
+    """N simulated units (real identity, discovery, TLS, link and outbox; no Docker) on one
+    reference cloud: a desired status pushed to all, timed until each unit's full status naming
+    it is in the cloud's timeline."""
+    from benchlib.fleet import measure
+
+    with tempfile.TemporaryDirectory(prefix="aoscore-bench-fleet-") as work:
+        result = measure(
+            Path(work),
+            units,
+            workers,
+            lambda cloud, unit: read_timeline(cloud.state.timeline_path(unit)),
+        )
+    print(
+        f"{result['units']} units in {result['workers']} processes: p50 {result['p50_s']} s, "
+        f"p99 {result['p99_s']} s, all {result['total_s']} s (goal <= {result['goal_total_s']}); "
+        f"cloud {result['cloud_rss_mb']} MiB resident; set-up {result['setup_s']} s"
     )
     _write_result(json_path, result)
 
