@@ -36,6 +36,7 @@ from .blobs.store import BlobStore
 from .cm.communication.health import ReconnectPolicy
 from .cm.communication.link import CloudLink
 from .cm.communication.outbox import Outbox, OutboxLimits
+from .cm.communication.poll import PollSettings, Transport
 from .cm.communication.targets import StaticTargets, TargetSource
 from .cm.imagemanager.blobserver import BlobServer
 from .cm.imagemanager.manager import DAY_S, ImageManager, ImagePolicy
@@ -58,6 +59,9 @@ log = get_logger("agent")
 
 LOCAL_SM_WAIT_S = 10.0
 """How long the agent waits for its own node's SM before it dials the cloud."""
+
+POLL_ETAG_FILE = "poll-etag.json"
+"""The ETag of the last desired status the unit acked by poll, in the data dir."""
 
 RECONCILE_DELAY_S = 0.2
 """How long a node change waits before placing again, so a burst of reports is one placement."""
@@ -91,6 +95,23 @@ class AgentConfig:
     keepalive_s: float = 20.0
     targets: TargetSource | None = None
     """Where to dial (discovery); None: the fixed `cloud_url`."""
+    transport: Transport = Transport.AUTO
+    poll_url: str | None = None
+    """The cloud's HTTPS base for polling (beside discovery); None: WebSocket only."""
+    poll_after_s: float = 300.0
+    poll_interval_s: float = 60.0
+
+    def poll(self) -> PollSettings | None:
+        """How the link polls: None without a poll URL or with `--transport ws`."""
+        if self.poll_url is None or self.transport is Transport.WS:
+            return None
+        return PollSettings(
+            self.poll_url,
+            self.data_dir / POLL_ETAG_FILE,
+            self.transport,
+            self.poll_after_s,
+            self.poll_interval_s,
+        )
 
     def pki(self) -> UnitPki | None:
         """The unit PKI of the SM link: the folder given, else `<data dir>/pki`, made (or
@@ -159,6 +180,7 @@ class Agent:
             on_disconnect=lambda: self.nodes.set_cloud_connected(False),
             reconnect=config.reconnect,
             ping_interval_s=config.keepalive_s,
+            poll=config.poll(),
         )
         self.blobs = BlobStore(config.data_dir)
         self.images = ImageManager(self.storage, self.blobs, self.link, self.http, policy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urljoin
 
 import click
 
@@ -244,6 +245,33 @@ def _optional_system_id(
     show_default=True,
     help="MiB of messages the durable outbox keeps (as --outbox-max-messages).",
 )
+@click.option(
+    "--transport",
+    type=click.Choice(["auto", "ws", "poll"]),
+    default="auto",
+    show_default=True,
+    help="How the unit reaches its cloud: ws (WebSocket only), poll (HTTPS polling only) or "
+    "auto (WebSocket, polling while none has been up for --poll-after). Polling needs "
+    "discovery: its endpoints are beside the discovery URL.",
+)
+@click.option(
+    "--poll-after",
+    type=float,
+    default=300.0,
+    show_default=True,
+    callback=positive,
+    help="Seconds without a WebSocket after which --transport auto polls (it keeps "
+    "redialling the WebSocket, and stops polling once one is up).",
+)
+@click.option(
+    "--poll-interval",
+    type=float,
+    default=60.0,
+    show_default=True,
+    callback=positive,
+    help="Seconds between polls of the desired status (+-20 % jitter); a desired status "
+    "pushed over the WebSocket starts the interval again.",
+)
 @with_logs
 def agent(
     cloud: str | None,
@@ -275,6 +303,9 @@ def agent(
     status_debounce: float,
     outbox_max_messages: int,
     outbox_max_mib: float,
+    transport: str,
+    poll_after: float,
+    poll_interval: float,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -307,6 +338,11 @@ def agent(
                 "give --cloud URL with --system-id, or --discovery URL (with "
                 "--provision-token on the first start)"
             )
+    if cloud is not None and transport == "poll":
+        raise click.UsageError(
+            "--transport poll needs discovery (--discovery, or a provisioned unit): a fixed "
+            "--cloud URL has no HTTPS endpoints"
+        )
     if insecure and unit_pki is not None:
         raise click.UsageError("give --unit-pki or --insecure, not both")
     if reconnect_max < reconnect_min:
@@ -317,6 +353,7 @@ def agent(
     from ..agent import AgentConfig, run_agent
     from ..cm.communication.health import ReconnectPolicy
     from ..cm.communication.outbox import OutboxLimits
+    from ..cm.communication.poll import Transport
     from ..cm.imagemanager.manager import DAY_S
 
     logs.configure(log_level, log_format)
@@ -364,5 +401,9 @@ def agent(
         outbox=OutboxLimits(max_count=outbox_max_messages, max_bytes=int(outbox_max_mib * MIB)),
         status_debounce_s=status_debounce,
         keepalive_s=keepalive,
+        transport=Transport(transport),
+        poll_url=None if targets is None else urljoin(targets.url, "."),
+        poll_after_s=poll_after,
+        poll_interval_s=poll_interval,
     )
     run(run_agent(config))

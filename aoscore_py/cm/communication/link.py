@@ -2,6 +2,12 @@
 reconnects with backoff. Every protocol rule lives in `session.CloudSession`; what waits for an
 ack, and when it is sent again, in `outbox.Outbox`; where to dial, in a `targets.TargetSource`.
 
+Polling (`poll.py`) is the fallback transport: a channel with the WebSocket's `send` and async
+iteration, so `_serve` drives both. `--transport poll` polls only; `auto` polls while no
+WebSocket has been up for `poll_after_s` and keeps redialling the WebSocket on its backoff, and
+stops polling as soon as one is up. A desired status pushed over the WebSocket resets the poll
+timer. Polling does not touch the WebSocket's health (its backoff and circuit).
+
 Dialling: each URL in turn; a 401 asks the source for new credentials (discovery) once; any
 other failure tries the next URL, and when all failed the source discovers again after the
 backoff. A certificate the unit does not trust is logged as such and retried only on the slow
@@ -15,10 +21,11 @@ import contextlib
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol
 
 import websockets
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 from ...errors import AosCode, AosError, LinkError, Retry, certificate_failure, classify
 from ...logs import get_logger
@@ -26,12 +33,15 @@ from ...protocol import (
     MAX_MESSAGE_BYTES,
     BlobUrlInfo,
     BlobUrls,
+    DesiredStatus,
     ErrorInfo,
     Message,
     RequestBlobUrls,
 )
 from .health import LinkHealth, ReconnectPolicy
 from .outbox import Outbox
+from .poll import EtagFile, PollSchedule, PollSettings, PollTarget, Transport, fallback_wait
+from .pollchannel import PollChannel
 from .session import Acked, CloudSession, Dropped, Nacked, Received, Refused
 from .targets import Target, TargetSource
 
@@ -45,6 +55,16 @@ ACK_BATCH_S = 0.05
 
 MessageHandler = Callable[[Message, float], Awaitable[None]]
 ConnectHandler = Callable[[], Awaitable[None]]
+
+
+class Channel(Protocol):
+    """What `_serve` needs of a connection: a WebSocket, or a `poll.PollChannel`."""
+
+    async def send(self, message: bytes) -> None: ...
+
+    def __aiter__(self) -> AsyncIterator[str | bytes]: ...
+
+    async def close(self) -> None: ...
 
 
 class CloudLink:
@@ -63,6 +83,7 @@ class CloudLink:
         blob_urls_timeout: seconds to wait for a blobUrls answer before asking again.
         ping_interval_s: keepalive pings; a link that misses one answer for `ping_interval_s`
             more is closed, so a dead link is found in under twice that (40 s by default).
+        poll: polling as a transport (`poll.PollSettings`); None: WebSocket only.
     """
 
     def __init__(
@@ -77,6 +98,7 @@ class CloudLink:
         reconnect: ReconnectPolicy | None = None,
         blob_urls_timeout: float = 30.0,
         ping_interval_s: float = 20.0,
+        poll: PollSettings | None = None,
     ) -> None:
         self.targets = targets
         self.url: str | None = None
@@ -89,7 +111,18 @@ class CloudLink:
         self.health = LinkHealth(reconnect or ReconnectPolicy(), clock=time.monotonic)
         self._blob_urls_timeout = blob_urls_timeout
         self._ping_s = ping_interval_s
-        self._ws: ClientConnection | None = None
+        self._ws: Channel | None = None
+        self._poll = poll
+        self._schedule = PollSchedule(poll.interval_s) if poll is not None else None
+        self._poll_channel: PollChannel | None = None
+        self._poll_wss: Target | None = None  # the wss target whose token polling uses
+        self._poll_done = asyncio.Event()
+        self._poll_done.set()
+        self._ws_open = False
+        self._ws_seen = time.monotonic()  # when the WebSocket was last up (or the link started)
+        self._ws_changed = asyncio.Event()
+        self.transport: str | None = None
+        self._last_transport: str | None = None
         self._waiters: dict[str, asyncio.Future[BlobUrls]] = {}
         self._stopping = False
         self._accepting = True
@@ -99,7 +132,25 @@ class CloudLink:
         self._acks = asyncio.Event()
 
     async def run(self) -> None:
-        """Connect, serve, and reconnect until `close()`, on the health's schedule."""
+        """Connect, serve, and reconnect until `close()`, on the health's schedule; poll
+        instead, or meanwhile, as `poll` says."""
+        poll = self._poll
+        self._ws_seen = time.monotonic()
+        if poll is not None and poll.transport is Transport.POLL:
+            while not self._stopping:
+                await self._poll_session()
+            return
+        fallback = None
+        if poll is not None and poll.transport is Transport.AUTO:
+            fallback = asyncio.create_task(self._fallback(poll), name="poll-fallback")
+        try:
+            await self._run_ws()
+        finally:
+            if fallback is not None:
+                fallback.cancel()
+                await asyncio.gather(fallback, return_exceptions=True)
+
+    async def _run_ws(self) -> None:
         while not self._stopping:
             reason, slow = await self._dial_all()
             if self._stopping:
@@ -167,7 +218,10 @@ class CloudLink:
                 ping_timeout=self._ping_s,
                 max_size=MAX_MESSAGE_BYTES,
             ) as ws:
-                await self._serve(ws)
+                self._ws_open = True
+                await self._stop_polling()
+                self.health.connected()
+                await self._serve(ws, Transport.WS)
             return None
         except asyncio.CancelledError:
             raise
@@ -205,21 +259,119 @@ class CloudLink:
             )
             return reason, False, False
         finally:
-            self._ws = None
-            if self.connected.is_set():
-                self.outbox.disconnected()
-                if self._on_disconnect is not None:
-                    self._on_disconnect()
-            self.connected.clear()
+            if self._ws_open:  # this WebSocket was up (a failed dial leaves polling alone)
+                self._ws_open = False
+                self._ws_seen = time.monotonic()
+                self._ws_changed.set()
+                self._down()
 
-    async def _serve(self, ws: ClientConnection) -> None:
+    def _down(self) -> None:
+        """The connection (WebSocket or polling) ended: the outbox only stores, the SMs learn."""
+        self._ws = None
+        self.transport = None
+        if self.connected.is_set():
+            self.outbox.disconnected()
+            if self._on_disconnect is not None:
+                self._on_disconnect()
+        self.connected.clear()
+
+    # polling
+
+    async def _fallback(self, poll: PollSettings) -> None:
+        """`auto`: poll while no WebSocket has been up for `poll.after_s`, until one is."""
+        while not self._stopping:
+            wait = fallback_wait(time.monotonic(), self._ws_seen, poll.after_s, ws_up=self._ws_open)
+            if wait is None or wait > 0:
+                self._ws_changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ws_changed.wait(), wait)
+                continue
+            log.info(
+                "link.fallback",
+                since_ws_s=round(time.monotonic() - self._ws_seen, 1),
+                poll_after_s=poll.after_s,
+                next="polling until the WebSocket is up",
+            )
+            await self._poll_session()
+
+    async def _poll_session(self) -> None:
+        """Serve polling until the channel is closed (a WebSocket came up, or `close()`)."""
+        poll = self._poll
+        assert poll is not None and self._schedule is not None, "polling is not configured"
+        try:
+            target = await self._new_poll_target()
+        except AosError as exc:
+            log.warning(
+                "link.poll_unavailable",
+                error=exc.message,
+                next=f"trying again in {poll.interval_s:g} s",
+            )
+            self._ws_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ws_changed.wait(), poll.interval_s)
+            return
+        if self._ws_open or self._stopping:
+            return
+        channel = PollChannel(
+            target, self._schedule, EtagFile(poll.etag_path), refresh=self._refresh_poll_target
+        )
+        self._poll_channel = channel
+        self._poll_done.clear()
+        self.url = target.desired_url
+        try:
+            await self._serve(channel, Transport.POLL)
+        finally:
+            await channel.close()
+            self._poll_channel = None
+            self._down()
+            self._poll_done.set()
+
+    async def _new_poll_target(self) -> PollTarget:
+        """The poll endpoints with the credentials the target source gives (discovery).
+
+        Raises:
+            AosError: no credentials can be had now.
+        """
+        poll = self._poll
+        assert poll is not None, "polling is not configured"
+        targets = await self.targets.targets()
+        if not targets:
+            raise LinkError("the target source gave no credentials to poll with")
+        self._poll_wss = targets[0]
+        return PollTarget.of(
+            poll.base_url, self.session.system_id, targets[0].headers, targets[0].ssl_context
+        )
+
+    async def _refresh_poll_target(self) -> PollTarget:
+        """The cloud refused the token (401): discovery again."""
+        if self._poll_wss is not None:
+            self.targets.unauthorized(self._poll_wss)
+        return await self._new_poll_target()
+
+    async def _stop_polling(self) -> None:
+        """The WebSocket is up: end the polling session before serving the WebSocket."""
+        channel = self._poll_channel
+        if channel is not None:
+            await channel.close()
+        await self._poll_done.wait()
+
+    async def _serve(self, ws: Channel, transport: str) -> None:
         self._ws = ws
+        self.transport = transport
         self.outbox.connected()
         self.connected.set()
-        self.health.connected()
+        if transport != self._last_transport:
+            log.info(
+                "link.transport",
+                transport=transport,
+                previous=self._last_transport,
+                url=self.url,
+            )
+            self._last_transport = transport
         log.info(
             "link.up",
             url=self.url,
+            transport=transport,
             outbox=self.outbox.depth,
             mode=self.outbox.mode.value,
         )
@@ -235,7 +387,7 @@ class CloudLink:
             deleter.cancel()
             self.outbox.flush_acked()
 
-    async def _flush(self, ws: ClientConnection) -> None:
+    async def _flush(self, ws: Channel) -> None:
         """Send what the outbox says is due, in its order (one sender at a time)."""
         async with self._send_lock:
             for frame in self.outbox.due():
@@ -246,7 +398,7 @@ class CloudLink:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _resend_loop(self, ws: ClientConnection) -> None:
+    async def _resend_loop(self, ws: Channel) -> None:
         """Send what is due; woken early by every send, ack and nack, which move deadlines."""
         while True:
             deadline = self.outbox.next_deadline()
@@ -265,7 +417,7 @@ class CloudLink:
             self._acks.clear()
             self.outbox.flush_acked()
 
-    async def _dispatch(self, ws: ClientConnection, raw: str | bytes, arrived: float) -> None:
+    async def _dispatch(self, ws: Channel, raw: str | bytes, arrived: float) -> None:
         event = self.session.receive(raw)
         if isinstance(event, Refused):
             log.warning(
@@ -302,7 +454,7 @@ class CloudLink:
         elif isinstance(event, Received):
             await self._handle(ws, event, arrived)
 
-    async def _handle(self, ws: ClientConnection, event: Received, arrived: float) -> None:
+    async def _handle(self, ws: Channel, event: Received, arrived: float) -> None:
         message = event.message
         if not self._accepting:
             log.info(
@@ -314,6 +466,12 @@ class CloudLink:
             )
             return
         log.info("message.received", txn=event.txn, type=message.MESSAGE_TYPE)
+        if (
+            isinstance(message, DesiredStatus)
+            and self._schedule is not None
+            and ws is not self._poll_channel
+        ):
+            self._schedule.pushed(arrived)
         if isinstance(message, BlobUrls):
             waiter = self._waiters.pop(message.correlation_id or "", None)
             if waiter is not None and not waiter.done():
@@ -337,9 +495,7 @@ class CloudLink:
             return
         await ws.send(self.session.ack(event.txn))
 
-    async def _refuse(
-        self, ws: ClientConnection, event: Received, message: Message, exc: Exception
-    ) -> None:
+    async def _refuse(self, ws: Channel, event: Received, message: Message, exc: Exception) -> None:
         error = ErrorInfo.from_exception(exc)
         # The retry policy decides whether the cloud should send it again (no space yet, a
         # busy store) or not (it will never be accepted as it is).
@@ -406,6 +562,7 @@ class CloudLink:
     async def close(self) -> None:
         """Stop reconnecting and close the connection (acks taken are stored first)."""
         self._stopping = True
+        self._ws_changed.set()
         self.outbox.flush_acked()
         ws = self._ws
         if ws is not None:
