@@ -19,7 +19,6 @@ from pathlib import Path
 import orjson
 
 from aoscore_py.cloud.registry import Registry
-from aoscore_py.cloud.state import read_timeline
 from aoscore_py.powercut.testbed import (
     AgentLog,
     CloudProcess,
@@ -135,7 +134,7 @@ def main() -> int:
                 return 1
             names = sorted(c.name for c in runtime.list_containers({LABEL_UNIT: UNIT}))
             say(f"converged: {len(names)} containers, each once: {', '.join(names)}")
-            last = read_timeline(cloud.state.timeline_path(UNIT))[-1]["unitStatus"]
+            last = cloud.state.timeline(UNIT)[-1]["unitStatus"]
             print("\nUnit status received by the cloud:")
             print(orjson.dumps(last, option=orjson.OPT_INDENT_2).decode())
             code = agent.stop()

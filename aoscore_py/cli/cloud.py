@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,8 +10,8 @@ import click
 import orjson
 
 from .. import logs
+from ..cloud.publishing import IMAGE_NAME, MAX_QUANTITY, RUNTIME_TYPE, item_config_of
 from ..errors import ProtocolError
-from ..nodes.itemconfig import ItemConfig, Quotas, RequestedResources
 from .common import (
     blob_serving_options,
     cloud_dir_option,
@@ -24,10 +23,6 @@ from .common import (
     with_logs,
 )
 from .sm import ByteSize
-
-_IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
-_RUNTIME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_MAX_QUANTITY = (1 << 63) - 1  # AosCore reads quotas as uint64; JSON readers stop at int64
 
 
 class _Count(click.ParamType):
@@ -46,8 +41,8 @@ class _Count(click.ParamType):
             number = value if isinstance(value, int) else int(str(value).strip(), 10)
         except ValueError:
             self.fail(f"{value!r} is not a whole number", param, ctx)
-        if not self.minimum <= number <= _MAX_QUANTITY:
-            self.fail(f"{value!r} is not between {self.minimum} and {_MAX_QUANTITY}", param, ctx)
+        if not self.minimum <= number <= MAX_QUANTITY:
+            self.fail(f"{value!r} is not between {self.minimum} and {MAX_QUANTITY}", param, ctx)
         return number
 
 
@@ -61,9 +56,9 @@ class _Size(ByteSize):
         self, value: object, param: click.Parameter | None, ctx: click.Context | None
     ) -> int:
         size = super().convert(value, param, ctx)
-        if not self.minimum <= size <= _MAX_QUANTITY:
+        if not self.minimum <= size <= MAX_QUANTITY:
             self.fail(
-                f"{value!r} is not between {self.minimum} and {_MAX_QUANTITY} bytes", param, ctx
+                f"{value!r} is not between {self.minimum} and {MAX_QUANTITY} bytes", param, ctx
             )
         return size
 
@@ -72,31 +67,11 @@ def _runtime_types(
     _ctx: click.Context, _param: click.Parameter, value: Sequence[str]
 ) -> tuple[str, ...]:
     for name in value:
-        if not _RUNTIME.match(name):
+        if not RUNTIME_TYPE.match(name):
             raise click.BadParameter(
                 f"{name!r}: a runtime type is letters, digits and . _ - (crun, runc, docker)"
             )
     return tuple(dict.fromkeys(value))
-
-
-def item_config_of(
-    *,
-    cpu_limit: int | None = None,
-    ram_limit: int | None = None,
-    pids_limit: int | None = None,
-    requested_cpu: int | None = None,
-    requested_ram: int | None = None,
-    runtimes: Sequence[str] = (),
-) -> ItemConfig | None:
-    """The item config `cloud publish` writes for its options; None when none is given, so a
-    plain image stays a plain OCI image (no `aosItemConfig`)."""
-    quotas = Quotas(cpu_dmips_limit=cpu_limit, ram_limit=ram_limit, pids_limit=pids_limit)
-    asked = None
-    if requested_cpu is not None or requested_ram is not None:
-        asked = RequestedResources(cpu=requested_cpu, ram=requested_ram)
-    if quotas == Quotas() and asked is None and not runtimes:
-        return None
-    return ItemConfig(runtimes=tuple(runtimes), quotas=quotas, requested_resources=asked)
 
 
 @click.group()
@@ -111,7 +86,16 @@ def cloud() -> None:
     type=click.IntRange(0, 65535),
     default=0,
     show_default=True,
-    help="Port on 127.0.0.1 (0 picks a free one; see cloud.json).",
+    help="Port units dial on plain ws with --insecure, on 127.0.0.1 (0 picks a free one; "
+    "see cloud.json).",
+)
+@click.option(
+    "--operator-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Port of the operator HTTP API on 127.0.0.1 (0 picks a free one; see cloud.json). "
+    "Every request needs the bearer token in <cloud-dir>/operator.token.",
 )
 @click.option("--registry", default=None, help="Use this registry URL instead of starting one.")
 @click.option(
@@ -174,6 +158,7 @@ def cloud() -> None:
 def cloud_serve(
     cloud_dir: Path,
     port: int,
+    operator_port: int,
     registry: str | None,
     blob_urls_delay: float,
     signing: str,
@@ -196,7 +181,8 @@ def cloud_serve(
     kept): units provision (`aoscore cloud token new` gives their one-use tokens), run
     discovery over HTTPS and dial wss with their certificate and the discovery token.
     cloud.json names the endpoints and the CA (`cloudCa`) units trust at provisioning.
-    Operators use the plain ws listener on loopback (--port) either way.
+    Operators use the HTTP API on loopback (--operator-port) either way, with the token in
+    <cloud-dir>/operator.token (made on first start, 0600).
     """
     from ..cloud.ca import general_names
     from ..cloud.https import TlsSettings
@@ -218,6 +204,7 @@ def cloud_serve(
             blob_urls_delay_s=blob_urls_delay,
             serving=serving,
             tls=tls,
+            operator_port=operator_port,
         )
     )
 
@@ -257,13 +244,13 @@ def cloud_blobs(
     cloud_dir: Path, signing: str, alg: str | None, base: str | None, dead_first: bool
 ) -> None:
     """Change how the running cloud serves blobs (signing, URLs); prints the new setting."""
-    from ..cloud.client import operate, operator_url
+    from ..cloud.client import operate, operator_token, operator_url
     from ..cloud.server import BlobServing
 
     with exit_codes():
         serving = BlobServing(signing, alg, base, dead_first)
-        url = operator_url(cloud_dir)
-    reply = run(operate(url, {"op": "blobs", **serving.describe()}))
+        url, token = operator_url(cloud_dir), operator_token(cloud_dir)
+        reply = run(operate(url, {"op": "blobs", **serving.describe()}, token=token))
     if not reply.get("ok"):
         fail(str(reply.get("error")))
     click.echo(orjson.dumps(reply["serving"]).decode())
@@ -392,7 +379,7 @@ def cloud_publish(
     """
     from ..cloud.service import publish
 
-    if not _IMAGE_NAME.match(name):
+    if not IMAGE_NAME.match(name):
         raise click.BadParameter(
             f"{name!r}: use lowercase letters, digits and . _ -", param_hint="NAME"
         )
@@ -471,8 +458,13 @@ def _publish_existing(
     help="Seconds to wait for the unit's ack.",
 )
 def cloud_push(unit: str, file: Path, cloud_dir: Path, timeout: float) -> None:
-    """Send the desired status in FILE to a unit and print its ack."""
-    from ..cloud.client import load_desired_status, operator_url, push
+    """Send the desired status in FILE to a unit and print its ack.
+
+    The cloud reads it with the protocol's parser too, stores it with the unit's next seq and
+    sends it; a refusal prints the parser's path and reason and exits 1. A unit that does not
+    answer in time gets it when it connects (exit 1, with that said).
+    """
+    from ..cloud.client import load_desired_status, operator_token, operator_url, push
 
     try:
         ds = load_desired_status(file)
@@ -481,11 +473,13 @@ def cloud_push(unit: str, file: Path, cloud_dir: Path, timeout: float) -> None:
     except OSError as exc:
         fail(f"{file}: cannot read: {exc.strerror}", 2)
     with exit_codes():
-        url = operator_url(cloud_dir)
-    reply = run(push(url, unit, ds, timeout))
+        url, token = operator_url(cloud_dir), operator_token(cloud_dir)
+        reply = run(push(url, unit, ds, timeout, token=token))
     if reply.get("ok"):
-        click.echo(f"ack unit={unit} txn={reply['txn']}")
+        click.echo(f"ack unit={unit} txn={reply['txn']} seq={reply.get('seq')}")
         return
+    if "path" in reply:
+        fail(f"the cloud refused the desired status: {reply['path']}: {reply.get('reason')}")
     if "nack" in reply:
         click.echo(f"nack unit={unit} txn={reply.get('txn')} reason={reply.get('error')!r}")
         sys.exit(1)
@@ -567,11 +561,19 @@ def cloud_desired(
     "the unit made that never arrived), print a summary; exit 1 if any status is missing.",
 )
 def cloud_timeline(unit: str, cloud_dir: Path, last: bool, check: bool) -> None:
-    """Print the unitStatus timeline of a unit, one JSON object per line."""
-    from ..cloud.ordering import in_unit_order, summary
-    from ..cloud.state import CloudState, read_timeline
+    """Print the unitStatus timeline of a unit, one JSON object per line.
 
-    records = read_timeline(CloudState(cloud_dir).timeline_path(unit))
+    Read from the cloud's database, so it works whether `cloud serve` runs or not.
+    """
+    from ..cloud.ordering import in_unit_order, summary
+    from ..cloud.state import CloudState
+
+    with exit_codes():
+        state = CloudState(cloud_dir)
+        try:
+            records = state.timeline(unit)
+        finally:
+            state.close()
     if not check:
         for record in records[-1:] if last else records:
             click.echo(orjson.dumps(record).decode())
@@ -586,3 +588,28 @@ def cloud_timeline(unit: str, cloud_dir: Path, last: bool, check: bool) -> None:
     click.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
     if counts["missing"]:
         sys.exit(1)
+
+
+@cloud.command("units")
+@cloud_dir_option
+@click.option("--json", "as_json", is_flag=True, help="The API's answer as it is (one JSON).")
+def cloud_units(cloud_dir: Path, as_json: bool) -> None:
+    """List the units the running cloud knows: id, link, health, last status, desired seq."""
+    from ..cloud.client import operate, operator_token, operator_url
+
+    with exit_codes():
+        url, token = operator_url(cloud_dir), operator_token(cloud_dir)
+        reply = run(operate(url, {"op": "units"}, token=token))
+    if not reply.get("ok"):
+        fail(str(reply.get("error")))
+    if as_json:
+        click.echo(orjson.dumps(reply["units"]).decode())
+        return
+    for u in reply["units"]:
+        view = u.get("view") or {}
+        items = ",".join(f"{k}:{v}" for k, v in sorted((view.get("items") or {}).items()))
+        click.echo(
+            f"{u['id']} {'online' if u['connected'] else 'offline'} health={u['health']} "
+            f"lastSeq={u.get('lastSeq')} statuses={u.get('statuses')} "
+            f"desiredSeq={u.get('desiredSeq')} items={items or '-'}"
+        )

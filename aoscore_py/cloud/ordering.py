@@ -13,13 +13,11 @@ the sections of every later delta laid over it.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 SECTIONS = ("unitConfig", "nodes", "items", "instances", "subjects")
-RECENT_TXNS = 4096
 
 
 @dataclass(frozen=True)
@@ -112,29 +110,3 @@ def unit_view(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
             view.update({k: status[k] for k in SECTIONS if k in status})
             view["seq"] = status.get("seq", view.get("seq"))
     return view
-
-
-@dataclass
-class RecentTxns:
-    """The txns of a unit's last recorded statuses, so a resend is recorded once."""
-
-    limit: int = RECENT_TXNS
-    _txns: OrderedDict[str, None] = field(default_factory=OrderedDict)
-
-    @classmethod
-    def of_timeline(cls, records: Iterable[dict[str, Any]]) -> RecentTxns:
-        recent = cls()
-        for record in records:
-            txn = record.get("txn")
-            if isinstance(txn, str):
-                recent.add(txn)
-        return recent
-
-    def add(self, txn: str) -> bool:
-        """Remember `txn`; False when it was already there."""
-        if txn in self._txns:
-            return False
-        self._txns[txn] = None
-        if len(self._txns) > self.limit:
-            self._txns.popitem(last=False)
-        return True

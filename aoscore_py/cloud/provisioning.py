@@ -5,8 +5,9 @@ it with a CSR, and the cloud, once it has checked the CSR (its signature proves 
 the key), consumes the token, names the unit and signs its certificate. A unit that lost its
 identity needs a new token and becomes a new unit: a system id is never handed out twice.
 
-The registry is one SQLite file, `<cloud-dir>/provisioning.db` (WAL, synchronous=FULL, so a
-consumed token stays consumed across a power cut). Tokens are kept as their SHA-256 only: the
+The registry lives in the cloud's SQLite file, `<cloud-dir>/cloud.db` (`db`: WAL,
+synchronous=FULL, so a consumed token stays consumed across a power cut; a `provisioning.db`
+of the previous version is imported into it once). Tokens are kept as their SHA-256 only: the
 file does not hold a token anyone could use. Every request is one indexed lookup or one short
 transaction, whatever the number of units; `cloud token new` in another process writes to the
 same file safely.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,25 +27,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ..errors import ProvisioningError
 from ..logs import get_logger
 from .ca import CloudCa, check_csr
+from .db import DB_FILE as DB_FILE  # the registry shares the cloud's file
+from .db import connect
 
 log = get_logger("cloud.provisioning")
-
-DB_FILE = "provisioning.db"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tokens (
-    hash TEXT PRIMARY KEY,
-    created REAL NOT NULL,
-    used REAL,
-    system_id TEXT
-);
-CREATE TABLE IF NOT EXISTS units (
-    system_id TEXT PRIMARY KEY,
-    provisioned REAL NOT NULL,
-    serial TEXT NOT NULL,
-    not_after REAL NOT NULL,
-    certificate TEXT NOT NULL
-);
-"""
 
 
 def _hash(token: str) -> str:
@@ -70,7 +55,7 @@ class Registrar:
     """The tokens and units of one cloud, in its SQLite file.
 
     Args:
-        path: the SQLite file (made on first use).
+        path: the cloud's SQLite file (made on first use).
         ca: the cloud CA, to sign the units' certificates; None for a registrar that only makes
             tokens (`cloud token new`).
         cert_days: how long a unit certificate is valid.
@@ -80,12 +65,7 @@ class Registrar:
         self.path = path
         self.ca = ca
         self.cert_days = cert_days
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit mode: transactions are opened explicitly, with BEGIN IMMEDIATE.
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = connect(path)
 
     def close(self) -> None:
         self._db.close()

@@ -13,9 +13,10 @@ from ..logs import get_logger
 from ..nodes.itemconfig import ItemConfig, item_config_json
 from .https import Front, TlsSettings
 from .oci import OciImage, build_test_image, push_image
+from .operator import OperatorApi
 from .registry import Registry
 from .server import BlobServing, CloudServer
-from .state import CloudState
+from .state import TOKEN_FILE, CloudState
 
 log = get_logger("cloud")
 
@@ -30,14 +31,16 @@ async def serve_cloud(
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     tls: TlsSettings | None = None,
+    operator_port: int = 0,
 ) -> None:
     """Serve until SIGINT/SIGTERM (or `stop`); starts its own registry unless given one, and
     makes a test PKI (EC) unless `cloud pki init` made one.
 
     Args:
         tls: serve units over wss with the cloud's CA, and provisioning and discovery over
-            HTTPS; the plaintext listener then serves operators only. None: units on plain ws
-            (loopback), as for tests and the demo.
+            HTTPS. None: units on plain ws on `port` (loopback), as for tests and the demo.
+        operator_port: the operator HTTP API's port on loopback (0: a free one); its URL
+            and the file holding its token are written to cloud.json.
     """
     state = CloudState(cloud_dir)
     pki = ensure_pki(state)
@@ -53,30 +56,41 @@ async def serve_cloud(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     front: Front | None = None
+    api = OperatorApi(server, state.ensure_operator_token())
     try:
         front = Front(state, server, tls) if tls is not None else None
-        bound = await server.start("127.0.0.1", port, units=front is None)
-        ws_url = f"ws://127.0.0.1:{bound}"
-        endpoints = {} if front is None else await front.start()
+        if front is None:
+            endpoints = {"ws": f"ws://127.0.0.1:{await server.start('127.0.0.1', port)}"}
+        else:
+            endpoints = await front.start()
+        operator = f"http://127.0.0.1:{await api.start(operator_port)}"
         state.write_endpoints(
             {
-                **({"ws": ws_url} if front is None else {}),
-                "operator": f"{ws_url}/operator",
+                "operator": operator,
+                "operatorToken": str(cloud_dir / TOKEN_FILE),
                 "registry": registry_url,
                 "trustedCa": str(state.pki_dir / ROOT_FILE),
                 **endpoints,
                 "pid": os.getpid(),
             }
         )
-        log.info("cloud.serving", ws=ws_url, registry=registry_url, dir=str(cloud_dir))
+        log.info(
+            "cloud.serving",
+            operator=operator,
+            registry=registry_url,
+            dir=str(cloud_dir),
+            **endpoints,
+        )
         if ready is not None:
             ready.set()
         await stop.wait()
     finally:
+        await api.close()
         await server.close()
         if front is not None:
             await front.close()
         state.clear_endpoints()
+        state.close()
         if registry is not None:
             registry.stop()
         log.info("cloud.stopped", dir=str(cloud_dir))

@@ -1,28 +1,38 @@
-"""The reference cloud's durable state, all under one folder:
+"""The reference cloud's durable state, under one folder:
 
-cloud.json                  where the running cloud listens (written by `cloud serve`)
-catalog.json                published blobs: digest -> repositories, size, sha384, sha512
-pki/                        the test PKI that signs blobs (`cloud pki init`)
-units/<id>/desired.json     the last desired status pushed to the unit
-units/<id>/timeline.jsonl   every unitStatus received, one JSON object per line
+cloud.db      units, desired statuses (with their seq), every unitStatus received, the
+              catalog of published blobs, provisioning (see `db`); one SQLite file
+cloud.json    where the running cloud listens (written by `cloud serve`, removed at its end)
+pki/          the test PKI that signs blobs (`cloud pki init`)
+operator.token  the bearer token of the operator API (0600, made on first start)
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import secrets
+import sqlite3
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from ..errors import ConfigError
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, fsync_dir
+from ..logs import get_logger
+from . import db
 
 # Signing with SHA-384 or SHA-512 needs those hashes of the blob, kept from when it was published.
 EXTRA_HASHES = ("sha384", "sha512")
+TOKEN_FILE = "operator.token"
+log = get_logger("cloud.state")
 _UNIT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -38,11 +48,31 @@ def check_unit_id(unit_id: str) -> str:
 
 
 class CloudState:
-    """The files of one reference cloud."""
+    """The state of one reference cloud; its database is opened on first use, so reading
+    `cloud.json` (what operator clients do) never makes one.
+
+    Safe to share between threads: each call holds the connection's lock for one short query
+    or transaction.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._db is None:
+                self._db = db.connect(self.root / db.DB_FILE)
+            yield self._db
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     # endpoints
 
@@ -58,13 +88,48 @@ class CloudState:
     def clear_endpoints(self) -> None:
         (self.root / "cloud.json").unlink(missing_ok=True)
 
+    # the operator API's token
+
+    def ensure_operator_token(self) -> str:
+        """The operator API's token, made on first start (0600, fsynced) and kept after."""
+        path = self.root / TOKEN_FILE
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return self.operator_token()
+        token = secrets.token_urlsafe(32)
+        try:
+            os.write(fd, token.encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(self.root)
+        log.info("operator.token_created", path=str(path))
+        return token
+
+    def operator_token(self) -> str:
+        """The operator API's token.
+
+        Raises:
+            ConfigError: there is none (no cloud ever started here) or it cannot be read.
+        """
+        path = self.root / TOKEN_FILE
+        try:
+            token = path.read_text().strip()
+        except FileNotFoundError:
+            raise ConfigError(f"{path} does not exist: start `aoscore cloud serve` once") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        if not token:
+            raise ConfigError(f"{path} is empty")
+        return token
+
     # catalog
 
     def catalog(self) -> dict[str, dict[str, Any]]:
-        try:
-            return orjson.loads((self.root / "catalog.json").read_bytes())
-        except FileNotFoundError:
-            return {}
+        with self._conn() as conn:
+            rows = conn.execute("SELECT digest, entry FROM blobs").fetchall()
+        return {digest: orjson.loads(entry) for digest, entry in rows}
 
     def add_blobs(self, repository: str, blobs: dict[str, bytes]) -> None:
         """Record published blobs with the hashes a signer may need besides their sha256.
@@ -73,17 +138,25 @@ class CloudState:
         keeps them all, the latest first (`repository`), so the cloud can hand out a URL into
         each and the blob stays served while any of them holds it.
         """
-        catalog = self.catalog()
-        for digest, data in blobs.items():
-            known = catalog.get(digest, {})
-            held = [r for r in known.get("repositories", [known.get("repository")]) if r]
-            catalog[digest] = {
-                "repository": repository,
-                "repositories": [repository, *(r for r in held if r != repository)],
-                "size": len(data),
-                **{name: hashlib.new(name, data).hexdigest() for name in EXTRA_HASHES},
-            }
-        atomic_write(self.root / "catalog.json", orjson.dumps(catalog, option=orjson.OPT_SORT_KEYS))
+        hashed = {
+            digest: {name: hashlib.new(name, data).hexdigest() for name in EXTRA_HASHES}
+            for digest, data in blobs.items()
+        }
+        with self._conn() as conn, db.write(conn):
+            for digest, data in blobs.items():
+                row = conn.execute("SELECT entry FROM blobs WHERE digest = ?", (digest,)).fetchone()
+                known = orjson.loads(row[0]) if row else {}
+                held = [r for r in known.get("repositories", [known.get("repository")]) if r]
+                entry = {
+                    "repository": repository,
+                    "repositories": [repository, *(r for r in held if r != repository)],
+                    "size": len(data),
+                    **hashed[digest],
+                }
+                conn.execute(
+                    "INSERT OR REPLACE INTO blobs (digest, entry) VALUES (?, ?)",
+                    (digest, orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)),
+                )
 
     @property
     def pki_dir(self) -> Path:
@@ -91,53 +164,92 @@ class CloudState:
 
     # units
 
-    def unit_dir(self, unit_id: str) -> Path:
-        path = self.root / "units" / check_unit_id(unit_id)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
     def save_desired(self, unit_id: str, body: bytes) -> None:
-        atomic_write(self.unit_dir(unit_id) / "desired.json", body)
+        """Store a desired status for the unit, durably, before it is sent (its `seq`, if the
+        body has one, is kept beside it)."""
+        check_unit_id(unit_id)
+        with self._conn() as conn, db.write(conn):
+            db.insert_desired(conn, unit_id, body, time.time())
 
     def desired(self, unit_id: str) -> bytes | None:
-        try:
-            return (self.unit_dir(unit_id) / "desired.json").read_bytes()
-        except FileNotFoundError:
-            return None
+        """The last desired status stored for the unit."""
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT body FROM desired WHERE unit = ? ORDER BY id DESC LIMIT 1", (unit_id,)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
 
-    def timeline_path(self, unit_id: str) -> Path:
-        return self.unit_dir(unit_id) / "timeline.jsonl"
+    def append_status(self, unit_id: str, txn: str, data: dict[str, Any]) -> bool:
+        """Record one received unitStatus, committed before the cloud acks it.
 
-    def append_status(self, unit_id: str, txn: str, data: dict[str, Any]) -> None:
-        """Append one received unitStatus to the unit's timeline, durably (before it is acked).
-
-        A last line torn by a cut is ended first, so the new record stays readable.
+        Returns:
+            False when the unit's status with this txn is recorded already (a resend whose
+            ack was lost): it is recorded once.
         """
-        line = orjson.dumps({"receivedAt": time.time(), "txn": txn, "unitStatus": data}) + b"\n"
-        with open(self.timeline_path(unit_id), "a+b") as f:
-            if f.tell() > 0:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    f.write(b"\n")
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        row = db.status_row(check_unit_id(unit_id), txn, data, time.time())
+        with self._conn() as conn, db.write(conn):
+            return db.insert_status(conn, row)
+
+    def timeline(self, unit_id: str) -> list[dict[str, Any]]:
+        """Every unitStatus the unit sent, in arrival order, each as
+        `{"receivedAt", "txn", "unitStatus"}`."""
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT received_at, txn, data FROM statuses WHERE unit = ? ORDER BY id",
+                (unit_id,),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def view_records(self, unit_id: str) -> list[dict[str, Any]]:
+        """The records `ordering.unit_view` needs, in arrival order: from the unit's last full
+        status in its order on, so a unit's view costs its last few statuses, not its whole
+        history. The whole timeline when no full status carries a seq, or when the first
+        arrival at that seq was a delta (the full one is then a duplicate the view skips)."""
+        select = "SELECT received_at, txn, data, seq, full FROM statuses WHERE unit = ?"
+        with self._conn() as conn:
+            (base,) = conn.execute(
+                "SELECT max(seq) FROM statuses WHERE unit = ? AND full = 1", (unit_id,)
+            ).fetchone()
+            rows = []
+            if base is not None:
+                rows = conn.execute(
+                    f"{select} AND seq >= ? ORDER BY id", (unit_id, base)
+                ).fetchall()
+                first = next(row for row in rows if row[3] == base)
+                if not first[4]:
+                    rows = []
+            if not rows:
+                rows = conn.execute(f"{select} ORDER BY id", (unit_id,)).fetchall()
+        return [_record(row[:3]) for row in rows]
 
     def units(self) -> list[str]:
-        folder = self.root / "units"
-        return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+        """Every unit the cloud heard from or holds a desired status for, sorted."""
+        with self._conn() as conn:
+            return [r[0] for r in conn.execute("SELECT unit FROM fleet ORDER BY unit")]
+
+    def fleet(self) -> list[UnitRecord]:
+        """Every unit with what the cloud last heard from it, sorted by id."""
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT f.unit, f.first_seen, f.last_seen, f.last_boot, f.last_seq, f.statuses,"
+                " (SELECT seq FROM desired d WHERE d.unit = f.unit ORDER BY id DESC LIMIT 1)"
+                " FROM fleet f ORDER BY f.unit"
+            ).fetchall()
+        return [UnitRecord(*row) for row in rows]
 
 
-def read_timeline(path: Path) -> list[dict[str, Any]]:
-    """Every complete record of a timeline file (a torn last line is skipped)."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in raw.splitlines():
-        try:
-            out.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue
-    return out
+@dataclass(frozen=True)
+class UnitRecord:
+    """What the cloud keeps of one unit besides its timeline."""
+
+    unit: str
+    first_seen: float
+    last_seen: float | None
+    last_boot: str | None
+    last_seq: int | None
+    statuses: int
+    desired_seq: int | None
+
+
+def _record(row: tuple[float, str, bytes]) -> dict[str, Any]:
+    return {"receivedAt": row[0], "txn": row[1], "unitStatus": orjson.loads(row[2])}

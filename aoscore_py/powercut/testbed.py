@@ -25,7 +25,7 @@ from ..cloud import client
 from ..cloud.oci import OciImage
 from ..cloud.ordering import unit_view
 from ..cloud.service import publish
-from ..cloud.state import CloudState, read_timeline
+from ..cloud.state import CloudState
 from ..cm.updatemanager.handler import MACHINE
 from ..errors import AosError
 from ..iam.tls import TlsFiles
@@ -169,6 +169,11 @@ class CloudProcess:
     @property
     def operator_url(self) -> str:
         return self.endpoints["operator"]
+
+    @property
+    def operator_token(self) -> str:
+        """The bearer token of the cloud's operator API."""
+        return self.state.operator_token()
 
     @property
     def trusted_ca(self) -> Path:
@@ -338,7 +343,7 @@ def check_convergence(
         problems.append(f"containers {sorted(seen)} != desired {sorted(wanted)}")
     problems += [f"{k} runs {n} times" for k, n in seen.items() if n > 1]
     problems += _items_installed(data_dir, versions)
-    problems += _timeline_active(cloud.timeline_path(unit), wanted)
+    problems += _timeline_active(cloud.timeline(unit), wanted)
     return Convergence(not problems, tuple(problems))
 
 
@@ -377,8 +382,7 @@ def _items_installed(data_dir: Path, versions: dict[str | None, str]) -> list[st
     ]
 
 
-def _timeline_active(path: Path, wanted: set[tuple[str, str, int]]) -> list[str]:
-    records = read_timeline(path)
+def _timeline_active(records: list[dict], wanted: set[tuple[str, str, int]]) -> list[str]:
     if not records:
         return ["the cloud received no unitStatus"]
     last = unit_view(records)
@@ -450,12 +454,16 @@ class AgentLog:
 
 def operate(cloud: CloudProcess, request: dict[str, object], timeout_s: float = 60.0) -> dict:
     """One operator request to a running cloud, from synchronous code."""
-    return asyncio.run(client.operate(cloud.operator_url, request, timeout_s))
+    return asyncio.run(
+        client.operate(cloud.operator_url, request, timeout_s, token=cloud.operator_token)
+    )
 
 
 def push(cloud: CloudProcess, unit: str, ds: DesiredStatus, timeout_s: float = 30.0) -> dict:
     """Push `ds` to `unit` through the cloud's operator API; returns the unit's answer."""
-    return asyncio.run(client.push(cloud.operator_url, unit, ds, timeout_s))
+    return asyncio.run(
+        client.push(cloud.operator_url, unit, ds, timeout_s, token=cloud.operator_token)
+    )
 
 
 def wait_converged(
@@ -521,7 +529,7 @@ def timeline_until(cloud: CloudProcess, unit: str, seq: int, timeout_s: float = 
     """The unit's timeline once the cloud has recorded the status numbered `seq`."""
     deadline = time.monotonic() + timeout_s
     while True:
-        records = read_timeline(cloud.state.timeline_path(unit))
+        records = cloud.state.timeline(unit)
         if any(r["unitStatus"].get("seq") == seq for r in records):
             return records
         if time.monotonic() >= deadline:

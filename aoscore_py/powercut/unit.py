@@ -18,7 +18,6 @@ from urllib.parse import urlsplit, urlunsplit
 from statemachine import ENV_VAR, FAULT_ENV_VAR, parse_spec
 
 from ..cloud.ordering import in_unit_order, summary, unit_view
-from ..cloud.state import read_timeline
 from ..iam.unitpki import UnitPki, init_unit_pki
 from ..protocol import DesiredStatus, UnitConfigState
 from ..sm.docker_runtime import LABEL_ITEM, LABEL_NODE, LABEL_UNIT, LABEL_VERSION, DockerRuntime
@@ -283,7 +282,7 @@ class ThreeNodeUnit:
     def _timeline_problems(self) -> list[str]:
         """Statuses the unit made that never reached the cloud (gaps in a boot's seqs that no
         full status says it folded): with the durable outbox, a kill loses none."""
-        records = read_timeline(self.cloud.state.timeline_path(self.unit))
+        records = self.cloud.state.timeline(self.unit)
         missing = summary(in_unit_order(records))["missing"]
         return [f"the cloud's timeline misses {missing} unit statuses"] if missing else []
 
@@ -313,8 +312,8 @@ class ThreeNodeUnit:
 
     def _last_full(self) -> dict:
         """What the cloud knows of the unit: its last full status with later deltas over it."""
-        return unit_view(read_timeline(self.cloud.state.timeline_path(self.unit)))
+        return unit_view(self.cloud.state.view_records(self.unit))
 
     def reported(self) -> int:
         """How many unit statuses the cloud has recorded for the unit."""
-        return len(read_timeline(self.cloud.state.timeline_path(self.unit)))
+        return len(self.cloud.state.timeline(self.unit))

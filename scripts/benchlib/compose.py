@@ -39,7 +39,6 @@ import docker.errors
 
 from aoscore_py.cloud.oci import OciImage
 from aoscore_py.cloud.service import publish
-from aoscore_py.cloud.state import read_timeline
 from aoscore_py.powercut.testbed import (
     AgentLog,
     CloudProcess,
@@ -289,18 +288,18 @@ class ComposeBench:
         Raises:
             BenchError: no such report within CONVERGE_TIMEOUT_S, or the agent exited.
         """
-        path = self.cloud.state.timeline_path(unit)
-        seen = len(read_timeline(path))
+        state = self.cloud.state
+        seen = len(state.timeline(unit))
         before = time.time()
         push(self.cloud, unit, ds)
         deadline = time.monotonic() + CONVERGE_TIMEOUT_S
         polls = 0
-        while (report := first_report(read_timeline(path)[seen:], wanted)) is None:
+        while (report := first_report(state.timeline(unit)[seen:], wanted)) is None:
             polls += 1
             if polls % 25 == 0:
                 self._check_going(agent, log, before)
             if time.monotonic() > deadline:
-                last = (read_timeline(path)[seen:] or [{}])[-1].get("unitStatus")
+                last = (state.timeline(unit)[seen:] or [{}])[-1].get("unitStatus")
                 raise BenchError(
                     f"{unit}: no report of {len(wanted)} active instances within "
                     f"{CONVERGE_TIMEOUT_S} s; last report: {last}\n{_tail(log)}"

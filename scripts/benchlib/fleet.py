@@ -105,12 +105,13 @@ def _wait_ready(procs: list[subprocess.Popen[str]], units: int) -> None:
                 raise RuntimeError(f"{ready} of {units} units ready in {READY_TIMEOUT_S} s")
 
 
-async def _push_all(operator_url: str, system_ids: list[str], ds: DesiredStatus) -> list[dict]:
+async def _push_all(cloud: CloudProcess, system_ids: list[str], ds: DesiredStatus) -> list[dict]:
     gate = asyncio.Semaphore(PUSH_PARALLEL)
+    url, token = cloud.operator_url, cloud.operator_token
 
     async def one(unit: str) -> dict[str, Any]:
         async with gate:
-            return await client.push(operator_url, unit, ds, timeout_s=DONE_TIMEOUT_S)
+            return await client.push(url, unit, ds, timeout_s=DONE_TIMEOUT_S, token=token)
 
     return await asyncio.gather(*(one(u) for u in system_ids))
 
@@ -146,7 +147,7 @@ def measure(
             )
             version = "2.0.0"
             pushed_at = time.time()
-            answers = asyncio.run(_push_all(cloud.operator_url, system_ids, _desired(version)))
+            answers = asyncio.run(_push_all(cloud, system_ids, _desired(version)))
             nacked = [a for a in answers if not a.get("ok")]
             if nacked:
                 raise RuntimeError(f"{len(nacked)} units did not ack: {nacked[:3]}")

@@ -16,7 +16,6 @@ from aoscore_py.powercut.testbed import (
     cycle_journal,
     operate,
     push,
-    read_timeline,
     scenario,
     timeline_until,
     wait_converged,
@@ -94,7 +93,7 @@ def test_converges_with_every_phase_journalled_and_labelled_containers(
         ("svc-b", "subj1", "0", "1.0.0", "node-1"),
         ("svc-b", "subj1", "1", "1.0.0", "node-1"),
     ]
-    last = unit_view(read_timeline(cloud.state.timeline_path(unit)))
+    last = unit_view(cloud.state.timeline(unit))
     assert last["isDeltaInfo"] is False, "a full status went out after the cycle"
     assert {i["state"] for i in last["items"]} == {"installed"}
     assert last["unitConfig"] == [{"version": "1.0.0", "state": "installed"}]
@@ -111,7 +110,7 @@ def test_identical_desired_status_is_ignored_and_still_reports(
     ds = scenario([("svc-a", images["it-alpha"])], num_instances=1)
     _, log, data_dir = agents.converged(unit, ds, docker_runtime)
     before = len(cycle_journal(data_dir))
-    statuses = len(read_timeline(cloud.state.timeline_path(unit)))
+    statuses = len(cloud.state.timeline(unit))
 
     assert push(cloud, unit, replace(ds, correlation_id="again"))["ok"]
     log.wait_for("desired.ignored")

@@ -10,7 +10,6 @@ import orjson
 import pytest
 
 from aoscore_py.cloud.oci import OciImage
-from aoscore_py.cloud.state import read_timeline
 from aoscore_py.powercut.testbed import CloudProcess, aoscore_cmd, scenario, wait_converged
 from aoscore_py.protocol import DesiredStatus, dump_message, parse_message
 from aoscore_py.sm.docker_runtime import DockerRuntime
@@ -157,7 +156,7 @@ def test_publish_push_and_timeline_from_the_command_line(
         "cloud", "timeline", "--unit", unit, "--check", "--cloud-dir", str(cloud.cloud_dir)
     )
     *lines, counts = checked.stdout.splitlines()
-    recorded = len(read_timeline(cloud.state.timeline_path(unit)))
+    recorded = len(cloud.state.timeline(unit))
     assert len(lines) == recorded and all(line.startswith("boot=") for line in lines)
     fields = dict(pair.split("=") for pair in counts.split())
     assert int(fields["statuses"]) == recorded and fields["duplicates"] == "0"

@@ -26,7 +26,6 @@ from aoscore_py.cloud.oci import OciImage
 from aoscore_py.cloud.ordering import unit_view
 from aoscore_py.cloud.registry import Registry
 from aoscore_py.cloud.service import publish
-from aoscore_py.cloud.state import read_timeline
 from aoscore_py.iam.unitpki import UnitPki, init_unit_pki
 from aoscore_py.nodes.itemconfig import parse_item_config
 from aoscore_py.powercut.testbed import (
@@ -230,7 +229,7 @@ class Unit:
     def _all_active(self, count: int) -> bool:
         """Whether the cloud's view of the unit (its last full status, later deltas laid over
         it) has `count` instances, all active."""
-        view = unit_view(read_timeline(self.agents.cloud.state.timeline_path(self.unit)))
+        view = unit_view(self.agents.cloud.state.timeline(self.unit))
         states = [i["state"] for g in view.get("instances", []) for i in g["instances"]]
         return len(states) == count and set(states) == {"active"}
 

@@ -176,7 +176,8 @@ class TestProvisioning:
 def _connected(cloud: CloudProcess, system_id: str, timeout_s: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if operate(cloud, {"op": "units"}).get("units", {}).get(system_id):
+        units = operate(cloud, {"op": "units"}).get("units", [])
+        if any(u["id"] == system_id and u["connected"] for u in units):
             return True
         time.sleep(0.2)
     return False
@@ -272,8 +273,8 @@ class TestHandshake:
             await ws.send(own)
             ack = parse_frame(await asyncio.wait_for(ws.recv(), 10))
         assert ack.header.txn == txn and ack.header.system_id == system_id
-        assert cloud.state.timeline_path(system_id).exists()
-        assert not (cloud.cloud_dir / "units" / "unit-someone-else" / "timeline.jsonl").exists()
+        assert [r["txn"] for r in cloud.state.timeline(system_id)] == [txn]
+        assert cloud.state.timeline("unit-someone-else") == []
 
     @pytest.mark.parametrize(
         "authorization",
@@ -316,12 +317,13 @@ class TestHandshake:
             async with _connect(target, context=no_cert):
                 pass
 
-    async def test_units_do_not_dial_the_plain_listener(self, cloud: CloudProcess) -> None:
-        plain = cloud.endpoints["operator"].removesuffix("/operator")
+    async def test_units_do_not_dial_the_operator_api(self, cloud: CloudProcess) -> None:
+        plain = cloud.endpoints["operator"].replace("http://", "ws://", 1)
+        assert "ws" not in cloud.endpoints  # over TLS, no plain listener for units
         with pytest.raises(InvalidStatus) as caught:
             async with connect(plain, proxy=None, open_timeout=10):
                 pass
-        assert caught.value.response.status_code == 403
+        assert caught.value.response.status_code == 401
 
 
 def test_an_expired_token_gets_401(tmp_path: Path) -> None:

@@ -27,7 +27,6 @@ from pathlib import Path
 import pytest
 
 from aoscore_py.cloud.oci import OciImage
-from aoscore_py.cloud.state import read_timeline
 from aoscore_py.powercut.testbed import (
     AgentLog,
     CloudProcess,
@@ -114,7 +113,7 @@ def first_status_of(
     """The first unitStatus the cloud recorded from the agent started with `boot_id`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for record in read_timeline(cloud.state.timeline_path(unit)):
+        for record in cloud.state.timeline(unit):
             if record["unitStatus"].get("bootId") == boot_id:
                 return record["unitStatus"]
         time.sleep(0.05)

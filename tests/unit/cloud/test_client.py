@@ -14,6 +14,6 @@ from aoscore_py.protocol import MAX_MESSAGE_BYTES
 async def test_an_oversized_request_is_refused_before_it_is_sent() -> None:
     request = {"op": "push", "desiredStatus": "x" * MAX_MESSAGE_BYTES}
     with pytest.raises(LinkError) as raised:
-        await operate("ws://127.0.0.1:9/operator", request, timeout_s=1)
+        await operate("http://127.0.0.1:9", request, timeout_s=1)
     assert "more than the cloud takes" in raised.value.message
     assert "nothing was sent" in raised.value.message
