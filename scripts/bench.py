@@ -29,6 +29,10 @@ no Docker) on one reference cloud process; one desired status pushed to all, tim
 unit's full status naming it is in the timeline: p50, p99, total, the cloud's RSS
 (scripts/benchlib/fleet.py).
 
+storm: the agent's resident size calm, at the end of a reconnect storm (a loopback cloud that
+sends an oversized frame after each connect; redial schedule squeezed so hundreds happen) and
+calm again (scripts/benchlib/storm.py).
+
 outbox: unit statuses through the cloud link's durable outbox (enqueue, send, ack, delete) to
 a loopback peer that acks each, against raw one-row SQLite commits in the same folder;
 alternating rounds, statuses per second and their ratio (scripts/benchlib/outbox.py).
@@ -57,7 +61,7 @@ from aoscore_py.blobs.download import blob_client
 from aoscore_py.blobs.store import BlobStore, digest_hex
 from aoscore_py.cloud.oci import OciImage, blob_url, build_test_image, push_image
 from aoscore_py.cloud.registry import Registry
-from aoscore_py.cloud.state import CloudState, read_timeline
+from aoscore_py.cloud.state import CloudState
 from aoscore_py.cm.communication.link import CloudLink
 from aoscore_py.cm.communication.outbox import Outbox, OutboxLimits
 from aoscore_py.cm.communication.targets import StaticTargets
@@ -1237,6 +1241,38 @@ def outbox(json_path: Path, statuses: int, rounds: int, base_dir: Path | None) -
 @bench.command()
 @json_option
 @click.option(
+    "--storm",
+    "storm_s",
+    type=click.FloatRange(1, 3600),
+    default=60.0,
+    show_default=True,
+    help="Seconds of hostile cloud.",
+)
+@click.option(
+    "--settle",
+    type=click.FloatRange(1, 600),
+    default=10.0,
+    show_default=True,
+    help="Calm seconds before the baseline and after the storm.",
+)
+def storm(json_path: Path, storm_s: float, settle: float) -> None:
+    """The agent's resident size calm, after a reconnect storm (a cloud that sends an
+    oversized frame after each connect), and once calm again."""
+    from benchlib.storm import measure
+
+    with tempfile.TemporaryDirectory(prefix="aoscore-bench-storm-") as work:
+        result = measure(Path(work), storm_s, settle)
+    print(
+        f"{result['reconnects']} reconnects in {storm_s:g} s: agent {result['baseline_rss_mb']} "
+        f"MiB calm, {result['storm_end_rss_mb']} MiB at the storm's end, "
+        f"{result['after_rss_mb']} MiB after (x{result['after_over_baseline']})"
+    )
+    _write_result(json_path, result)
+
+
+@bench.command()
+@json_option
+@click.option(
     "--units",
     type=click.IntRange(1, 10_000),
     default=1000,
@@ -1261,7 +1297,7 @@ def fleet(json_path: Path, units: int, workers: int) -> None:
             Path(work),
             units,
             workers,
-            lambda cloud, unit: read_timeline(cloud.state.timeline_path(unit)),
+            lambda cloud, unit: cloud.state.timeline(unit),
         )
     print(
         f"{result['units']} units in {result['workers']} processes: p50 {result['p50_s']} s, "

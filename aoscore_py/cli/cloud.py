@@ -154,6 +154,16 @@ def cloud() -> None:
     show_default=True,
     help="Days a unit certificate issued at provisioning is valid.",
 )
+@click.option(
+    "--keepalive",
+    type=float,
+    default=20.0,
+    show_default=True,
+    callback=positive,
+    help="Seconds between pings to each unit; a unit whose pong is this late again is "
+    "dropped. Raise it above the round trip for units on slower links (as `aoscore agent "
+    "--keepalive`); opening handshakes may take three times as long.",
+)
 @with_logs
 def cloud_serve(
     cloud_dir: Path,
@@ -172,6 +182,7 @@ def cloud_serve(
     wss_port: int,
     token_ttl: float,
     cert_days: int,
+    keepalive: float,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -205,6 +216,7 @@ def cloud_serve(
             serving=serving,
             tls=tls,
             operator_port=operator_port,
+            keepalive_s=keepalive,
         )
     )
 

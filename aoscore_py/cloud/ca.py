@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..crypto.pki import key_usage
+from ..crypto.pki import ec_root_ca, key_usage
 from ..errors import ConfigError
 from ..fsutil import atomic_write
 from ..iam.tls import TlsFiles
@@ -163,22 +163,7 @@ class CloudCa:
 
 
 def _new_ca(folder: Path, days: int) -> CloudCa:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = _name("aoscore-py reference cloud CA")
-    start, end = _validity(days)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(key_usage(ca=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
-    )
+    cert, key = ec_root_ca(_name("aoscore-py reference cloud CA"), *_validity(days))
     # The key first: a cut between the two leaves a key without a CA, which is made again;
     # never a CA whose key is lost.
     _write_key(folder / CA_KEY_FILE, key)

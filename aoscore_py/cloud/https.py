@@ -7,6 +7,12 @@
   system id must be the one asked for, and answers the wss URL with a bearer token.
 - wss: a client certificate from the cloud's CA and `Authorization: Bearer <token>` issued
   for that same unit, or the handshake is answered 401.
+- Polling, the units' fallback transport (`cm/communication/poll.py`), with the same
+  credentials as wss (401 without; 403 when the certificate is another unit's than the path's):
+  `POST /units/{systemId}/messages` takes a JSON array of frames and answers a JSON array of
+  the cloud's reply frames (acks, blobUrls); `GET /units/{systemId}/desired` answers the whole
+  desired-status frame with an `ETag`, 304 for a matching `If-None-Match`, 404 when the unit
+  has none. Served over TLS only (`cloud serve --insecure` has no HTTPS listener).
 
 The TLS server context asks every HTTPS client for a certificate but does not demand one
 (provisioning has none), so discovery checks for it itself; the wss context demands one.
@@ -20,13 +26,15 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+import orjson
 from aiohttp import web
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-from ..errors import LocalError, ProvisioningError
+from ..errors import LocalError, ProtocolError, ProvisioningError
 from ..iam.tls import TlsFiles, server_context
 from ..logs import get_logger
+from ..protocol import MAX_MESSAGE_BYTES
 from .bearer import BearerTokens, load_key
 from .ca import ensure_ca
 from .provisioning import DB_FILE, Registrar
@@ -105,7 +113,7 @@ class Front:
     """The TLS side of one cloud: its CA, registrar, tokens, HTTPS app and wss listener.
 
     Args:
-        state: the cloud's files (the CA lives in `tls/`, the registry in `provisioning.db`).
+        state: the cloud's files (the CA lives in `tls/`, tokens and units in `cloud.db`).
         server: the cloud whose unit handler the wss listener feeds.
         settings: where and how to listen.
     """
@@ -143,6 +151,8 @@ class Front:
         app = web.Application(client_max_size=64 << 10)
         app.router.add_post("/provisioning", self._provisioning)
         app.router.add_post("/discovery", self._discovery)
+        app.router.add_post("/units/{unit}/messages", self._messages)
+        app.router.add_get("/units/{unit}/desired", self._desired)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.SockSite(self._runner, sock, ssl_context=https_context).start()
@@ -212,23 +222,84 @@ class Front:
             }
         )
 
+    # polling
+
+    def _polling_unit(self, request: web.Request) -> str | web.Response:
+        """The unit a poll request is from, when its certificate, token and path agree."""
+        proved = peer_system_id(request.transport)
+        reason = self._refusal(proved, request.headers.get("Authorization", ""))
+        if reason is not None:
+            log.warning("unit.refused", unit=proved, reason=reason, transport="poll")
+            return _error(HTTPStatus.UNAUTHORIZED, f"{reason}: run discovery")
+        asked = request.match_info["unit"]
+        if asked != proved:
+            return _error(
+                HTTPStatus.FORBIDDEN, f"the certificate is unit {proved}'s, not {asked!r}'s"
+            )
+        return str(proved)
+
+    async def _messages(self, request: web.Request) -> web.Response:
+        unit = self._polling_unit(request)
+        if isinstance(unit, web.Response):
+            return unit
+        # Read here, past the credentials check and the app's small limit for strangers.
+        body = await request.content.read(MAX_MESSAGE_BYTES + 1)
+        if len(body) > MAX_MESSAGE_BYTES:
+            return _error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "send fewer frames at once")
+        try:
+            frames = orjson.loads(body)
+            if not isinstance(frames, list):
+                raise ValueError("the body is not a JSON array")
+        except (ValueError, orjson.JSONDecodeError) as exc:
+            return _error(HTTPStatus.BAD_REQUEST, f"expected a JSON array of frames: {exc}")
+        replies = await self.server.poll_messages(unit, [orjson.dumps(f) for f in frames])
+        body = b"[" + b",".join(r.encode() if isinstance(r, str) else r for r in replies) + b"]"
+        return web.Response(body=body, content_type="application/json")
+
+    async def _desired(self, request: web.Request) -> web.Response:
+        unit = self._polling_unit(request)
+        if isinstance(unit, web.Response):
+            return unit
+        try:
+            polled = self.server.poll_desired(unit)
+        except ProtocolError as exc:
+            return _error(HTTPStatus.INTERNAL_SERVER_ERROR, f"the stored desired status: {exc}")
+        if polled is None:
+            return _error(HTTPStatus.NOT_FOUND, f"no desired status for unit {unit}")
+        headers = {"ETag": polled.etag, "Cache-Control": "no-cache"}
+        if polled.etag in _etags(request.headers.get("If-None-Match", "")):
+            return web.Response(status=HTTPStatus.NOT_MODIFIED, headers=headers)
+        log.info("desired.served", unit=unit, txn=polled.txn, etag=polled.etag, transport="poll")
+        return web.Response(body=polled.frame, content_type="application/json", headers=headers)
+
     # the wss handshake
+
+    def _refusal(self, proved: str | None, authorization: str) -> str | None:
+        """Why a unit's request is refused (401), or None when its certificate and bearer
+        token agree."""
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        if proved is None:
+            return "no client certificate"
+        if not token:
+            return "no bearer token"
+        if self.tokens.check(token) != proved:
+            return "the bearer token is not valid for this unit (expired or another's)"
+        return None
 
     def authenticate(self, connection: ServerConnection, request: Request) -> str | Response:
         """The system id of a unit whose certificate and bearer token agree, or a 401."""
         proved = peer_system_id(connection.transport)
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" else ""
-        if proved is None:
-            reason = "no client certificate"
-        elif not token:
-            reason = "no bearer token"
-        elif self.tokens.check(token) != proved:
-            reason = "the bearer token is not valid for this unit (expired or another's)"
-        else:
+        reason = self._refusal(proved, request.headers.get("Authorization", ""))
+        if reason is None and proved is not None:
             return proved
         log.warning("unit.refused", unit=proved, reason=reason)
         return connection.respond(HTTPStatus.UNAUTHORIZED, f"{reason}: run discovery\n")
+
+
+def _etags(header: str) -> set[str]:
+    """The ETags an `If-None-Match` names (weak ones compare as strong: the body is JSON)."""
+    return {t.strip().removeprefix("W/") for t in header.split(",") if t.strip()}
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -1,13 +1,20 @@
-"""The reference cloud's WebSocket server: units on `/`, operators on `/operator`.
+"""The reference cloud's WebSocket server for units, and the operations its operator API
+(`operator.py`) runs on them.
 
 Units: every message is acknowledged by txn; every unitStatus is appended to the unit's
 timeline; requestBlobUrls is answered with URLs into the loopback registry, each blob signed by
 the test PKI; after a unit's first status on a connection, its stored desired status is sent
 (the unit ignores one it already has). Every desired status pushed carries the PKI's
-certificates and chain. Operators: JSON requests `{"op": "push", "unit": ..., "desiredStatus":
+certificates and chain. Operations (`operate`): `{"op": "push", "unit": ..., "desiredStatus":
 {...}}`, answered with the unit's ack or nack; `{"op": "units"}`; `{"op": "blobs", ...}` to
 serve blobs unsigned, with a wrong signature, through another base URL (a test proxy) or
-behind a dead first URL.
+behind a dead first URL; `{"op": "raw", ...}` to send a unit a frame as it is.
+
+Units that poll (over HTTPS, `https.py`) are served by the same handler: the frames of a POST
+go through `_unit_message` with a `_Replies` in place of the WebSocket, and what the cloud
+answers is the POST's answer (blobUrls included, answered inline). The desired status is
+fetched with an ETag (a hash of the frame's data) under a txn derived from it, so the unit's
+ack names it and a push waiting for that unit is answered by it.
 """
 
 from __future__ import annotations
@@ -20,7 +27,6 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
-from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -50,8 +56,7 @@ from ..protocol import (
     parse_message,
 )
 from .oci import blob_url, blob_urls
-from .ordering import RecentTxns
-from .state import EXTRA_HASHES, CloudState, check_unit_id, read_timeline
+from .state import EXTRA_HASHES, CloudState, check_unit_id
 
 log = get_logger("cloud")
 
@@ -99,11 +104,34 @@ class BlobServing:
         }
 
 
+class _Replies:
+    """Stands in for a polling unit's WebSocket: the frames sent to it answer its POST."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes | str] = []
+
+    async def send(self, frame: bytes | str) -> None:
+        self.frames.append(frame)
+
+
+# Txns of desired statuses served by poll: one per (unit, ETag), the same at every poll.
+_POLL_TXNS = uuid.UUID("6f1d3c2e-3b0a-4f57-9a55-5d2f0f6a9c11")
+
+
+@dataclass(frozen=True)
+class PolledDesired:
+    """A unit's desired status as a poll serves it."""
+
+    etag: str
+    txn: str
+    frame: bytes
+
+
 @dataclass
 class _Unit:
-    """A connected unit."""
+    """A connected unit (or one that polls: its `ws` is a `_Replies`)."""
 
-    ws: ServerConnection
+    ws: ServerConnection | _Replies
     waiters: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     next_reply: list[asyncio.Future[dict[str, Any]]] = field(default_factory=list)
     sent_desired: bool = False
@@ -116,6 +144,8 @@ class CloudServer:
         state: its files.
         registry: the registry URL blobs are served from.
         blob_urls_delay_s: wait this long before answering requestBlobUrls (a slow cloud).
+        keepalive_s: seconds between pings to each unit; one whose pong is this late again
+            is dropped (raise it above the round trip of units on slow links).
     """
 
     def __init__(
@@ -126,34 +156,34 @@ class CloudServer:
         pki: Pki | None = None,
         serving: BlobServing | None = None,
         blob_urls_delay_s: float = 0.0,
+        keepalive_s: float = 20.0,
     ) -> None:
         self.state = state
+        # Pings to each unit, and how long an opening handshake may take (TCP, TLS and the
+        # upgrade: a round trip each), so that units on slow links can be served.
+        self._ws_options: dict[str, Any] = {
+            "ping_interval": keepalive_s,
+            "ping_timeout": keepalive_s,
+            "open_timeout": max(10.0, 3 * keepalive_s),
+            "max_size": MAX_MESSAGE_BYTES,
+        }
         self.registry = registry.rstrip("/")
         self.pki = pki
         self.serving = serving or BlobServing()
         self.blob_urls_delay_s = blob_urls_delay_s
         self._units: dict[str, _Unit] = {}
-        self._recent: dict[str, RecentTxns] = {}
+        self._polling: dict[str, _Unit] = {}
+        self._poll_locks: dict[str, asyncio.Lock] = {}
         self._connected: dict[str, asyncio.Event] = {}
         self._servers: list[Server] = []
         # The system id each wss connection proved at its handshake.
         self._verified: dict[ServerConnection, str] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0, *, units: bool = True) -> int:
-        """Listen in plaintext; returns the port.
-
-        Args:
-            units: serve units on `/` too; False when units dial over wss
-                (`start_units_tls`), leaving this listener to operators on loopback.
-        """
-        server = await serve(
-            self._route,
-            host,
-            port,
-            max_size=MAX_MESSAGE_BYTES,
-            process_request=None if units else self._operators_only,
-        )
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Serve units in plaintext (`cloud serve --insecure`: tests, the demo); returns the
+        port."""
+        server = await serve(self._unit, host, port, **self._ws_options)
         self._servers.append(server)
         return server.sockets[0].getsockname()[1]
 
@@ -176,7 +206,7 @@ class CloudServer:
             port,
             ssl=context,
             process_request=admit,
-            max_size=MAX_MESSAGE_BYTES,
+            **self._ws_options,
         )
         self._servers.append(server)
         return server.sockets[0].getsockname()[1]
@@ -187,12 +217,6 @@ class CloudServer:
         for server in self._servers:
             await server.wait_closed()
 
-    @staticmethod
-    def _operators_only(connection: ServerConnection, request: Request) -> Response | None:
-        if request.path.startswith("/operator"):
-            return None
-        return connection.respond(HTTPStatus.FORBIDDEN, "units connect over wss\n")
-
     async def _verified_unit(self, ws: ServerConnection) -> None:
         try:
             await self._unit(ws, self._verified.get(ws))
@@ -201,13 +225,6 @@ class CloudServer:
 
     def _event(self, unit_id: str) -> asyncio.Event:
         return self._connected.setdefault(unit_id, asyncio.Event())
-
-    async def _route(self, ws: ServerConnection) -> None:
-        path = ws.request.path if ws.request else "/"
-        if path.startswith("/operator"):
-            await self._operator(ws)
-        else:
-            await self._unit(ws)
 
     # units
 
@@ -252,8 +269,10 @@ class CloudServer:
                         waiter.set_result({"ok": False, "error": "unit disconnected"})
 
     async def _unit_message(
-        self, unit_id: str, unit: _Unit, env: Envelope, raw: str | bytes
+        self, unit_id: str, unit: _Unit, env: Envelope, raw: str | bytes, *, inline: bool = False
     ) -> None:
+        """Handle one unit frame; `inline`: answer a requestBlobUrls before returning (a
+        polling unit reads the answer in its POST's)."""
         data, txn = env.data, env.header.txn
         if isinstance(data, (Ack, Nack)):
             waiter = unit.waiters.pop(txn, None)
@@ -268,11 +287,11 @@ class CloudServer:
                     w.set_result(result)
             unit.next_reply.clear()
             return
-        if isinstance(data, UnitStatus) and not self._seen(unit_id).add(txn):
-            # A resend whose ack was lost: acked again, recorded once.
+        if isinstance(data, UnitStatus) and not self.state.append_status(
+            unit_id, txn, orjson.loads(raw)["data"]
+        ):
+            # A resend whose ack was lost (its txn is recorded): acked again, recorded once.
             log.info("unit.status_again", unit=unit_id, txn=txn, seq=data.seq)
-        elif isinstance(data, UnitStatus):
-            self.state.append_status(unit_id, txn, orjson.loads(raw)["data"])
         await self._send(unit_id, unit, Ack(), txn=txn)
         if isinstance(data, UnitStatus):
             log.info("unit.status", unit=unit_id, delta=data.is_delta_info, seq=data.seq)
@@ -280,16 +299,68 @@ class CloudServer:
                 unit.sent_desired = True
                 if self.state.desired(unit_id) is not None:
                     self._spawn(self.deliver(unit_id, timeout_s=30.0))
+        elif isinstance(data, RequestBlobUrls) and inline:
+            await self._answer_blob_urls(unit_id, unit, data)
         elif isinstance(data, RequestBlobUrls):
             self._spawn(self._answer_blob_urls(unit_id, unit, data))
 
-    def _seen(self, unit_id: str) -> RecentTxns:
-        """The txns of the unit's last recorded statuses (read from its timeline once)."""
-        seen = self._recent.get(unit_id)
-        if seen is None:
-            seen = RecentTxns.of_timeline(read_timeline(self.state.timeline_path(unit_id)))
-            self._recent[unit_id] = seen
-        return seen
+    # units that poll
+
+    async def poll_messages(self, unit_id: str, raws: list[bytes]) -> list[bytes | str]:
+        """Handle the frames a polling unit POSTed (as if they came over its WebSocket, in
+        order); returns the cloud's answers to them. Frames naming another unit are dropped."""
+        lock = self._poll_locks.setdefault(unit_id, asyncio.Lock())
+        async with lock:
+            unit = self._polling.get(unit_id)
+            if unit is None:
+                # sent_desired: a polling unit fetches its desired status, nothing is pushed.
+                unit = self._polling[unit_id] = _Unit(_Replies(), sent_desired=True)
+            replies = unit.ws = _Replies()
+            for raw in raws:
+                try:
+                    env = parse_frame(raw)
+                except ProtocolError as exc:
+                    log.warning("unit.bad_frame", unit=unit_id, error=str(exc), transport="poll")
+                    continue
+                if env.header.system_id != unit_id:
+                    log.warning("unit.foreign_frame", unit=unit_id, claimed=env.header.system_id)
+                    continue
+                await self._unit_message(unit_id, unit, env, raw, inline=True)
+            return replies.frames
+
+    def poll_desired(self, unit_id: str) -> PolledDesired | None:
+        """The unit's desired status as a poll serves it, or None when it has none."""
+        body = self.state.desired(unit_id)
+        if body is None:
+            return None
+        message = parse_message(body, message_type="desiredStatus")
+        if isinstance(message, DesiredStatus):
+            message = self.with_trust(message)
+        etag = '"' + hashlib.sha256(dump_message(message)).hexdigest()[:32] + '"'
+        txn = str(uuid.uuid5(_POLL_TXNS, f"{unit_id}/{etag}"))
+        frame = dump_frame(Envelope(new_header(unit_id, txn=txn), message))
+        return PolledDesired(etag, txn, frame)
+
+    async def _polled_answer(self, unit_id: str) -> dict[str, Any] | None:
+        """Wait until the unit is connected over wss (None) or acks, by poll, the desired
+        status stored now (its answer)."""
+        polled = self.poll_desired(unit_id)
+        connected = asyncio.ensure_future(self._event(unit_id).wait())
+        if polled is None:
+            await connected
+            return None
+        unit = self._polling.get(unit_id)
+        if unit is None:
+            unit = self._polling[unit_id] = _Unit(_Replies(), sent_desired=True)
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        unit.waiters[polled.txn] = answer
+        try:
+            await asyncio.wait({connected, answer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            connected.cancel()
+            if unit.waiters.get(polled.txn) is answer:
+                del unit.waiters[polled.txn]
+        return answer.result() if answer.done() and not answer.cancelled() else None
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -362,7 +433,10 @@ class CloudServer:
         deadline = time.monotonic() + timeout_s
         try:
             async with asyncio.timeout(timeout_s):
-                await self._event(unit_id).wait()
+                polled = await self._polled_answer(unit_id)
+                if polled is not None:
+                    log.info("desired.polled", unit=unit_id, ok=polled.get("ok"))
+                    return polled
                 unit = self._units[unit_id]
                 waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
                 txn = str(uuid.uuid4())
@@ -395,14 +469,9 @@ class CloudServer:
 
     # operators
 
-    async def _operator(self, ws: ServerConnection) -> None:
-        async for raw in ws:
-            try:
-                request = orjson.loads(raw)
-                reply = await self._operate(request)
-            except (orjson.JSONDecodeError, ProtocolError, ConfigError, KeyError, TypeError) as exc:
-                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            await ws.send(orjson.dumps(reply))
+    def is_connected(self, unit_id: str) -> bool:
+        """Whether the unit holds a WebSocket to this cloud now."""
+        return unit_id in self._units
 
     def _next_seq(self, unit_id: str) -> int:
         """The per-unit order stamped on each desired status pushed (one more than the last)."""
@@ -415,7 +484,14 @@ class CloudServer:
             return 1
         return ((last.seq if isinstance(last, DesiredStatus) else None) or 0) + 1
 
-    async def _operate(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def operate(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Run one operation; its answer has `ok`, and `error` when it failed.
+
+        Raises:
+            ProtocolError: a push whose desired status the parser refuses.
+            ConfigError: a bad unit id or blob serving setting.
+            KeyError: a field the operation needs is missing.
+        """
         op = request.get("op")
         if op == "push":
             unit_id = check_unit_id(request["unit"])

@@ -32,6 +32,7 @@ async def serve_cloud(
     stop: asyncio.Event | None = None,
     tls: TlsSettings | None = None,
     operator_port: int = 0,
+    keepalive_s: float = 20.0,
 ) -> None:
     """Serve until SIGINT/SIGTERM (or `stop`); starts its own registry unless given one, and
     makes a test PKI (EC) unless `cloud pki init` made one.
@@ -41,6 +42,7 @@ async def serve_cloud(
             HTTPS. None: units on plain ws on `port` (loopback), as for tests and the demo.
         operator_port: the operator HTTP API's port on loopback (0: a free one); its URL
             and the file holding its token are written to cloud.json.
+        keepalive_s: seconds between pings to each unit (see `CloudServer`).
     """
     state = CloudState(cloud_dir)
     pki = ensure_pki(state)
@@ -49,7 +51,12 @@ async def serve_cloud(
         registry = Registry(cloud_dir / "registry").start()
         registry_url = registry.url
     server = CloudServer(
-        state, registry_url, pki=pki, serving=serving, blob_urls_delay_s=blob_urls_delay_s
+        state,
+        registry_url,
+        pki=pki,
+        serving=serving,
+        blob_urls_delay_s=blob_urls_delay_s,
+        keepalive_s=keepalive_s,
     )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

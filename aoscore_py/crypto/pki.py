@@ -149,6 +149,28 @@ def key_usage(*, ca: bool) -> x509.KeyUsage:
     )
 
 
+def ec_root_ca(
+    name: x509.Name, start: datetime, end: datetime
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed EC P-256 root that may sign leaves only (path length 0), valid from
+    `start` to `end`: the unit PKI's CA and the reference cloud's are made alike."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(key_usage(ca=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
 def _issue(
     subject: x509.Name,
     key: PkiKey,

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..crypto.pki import key_usage
+from ..crypto.pki import ec_root_ca, key_usage
 from ..crypto.signing import fingerprint, load_pem_certificates
 from ..errors import ConfigError
 from ..fsutil import atomic_write, fsync_dir
@@ -139,23 +139,7 @@ def _validity(valid_days: int) -> tuple[datetime, datetime]:
 
 
 def _new_ca(valid_days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = _name("aoscore-py unit CA")
-    start, end = _validity(valid_days)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(key_usage(ca=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
+    return ec_root_ca(_name("aoscore-py unit CA"), *_validity(valid_days))
 
 
 def _issue_leaf(

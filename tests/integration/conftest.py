@@ -71,7 +71,11 @@ def unit(remove_unit: Callable[[str], str]) -> str:
 @pytest.fixture(scope="session")
 def cloud(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> Iterator[CloudProcess]:
     """The reference cloud as a real process, stopped at the end of the session."""
-    running = CloudProcess(tmp_path_factory.mktemp("cloud"), registry.url).start()
+    # Pings slow enough for a unit behind a cellular gateway's 30 s each way
+    # (test_link_faults), which the fleet default (20 s) would drop.
+    slow_links = ("--keepalive", "70")
+    running = CloudProcess(tmp_path_factory.mktemp("cloud"), registry.url, extra=slow_links)
+    running.start()
     yield running
     running.stop()
 

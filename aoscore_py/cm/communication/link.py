@@ -82,7 +82,9 @@ class CloudLink:
         reconnect: when to dial again after a failure (`health.ReconnectPolicy`).
         blob_urls_timeout: seconds to wait for a blobUrls answer before asking again.
         ping_interval_s: keepalive pings; a link that misses one answer for `ping_interval_s`
-            more is closed, so a dead link is found in under twice that (40 s by default).
+            more is closed, so a dead link is found in under twice that (40 s by default). The
+            opening handshake may take three times as long (at least 10 s): TCP, TLS and the
+            upgrade each cost a round trip, which is what a raised keepalive is for.
         poll: polling as a transport (`poll.PollSettings`); None: WebSocket only.
     """
 
@@ -213,7 +215,7 @@ class CloudLink:
                 ssl=target.ssl_context,
                 additional_headers=dict(target.headers),
                 proxy=None,
-                open_timeout=10,
+                open_timeout=max(10.0, 3 * self._ping_s),
                 ping_interval=self._ping_s,
                 ping_timeout=self._ping_s,
                 max_size=MAX_MESSAGE_BYTES,
@@ -537,21 +539,29 @@ class CloudLink:
     async def request_blob_urls(self, digests: Sequence[str]) -> list[BlobUrlInfo]:
         """Ask the cloud where `digests` can be downloaded; waits for the link when it is down.
 
+        An answer to any of the requests made is taken: on a link whose round trip is longer
+        than `blob_urls_timeout` (a cellular gateway adding 30 s each way), the answer to the
+        first request arrives after the second was sent.
+
         Raises:
             LinkError: no answer after three requests.
         """
-        for attempt in range(1, 4):
-            await self.connected.wait()
-            correlation = str(uuid.uuid4())
-            waiter: asyncio.Future[BlobUrls] = asyncio.get_running_loop().create_future()
-            self._waiters[correlation] = waiter
-            try:
+        answer: asyncio.Future[BlobUrls] = asyncio.get_running_loop().create_future()
+        asked: list[str] = []
+        try:
+            for attempt in range(1, 4):
+                await self.connected.wait()
+                correlation = str(uuid.uuid4())
+                self._waiters[correlation] = answer
+                asked.append(correlation)
                 await self.send(RequestBlobUrls(correlation, tuple(digests)))
-                answer = await asyncio.wait_for(waiter, self._blob_urls_timeout)
-                return list(answer.items)
-            except TimeoutError:
-                log.warning("blob_urls.timeout", attempt=attempt, digests=len(digests))
-            finally:
+                try:
+                    got = await asyncio.wait_for(asyncio.shield(answer), self._blob_urls_timeout)
+                    return list(got.items)
+                except TimeoutError:
+                    log.warning("blob_urls.timeout", attempt=attempt, digests=len(digests))
+        finally:
+            for correlation in asked:
                 self._waiters.pop(correlation, None)
         raise LinkError(f"no blobUrls answer for {len(digests)} digests", code=AosCode.TIMEOUT)
 

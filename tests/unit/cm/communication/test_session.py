@@ -5,6 +5,7 @@ What waits for an ack and when it is sent again is the outbox's, tested in test_
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -27,12 +28,15 @@ from aoscore_py.errors import AosCode
 from aoscore_py.protocol import (
     PROTOCOL_VERSION,
     Ack,
+    BlobUrlInfo,
+    BlobUrls,
     DesiredStatus,
     Envelope,
     ErrorInfo,
     Header,
     Message,
     Nack,
+    RequestBlobUrls,
     UnitStatus,
     dump_frame,
     new_header,
@@ -395,3 +399,28 @@ class TestLinkOutbox:
         (reply,) = ws.sent
         assert isinstance(parse_frame(reply).data, Nack)
         assert link.outbox.depth == 1
+
+
+class TestLateBlobUrls:
+    """On a link whose round trip is longer than the blobUrls timeout, the answer to the first
+    request arrives after the second was sent: it must still be taken."""
+
+    async def test_an_answer_to_an_earlier_request_is_taken(self) -> None:
+        link = make_link()
+        link._blob_urls_timeout = 0.05
+        ws: Any = FakeSocket()
+        link._ws = ws
+        link.outbox.connected()
+        link.connected.set()
+        digest = "sha256:" + "a" * 64
+        asking = asyncio.create_task(link.request_blob_urls([digest]))
+        for _ in range(200):  # until the first request timed out and was asked again
+            if len(ws.sent) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        first = parse_frame(ws.sent[0]).data
+        assert isinstance(first, RequestBlobUrls)
+        info = BlobUrlInfo(digest, ("http://blobs.invalid/b",), bytes(32), 1)
+        late = BlobUrls(first.correlation_id, (info,))
+        await link._dispatch(ws, from_cloud(late, "cloud-late"), 0.0)
+        assert await asyncio.wait_for(asking, 1.0) == [info]
