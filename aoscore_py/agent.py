@@ -225,6 +225,7 @@ class Agent:
             self.nodes,
             self.link,
             debounce_s=config.status_debounce_s,
+            boot_id=self.link.boot_id,  # one boot id on every message the unit sends
         )
         self.handler = DesiredStatusHandler(
             self.storage.machine(MACHINE, UPDATE_CYCLE),

@@ -368,6 +368,13 @@ class CloudServer:
         task.add_done_callback(self._tasks.discard)
 
     async def _answer_blob_urls(self, unit_id: str, unit: _Unit, req: RequestBlobUrls) -> None:
+        log.info(
+            "unit.blob_urls_request",
+            unit=unit_id,
+            boot=req.boot_id,
+            seq=req.seq,
+            digests=len(req.digests),
+        )
         if self.blob_urls_delay_s:
             await asyncio.sleep(self.blob_urls_delay_s)
         catalog = self.state.catalog()

@@ -464,7 +464,10 @@ def nack(o: JsonObject) -> Nack:
 
 def request_blob_urls(o: JsonObject) -> RequestBlobUrls:
     return RequestBlobUrls(
-        correlation_id=_correlation_id(o), digests=o.req_array("digests", digest)
+        correlation_id=_correlation_id(o),
+        digests=o.req_array("digests", digest),
+        boot_id=o.opt_str("bootId"),
+        seq=o.opt_int("seq", minimum=0),
     )
 
 

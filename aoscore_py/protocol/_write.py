@@ -372,6 +372,8 @@ def nack(msg: Nack) -> JsonDict:
 def request_blob_urls(msg: RequestBlobUrls) -> JsonDict:
     out = _start(msg.MESSAGE_TYPE, msg.correlation_id)
     out["digests"] = _strs(msg.digests)
+    _put(out, "bootId", msg.boot_id)
+    _put(out, "seq", msg.seq)
     return out
 
 

@@ -407,12 +407,19 @@ class Nack:
 
 @dataclass(frozen=True, slots=True)
 class RequestBlobUrls:
-    """Asks the cloud where to download the named blobs."""
+    """Asks the cloud where to download the named blobs.
+
+    `boot_id` and `seq` are our addition, as on unitStatus: the boot that asked, and the
+    request's number within it (requests are numbered apart from statuses, so that a status
+    timeline has no gaps for them).
+    """
 
     MESSAGE_TYPE: ClassVar[str] = "requestBlobUrls"
 
     correlation_id: str | None
     digests: tuple[str, ...]
+    boot_id: str | None = None
+    seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

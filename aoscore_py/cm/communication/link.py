@@ -81,6 +81,8 @@ class CloudLink:
         on_disconnect: called each time it goes down (the SMs are told the cloud is away).
         reconnect: when to dial again after a failure (`health.ReconnectPolicy`).
         blob_urls_timeout: seconds to wait for a blobUrls answer before asking again.
+        boot_id: this process's boot (the unit statuses' `bootId`), which every message the
+            link numbers carries too; a new one when not given.
         ping_interval_s: keepalive pings; a link that misses one answer for `ping_interval_s`
             more is closed, so a dead link is found in under twice that (40 s by default). The
             opening handshake may take three times as long (at least 10 s): TCP, TLS and the
@@ -99,12 +101,15 @@ class CloudLink:
         on_disconnect: Callable[[], None] | None = None,
         reconnect: ReconnectPolicy | None = None,
         blob_urls_timeout: float = 30.0,
+        boot_id: str | None = None,
         ping_interval_s: float = 20.0,
         poll: PollSettings | None = None,
     ) -> None:
         self.targets = targets
         self.url: str | None = None
         self.session = CloudSession(system_id)
+        self.boot_id = boot_id or uuid.uuid4().hex
+        self._requests = 0  # requestBlobUrls of this boot, numbered apart from statuses
         self.outbox = outbox
         self.connected = asyncio.Event()
         self._on_message = on_message
@@ -554,7 +559,12 @@ class CloudLink:
                 correlation = str(uuid.uuid4())
                 self._waiters[correlation] = answer
                 asked.append(correlation)
-                await self.send(RequestBlobUrls(correlation, tuple(digests)))
+                self._requests += 1
+                await self.send(
+                    RequestBlobUrls(
+                        correlation, tuple(digests), boot_id=self.boot_id, seq=self._requests
+                    )
+                )
                 try:
                     got = await asyncio.wait_for(asyncio.shield(answer), self._blob_urls_timeout)
                     return list(got.items)

@@ -122,6 +122,9 @@ class UnitStatusHandler:
         instances: the instance records, refreshed from the nodes (the launcher).
         nodes: node codename -> what reports that node.
         sender: sends a status to the cloud (the cloud link).
+        debounce_s: how long changes are gathered into one delta.
+        boot_id: this process's boot (shared with the link's other messages); a new one when
+            not given.
     """
 
     def __init__(
@@ -134,8 +137,9 @@ class UnitStatusHandler:
         sender: StatusSender,
         *,
         debounce_s: float = DEFAULT_DEBOUNCE_S,
+        boot_id: str | None = None,
     ) -> None:
-        self.boot_id = uuid.uuid4().hex
+        self.boot_id = boot_id or uuid.uuid4().hex
         self._debounce_s = debounce_s
         self._told: UnitStatus | None = None  # what the cloud was last told, sections merged
         self._timer: asyncio.Task[None] | None = None

@@ -10,7 +10,13 @@ import orjson
 import pytest
 
 from aoscore_py.errors import AosCode, ProtocolError
-from aoscore_py.protocol import UnitStatus, dump_message, parse_any, parse_message
+from aoscore_py.protocol import (
+    RequestBlobUrls,
+    UnitStatus,
+    dump_message,
+    parse_any,
+    parse_message,
+)
 
 
 class TestRoundTrip:
@@ -78,3 +84,14 @@ class TestRefusal:
             parse_any(raw)
         assert info.value.path == "$.data.foldedSeqs[0]"
         assert "first <= last" in info.value.reason
+
+
+def test_a_blob_url_request_carries_its_boot_and_seq() -> None:
+    """Our addition on requestBlobUrls, as on unitStatus: written when set, read back."""
+    digest = "sha256:" + "b" * 64
+    request = RequestBlobUrls("c-1", (digest,), boot_id="boot-1", seq=7)
+    raw = dump_message(request)
+    assert b'"bootId":"boot-1","seq":7' in raw
+    assert parse_message(raw) == request
+    bare = RequestBlobUrls("c-1", (digest,))
+    assert b"bootId" not in dump_message(bare) and parse_message(dump_message(bare)) == bare

@@ -418,8 +418,11 @@ class TestLateBlobUrls:
             if len(ws.sent) >= 2:
                 break
             await asyncio.sleep(0.01)
-        first = parse_frame(ws.sent[0]).data
-        assert isinstance(first, RequestBlobUrls)
+        first, again = (parse_frame(f).data for f in ws.sent[:2])
+        assert isinstance(first, RequestBlobUrls) and isinstance(again, RequestBlobUrls)
+        # Our addition: each request names this boot and its number within it.
+        assert (first.boot_id, first.seq) == (link.boot_id, 1)
+        assert (again.boot_id, again.seq) == (link.boot_id, 2)
         info = BlobUrlInfo(digest, ("http://blobs.invalid/b",), bytes(32), 1)
         late = BlobUrls(first.correlation_id, (info,))
         await link._dispatch(ws, from_cloud(late, "cloud-late"), 0.0)
