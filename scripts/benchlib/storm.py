@@ -52,6 +52,7 @@ class Peer:
         self.hostile = False
         self.connects = 0
         self.port = 0
+        self._calm: set[ServerConnection] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -63,9 +64,22 @@ class Peer:
             await ws.send(b"x" * (MAX_MESSAGE_BYTES + 1))
             await ws.wait_closed()
             return
-        async for raw in ws:
-            txn = parse_frame(raw).header.txn
-            await ws.send(dump_frame(Envelope(new_header(UNIT, txn=txn), Ack())))
+        self._calm.add(ws)
+        try:
+            async for raw in ws:
+                txn = parse_frame(raw).header.txn
+                await ws.send(dump_frame(Envelope(new_header(UNIT, txn=txn), Ack())))
+        finally:
+            self._calm.discard(ws)
+
+    def turn_hostile(self) -> None:
+        """From now on every connection gets an oversized frame; the calm one is closed."""
+        self.hostile = True
+
+        async def close_calm() -> None:
+            await asyncio.gather(*(ws.close(1011, "storm") for ws in list(self._calm)))
+
+        asyncio.run_coroutine_threadsafe(close_calm(), self._loop).result(10)
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
@@ -114,7 +128,7 @@ def measure(work: Path, storm_s: float, settle_s: float) -> dict[str, Any]:
         time.sleep(settle_s)
         baseline = footprint(agent.pid).rss_mib
         connects_before = peer.connects
-        peer.hostile = True
+        peer.turn_hostile()
         time.sleep(storm_s)
         peak = footprint(agent.pid).rss_mib
         storm_connects = peer.connects - connects_before

@@ -27,6 +27,7 @@ from typing import Protocol
 import websockets
 from websockets.asyncio.client import connect
 
+from ... import heap
 from ...errors import AosCode, AosError, LinkError, Retry, certificate_failure, classify
 from ...logs import get_logger
 from ...protocol import (
@@ -163,6 +164,9 @@ class CloudLink:
             if self._stopping:
                 break
             delay = self.health.disconnected(reason, slow=slow)
+            # What the dropped connection held (up to a 16 MiB inflated frame) goes back to
+            # the system, so a storm of short connections leaves no lasting footprint.
+            heap.release()
             log.info(
                 "link.retry",
                 url=self.url,
@@ -228,6 +232,7 @@ class CloudLink:
                 self._ws_open = True
                 await self._stop_polling()
                 self.health.connected()
+                heap.release()  # what the failed dials before this one left behind
                 await self._serve(ws, Transport.WS)
             return None
         except asyncio.CancelledError:
