@@ -58,6 +58,7 @@ def _optional_system_id(
     "--provision-token",
     default=None,
     envvar="AOSCORE_PROVISION_TOKEN",
+    show_envvar=True,
     help="One-use token to provision this unit on its first start (its key, certificate and "
     "system id go to <data-dir>/identity); not used once the unit has an identity.",
 )
@@ -65,6 +66,7 @@ def _optional_system_id(
     "--cloud-ca",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     envvar="AOSCORE_CLOUD_CA",
+    show_envvar=True,
     default=None,
     help="PEM file of a CA to trust for the cloud's HTTPS and wss, besides the system's "
     "(cloud.json's `cloudCa` for the reference cloud).",
@@ -91,6 +93,7 @@ def _optional_system_id(
     "trusted_ca",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     envvar="AOSCORE_CA",
+    show_envvar=True,
     default=None,
     help="PEM file of the unit's CA(s): blob signing chains must lead to them, and HTTPS blob "
     "servers are trusted by them as well as by the system's store (/etc/ssl/certs).",
@@ -99,6 +102,7 @@ def _optional_system_id(
     "--allow-unsigned",
     is_flag=True,
     envvar="AOSCORE_ALLOW_UNSIGNED",
+    show_envvar=True,
     help="Accept blobs that come without a signature (refused by default).",
 )
 @click.option(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 import orjson
@@ -130,14 +132,16 @@ def cloud() -> None:
     type=click.IntRange(0, 65535),
     default=0,
     show_default=True,
-    help="Port of provisioning and discovery (0 picks a free one; see cloud.json).",
+    help="Port of provisioning and discovery. 0: the port of the last start (kept in "
+    "cloud.db: provisioned units know it), else a free one; see cloud.json.",
 )
 @click.option(
     "--wss-port",
     type=click.IntRange(0, 65535),
     default=0,
     show_default=True,
-    help="Port units dial over wss (0 picks a free one).",
+    help="Port units dial over wss. 0: the port of the last start (kept in cloud.db), else "
+    "a free one.",
 )
 @click.option(
     "--token-ttl",
@@ -192,8 +196,11 @@ def cloud_serve(
     kept): units provision (`aoscore cloud token new` gives their one-use tokens), run
     discovery over HTTPS and dial wss with their certificate and the discovery token.
     cloud.json names the endpoints and the CA (`cloudCa`) units trust at provisioning.
-    Operators use the HTTP API on loopback (--operator-port) either way, with the token in
-    <cloud-dir>/operator.token (made on first start, 0600).
+    The HTTPS and wss ports are kept in cloud.db and served again by later starts that leave
+    --https-port and --wss-port at 0, since provisioned units only know the discovery URL of
+    their provisioning; a kept port that is taken now exits 1 naming it (free it, or choose
+    another with the option). Operators use the HTTP API on loopback (--operator-port) either
+    way, with the token in <cloud-dir>/operator.token (made on first start, 0600).
     """
     from ..cloud.ca import general_names
     from ..cloud.https import TlsSettings
@@ -563,19 +570,22 @@ def cloud_desired(
 
 
 @cloud.command("timeline")
-@click.option("--unit", required=True, callback=system_id)
+@click.option("--unit", required=True, callback=system_id, help="The systemId of the unit to read.")
 @cloud_dir_option
 @click.option("--last", is_flag=True, help="Only the last unitStatus.")
 @click.option(
     "--check",
     is_flag=True,
-    help="In the unit's order (bootId, seq): flag duplicates, late arrivals and gaps (statuses "
-    "the unit made that never arrived), print a summary; exit 1 if any status is missing.",
+    help="Check the timeline in the unit's order (bootId, seq) instead of printing it: one "
+    "line per status, `boot=ID seq=N` and ok or its flags (duplicate, late, `K missing "
+    "before`), then one line of counts: statuses=N boots=N duplicates=N late=N missing=N. "
+    "Exit 1 if any status the unit made never arrived.",
 )
 def cloud_timeline(unit: str, cloud_dir: Path, last: bool, check: bool) -> None:
     """Print the unitStatus timeline of a unit, one JSON object per line.
 
-    Read from the cloud's database, so it works whether `cloud serve` runs or not.
+    Read from the cloud's database, so it works whether `cloud serve` runs or not. A unit
+    with no status recorded (never heard of, or a mistyped id) exits 1 saying so.
     """
     from ..cloud.ordering import in_unit_order, summary
     from ..cloud.state import CloudState
@@ -586,6 +596,8 @@ def cloud_timeline(unit: str, cloud_dir: Path, last: bool, check: bool) -> None:
             records = state.timeline(unit)
         finally:
             state.close()
+    if not records:
+        fail(f"no status recorded for unit {unit} in {cloud_dir}")
     if not check:
         for record in records[-1:] if last else records:
             click.echo(orjson.dumps(record).decode())
@@ -606,7 +618,12 @@ def cloud_timeline(unit: str, cloud_dir: Path, last: bool, check: bool) -> None:
 @cloud_dir_option
 @click.option("--json", "as_json", is_flag=True, help="The API's answer as it is (one JSON).")
 def cloud_units(cloud_dir: Path, as_json: bool) -> None:
-    """List the units the running cloud knows: id, link, health, last status, desired seq."""
+    """List the units the running cloud knows: id, online or offline, health, last status,
+    desired seq, transport (ws or poll; - when not seen since the cloud started), last seen
+    (UTC) and item states; - for anything absent.
+
+    A unit that polls counts as online for 5 minutes after a poll (or 3 of its intervals).
+    """
     from ..cloud.client import operate, operator_token, operator_url
 
     with exit_codes():
@@ -618,10 +635,24 @@ def cloud_units(cloud_dir: Path, as_json: bool) -> None:
         click.echo(orjson.dumps(reply["units"]).decode())
         return
     for u in reply["units"]:
-        view = u.get("view") or {}
-        items = ",".join(f"{k}:{v}" for k, v in sorted((view.get("items") or {}).items()))
-        click.echo(
-            f"{u['id']} {'online' if u['connected'] else 'offline'} health={u['health']} "
-            f"lastSeq={u.get('lastSeq')} statuses={u.get('statuses')} "
-            f"desiredSeq={u.get('desiredSeq')} items={items or '-'}"
-        )
+        click.echo(unit_line(u))
+
+
+def unit_line(unit: dict[str, Any]) -> str:
+    """One line of `cloud units`: `key=value` fields, `-` for a value the cloud lacks."""
+    view = unit.get("view") or {}
+    items = ",".join(f"{k}:{v}" for k, v in sorted((view.get("items") or {}).items()))
+    seen = unit.get("lastSeen")
+    if isinstance(seen, (int, float)):
+        seen = datetime.fromtimestamp(seen, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fields = {
+        "health": unit.get("health"),
+        "lastSeq": unit.get("lastSeq"),
+        "statuses": unit.get("statuses"),
+        "desiredSeq": unit.get("desiredSeq"),
+        "transport": unit.get("transport"),
+        "lastSeen": seen,
+        "items": items,
+    }
+    shown = " ".join(f"{k}={'-' if v is None or v == '' else v}" for k, v in fields.items())
+    return f"{unit.get('id')} {'online' if unit.get('connected') else 'offline'} {shown}"

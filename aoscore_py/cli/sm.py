@@ -65,6 +65,7 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="AOSCORE_SM_DATA_DIR",
+    show_envvar=True,
     default=DEFAULT_SM_DATA_DIR,
     show_default=True,
     help="The SM's own folder: its blob cache, its state, its lock (one SM per folder).",
@@ -75,6 +76,7 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     show_default=True,
     callback=system_id,
     envvar="AOSCORE_SYSTEM_ID",
+    show_envvar=True,
     help="The unit's systemId, put on every container as the io.aoscore.unit label: the SM "
     "only ever touches containers carrying it and this node's id.",
 )

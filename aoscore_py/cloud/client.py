@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ..errors import ConfigError, LinkError, ProtocolError
+from ..errors import LinkError, LocalError, ProtocolError
 from ..protocol import MAX_MESSAGE_BYTES, DesiredStatus, Envelope, dump_message, parse_any
 from .state import CloudState
 
@@ -19,11 +19,11 @@ def operator_url(cloud_dir: Path) -> str:
     """The operator API of the cloud running with `cloud_dir`.
 
     Raises:
-        ConfigError: no cloud is running there.
+        LocalError: no cloud is running there (an operation that failed, not bad input).
     """
     endpoints = CloudState(cloud_dir).endpoints()
     if not endpoints:
-        raise ConfigError(
+        raise LocalError(
             f"no reference cloud is running with {cloud_dir} (start `aoscore cloud serve`)"
         )
     return str(endpoints["operator"])

@@ -58,8 +58,8 @@ class TlsSettings:
         host: the address the HTTPS and wss listeners bind.
         names: the names (DNS or addresses) units reach the cloud by; the first is put in the
             URLs the cloud advertises. Loopback names are always in the certificate.
-        https_port: the HTTPS port (0: a free one).
-        wss_port: the wss port (0: a free one).
+        https_port: the HTTPS port (0: the one kept from the last start, else a free one).
+        wss_port: the wss port (0: the one kept from the last start, else a free one).
         token_ttl_s: how long a discovery token opens the wss endpoint.
         cert_days: how long a unit certificate is valid.
     """
@@ -81,6 +81,36 @@ class TlsSettings:
         if self.host not in ("", "0.0.0.0", "::"):
             names.append(self.host)
         return list(dict.fromkeys([*names, "localhost", "127.0.0.1", "::1"]))
+
+
+@dataclass(frozen=True)
+class PortChoice:
+    """Where one TLS listener binds: a port given, one kept from an earlier start (units
+    provisioned then know it), or 0 (a free one, kept from then on)."""
+
+    listener: str  # "https" or "wss", as in its option's name
+    port: int
+    kept: bool = False
+
+    def refusal(self, host: str, reason: str) -> str:
+        """Why `cloud serve` cannot listen on it, and how to choose another."""
+        option = f"--{self.listener}-port"
+        if self.kept:
+            return (
+                f"the {self.listener} port {self.port} kept from an earlier start (units "
+                f"provisioned here dial it) is taken on {host}: {reason}; stop what holds it, "
+                f"or choose another with {option} PORT"
+            )
+        return f"cannot listen on {host}:{self.port} ({option}): {reason}"
+
+
+def choose_port(listener: str, given: int, kept: dict[str, int]) -> PortChoice:
+    """The port a listener binds: the one given wins, else the kept one, else a free one."""
+    if given:
+        return PortChoice(listener, given)
+    if listener in kept:
+        return PortChoice(listener, kept[listener], kept=True)
+    return PortChoice(listener, 0)
 
 
 def _url_host(name: str) -> str:
@@ -140,13 +170,22 @@ class Front:
         files = self.ca.issue_server(self.settings.server_names())
         https_context, wss_context = self._contexts(files)
         host, public = self.settings.host, _url_host(self.settings.public_name())
+        kept = self.state.kept_ports()
+        wss = choose_port("wss", self.settings.wss_port, kept)
+        https = choose_port("https", self.settings.https_port, kept)
         try:
             wss_port = await self.server.start_units_tls(
-                host, self.settings.wss_port, wss_context, self.authenticate
+                host, wss.port, wss_context, self.authenticate
             )
-            sock = socket.create_server((host, self.settings.https_port), family=_family(host))
         except OSError as exc:
-            raise LocalError(f"cannot listen on {host}: {exc.strerror or exc}") from None
+            raise LocalError(wss.refusal(host, exc.strerror or str(exc))) from None
+        try:
+            sock = socket.create_server((host, https.port), family=_family(host))
+        except OSError as exc:
+            raise LocalError(https.refusal(host, exc.strerror or str(exc))) from None
+        https_port = int(sock.getsockname()[1])
+        self.state.keep_ports({"https": https_port, "wss": wss_port})
+        log.info("tls.ports", https=https_port, wss=wss_port, kept=https.kept or wss.kept)
         self.wss_url = f"wss://{public}:{wss_port}"
         app = web.Application(client_max_size=64 << 10)
         app.router.add_post("/provisioning", self._provisioning)
@@ -156,7 +195,7 @@ class Front:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.SockSite(self._runner, sock, ssl_context=https_context).start()
-        base = f"https://{public}:{sock.getsockname()[1]}"
+        base = f"https://{public}:{https_port}"
         log.info("tls.serving", https=base, wss=self.wss_url, ca=str(self.ca.ca_path))
         return {
             "https": base,
@@ -236,6 +275,7 @@ class Front:
             return _error(
                 HTTPStatus.FORBIDDEN, f"the certificate is unit {proved}'s, not {asked!r}'s"
             )
+        self.server.seen_by_poll(asked, desired=request.method == "GET")
         return str(proved)
 
     async def _messages(self, request: web.Request) -> web.Response:

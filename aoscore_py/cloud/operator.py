@@ -2,14 +2,17 @@
 `Authorization: Bearer <token>` (the token is made on first start in `<cloud-dir>/operator.token`,
 mode 0600; anything else is 401).
 
-- `GET  /units`: every unit with `connected`, `health`, `lastSeen`, `lastSeq`, `statuses`,
-  `desiredSeq` and `view` (counts of the cloud's view of it, `ordering.unit_view`).
+- `GET  /units`: every unit with `connected` (a WebSocket, or a poll in the last 5 minutes or
+  3 of its poll intervals), `transport` (ws or poll: how it was last seen since the cloud
+  started; null before), `health`, `lastSeen` (its last status or poll), `lastSeq`,
+  `statuses`, `desiredSeq` and `view` (counts of the cloud's view of it, `ordering.unit_view`).
 - `GET  /units/{id}/timeline`: its statuses in its own order, flagged, with `summary` counts;
   404 for a unit the cloud never heard of.
 - `GET  /units/{id}/desired`: the last desired status stored for it; 404 without one.
 - `PUT  /units/{id}/desired?timeout=S`: the body is a desired status (a frame, a data object or
   a bare body), read by the protocol's parser: 400 with its `path` and `reason` if it refuses
-  it; else stored with the unit's next `seq`, sent if the unit is connected, and answered 200
+  it; 404 for a unit that was never provisioned (over TLS; `--insecure` takes any id); else
+  stored with the unit's next `seq`, sent if the unit is connected, and answered 200
   when the unit acked it, 202 when it stays stored for later (`acked`, `error`, `nack` say why).
 - `POST /images`: publish (`publishing.PublishRequest`): 201 with its `indexDigest`.
 - `GET|PUT /blobs/serving`: how blob URLs are served (test faults: signing, base, deadFirst).
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -61,11 +65,19 @@ class OperatorApi:
     Args:
         server: the cloud (its units, state and blob serving).
         token: the bearer token every request must carry.
+        provisioned: whether a unit id was provisioned here (over TLS, where only those units
+            can ever fetch a desired status); None takes any id (`--insecure`).
     """
 
-    def __init__(self, server: CloudServer, token: str) -> None:
+    def __init__(
+        self,
+        server: CloudServer,
+        token: str,
+        provisioned: Callable[[str], bool] | None = None,
+    ) -> None:
         self.server = server
         self.state = server.state
+        self._provisioned = provisioned
         self._token = token.encode()
         self._runner: web.AppRunner | None = None
 
@@ -137,16 +149,19 @@ class OperatorApi:
 
     async def _units(self, request: web.Request) -> web.Response:
         units = []
+        now = time.time()
         for record in self.state.fleet():
             view = unit_view(self.state.view_records(record.unit))
-            connected = self.server.is_connected(record.unit)
+            presence = self.server.presence(record.unit, now)
+            seen = [t for t in (record.last_seen, presence.polled_at) if t is not None]
             units.append(
                 {
                     "id": record.unit,
-                    "connected": connected,
-                    "health": unit_health(connected, view),
+                    "connected": presence.connected,
+                    "transport": presence.transport,
+                    "health": unit_health(presence.connected, view),
                     "firstSeen": record.first_seen,
-                    "lastSeen": record.last_seen,
+                    "lastSeen": max(seen, default=None),
                     "lastBootId": record.last_boot,
                     "lastSeq": record.last_seq,
                     "statuses": record.statuses,
@@ -199,6 +214,9 @@ class OperatorApi:
             timeout_s = _timeout(request.query.get("timeout"))
         except ConfigError as exc:
             return _refuse(HTTPStatus.BAD_REQUEST, exc.message)
+        if self._provisioned is not None and not self._provisioned(unit):
+            log.warning("operator.desired_refused", unit=unit, reason="not provisioned")
+            return _refuse(HTTPStatus.NOT_FOUND, f"no such unit: {unit} (not provisioned)")
         raw = await request.read()
         try:
             parsed = parse_any(raw, message_type="desiredStatus")

@@ -57,6 +57,7 @@ from ..protocol import (
 )
 from .oci import blob_url, blob_urls
 from .state import EXTRA_HASHES, CloudState, check_unit_id
+from .views import polled_recently
 
 log = get_logger("cloud")
 
@@ -128,6 +129,25 @@ class PolledDesired:
 
 
 @dataclass
+class _PollSeen:
+    """When a polling unit was last seen (wall time, as the fleet's lastSeen), in memory: a
+    poll is no reason for a commit."""
+
+    last: float
+    last_desired: float | None = None
+    interval_s: float | None = None  # between its last two GETs of its desired status
+
+
+@dataclass(frozen=True)
+class Presence:
+    """How a unit is linked to this cloud now, for operators."""
+
+    connected: bool  # holds a WebSocket, or polled recently
+    transport: str | None  # "ws" or "poll": how it was last seen since this cloud started
+    polled_at: float | None  # its last poll (wall time)
+
+
+@dataclass
 class _Unit:
     """A connected unit (or one that polls: its `ws` is a `_Replies`)."""
 
@@ -174,6 +194,8 @@ class CloudServer:
         self._units: dict[str, _Unit] = {}
         self._polling: dict[str, _Unit] = {}
         self._poll_locks: dict[str, asyncio.Lock] = {}
+        self._poll_seen: dict[str, _PollSeen] = {}
+        self._transport: dict[str, str] = {}
         self._connected: dict[str, asyncio.Event] = {}
         self._servers: list[Server] = []
         # The system id each wss connection proved at its handshake.
@@ -254,6 +276,7 @@ class CloudServer:
                     unit = _Unit(ws)
                     self._units[unit_id] = unit
                     self._event(unit_id).set()
+                    self._transport[unit_id] = "ws"
                     log.info("unit.connected", unit=unit_id, remote=str(ws.remote_address))
                 await self._unit_message(unit_id, unit, env, raw)
         except ConnectionClosed:
@@ -305,6 +328,26 @@ class CloudServer:
             self._spawn(self._answer_blob_urls(unit_id, unit, data))
 
     # units that poll
+
+    def seen_by_poll(self, unit_id: str, *, desired: bool) -> None:
+        """A poll request from the unit passed its credentials check: it is seen now.
+
+        Args:
+            desired: the request fetched its desired status (once per poll interval, so the
+                gap between two of them is the unit's interval).
+        """
+        now = time.time()
+        seen = self._poll_seen.get(unit_id)
+        if seen is None:
+            seen = self._poll_seen[unit_id] = _PollSeen(now)
+            log.info("unit.polling", unit=unit_id)
+        seen.last = now
+        if desired:
+            if seen.last_desired is not None:
+                seen.interval_s = now - seen.last_desired
+            seen.last_desired = now
+        if unit_id not in self._units:
+            self._transport[unit_id] = "poll"
 
     async def poll_messages(self, unit_id: str, raws: list[bytes]) -> list[bytes | str]:
         """Handle the frames a polling unit POSTed (as if they came over its WebSocket, in
@@ -480,6 +523,18 @@ class CloudServer:
         """Whether the unit holds a WebSocket to this cloud now."""
         return unit_id in self._units
 
+    def presence(self, unit_id: str, now: float | None = None) -> Presence:
+        """Whether the unit is online (a WebSocket, or a poll within `views.polled_recently`),
+        by which transport, and when it last polled."""
+        seen = self._poll_seen.get(unit_id)
+        polled_at = seen.last if seen is not None else None
+        if unit_id in self._units:
+            return Presence(True, "ws", polled_at)
+        polled = seen is not None and polled_recently(
+            time.time() if now is None else now, seen.last, seen.interval_s
+        )
+        return Presence(polled, self._transport.get(unit_id), polled_at)
+
     def _next_seq(self, unit_id: str) -> int:
         """The per-unit order stamped on each desired status pushed (one more than the last)."""
         body = self.state.desired(unit_id)
@@ -520,5 +575,8 @@ class CloudServer:
                 log.info("blobs.serving", **self.serving.describe())
             return {"ok": True, "serving": self.serving.describe()}
         if op == "units":
-            return {"ok": True, "units": {u: u in self._units for u in self.state.units()}}
+            return {
+                "ok": True,
+                "units": {u: self.presence(u).connected for u in self.state.units()},
+            }
         return {"ok": False, "error": f"unknown op {op!r}"}

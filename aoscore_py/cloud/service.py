@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 from ..crypto.pki import META_FILE, ROOT_FILE, Pki, init_pki, load_pki
-from ..errors import ConfigError
+from ..errors import LocalError
 from ..logs import get_logger
 from ..nodes.itemconfig import ItemConfig, item_config_json
 from .https import Front, TlsSettings
@@ -63,9 +63,13 @@ async def serve_cloud(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     front: Front | None = None
-    api = OperatorApi(server, state.ensure_operator_token())
+    api: OperatorApi | None = None
     try:
         front = Front(state, server, tls) if tls is not None else None
+        # Over TLS only provisioned units can fetch a desired status: a push to any other id
+        # (a typo) is refused rather than stored for a unit that cannot exist.
+        provisioned = front.registrar.is_unit if front is not None else None
+        api = OperatorApi(server, state.ensure_operator_token(), provisioned)
         if front is None:
             endpoints = {"ws": f"ws://127.0.0.1:{await server.start('127.0.0.1', port)}"}
         else:
@@ -92,7 +96,8 @@ async def serve_cloud(
             ready.set()
         await stop.wait()
     finally:
-        await api.close()
+        if api is not None:
+            await api.close()
         await server.close()
         if front is not None:
             await front.close()
@@ -121,13 +126,13 @@ def registry_of(cloud_dir: Path, registry_url: str | None) -> str:
     """The registry to publish to: the one given, or the running cloud's.
 
     Raises:
-        ConfigError: neither is available.
+        LocalError: neither is available (an operation that failed, not bad input).
     """
     if registry_url:
         return registry_url
     endpoints = CloudState(cloud_dir).endpoints()
     if not endpoints:
-        raise ConfigError(
+        raise LocalError(
             f"no reference cloud is running with {cloud_dir}: start `aoscore cloud serve` "
             "or pass --registry"
         )

@@ -33,6 +33,7 @@ from . import db
 EXTRA_HASHES = ("sha384", "sha512")
 TOKEN_FILE = "operator.token"
 log = get_logger("cloud.state")
+_MAX_PORT = 65535
 _UNIT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -87,6 +88,27 @@ class CloudState:
 
     def clear_endpoints(self) -> None:
         (self.root / "cloud.json").unlink(missing_ok=True)
+
+    # the ports units know
+
+    def kept_ports(self) -> dict[str, int]:
+        """The ports (`https`, `wss`) the cloud last served units on: provisioned units know
+        the discovery URL by its port, so a restart serves on them again."""
+        with self._conn() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'ports'").fetchone()
+        try:
+            ports = orjson.loads(row[0]) if row else {}
+        except orjson.JSONDecodeError:
+            return {}
+        if not isinstance(ports, dict):
+            return {}
+        return {str(k): v for k, v in ports.items() if isinstance(v, int) and 0 < v <= _MAX_PORT}
+
+    def keep_ports(self, ports: dict[str, int]) -> None:
+        """Keep the ports the cloud serves units on now, durably, for its next start."""
+        value = orjson.dumps(ports, option=orjson.OPT_SORT_KEYS).decode()
+        with self._conn() as conn, db.write(conn):
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('ports', ?)", (value,))
 
     # the operator API's token
 

@@ -9,10 +9,15 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-OFFLINE = "offline"  # no WebSocket to the cloud now
+OFFLINE = "offline"  # no WebSocket to the cloud now, nor a recent poll
 UNKNOWN = "unknown"  # connected, but no full status arrived yet
 DEGRADED = "degraded"  # an item, instance, node or the unit config reports a failure
 OK = "ok"
+
+# A unit that polls holds no connection: it counts as online this long after its last poll,
+# or three of its poll intervals when they are longer (one late poll is not an outage).
+POLL_ONLINE_S = 300.0
+POLL_ONLINE_INTERVALS = 3
 
 _FAILED_NODE_STATES = frozenset({"error"})
 _FAILED_STATES = frozenset({"failed"})
@@ -37,6 +42,15 @@ def view_counts(view: dict[str, Any]) -> dict[str, Any]:
             else None
         ),
     }
+
+
+def polled_recently(now: float, last_poll: float | None, interval_s: float | None) -> bool:
+    """Whether a unit last seen by poll at `last_poll` (its polls `interval_s` apart, when
+    known) still counts as online at `now`."""
+    if last_poll is None:
+        return False
+    window = max(POLL_ONLINE_S, POLL_ONLINE_INTERVALS * (interval_s or 0.0))
+    return now - last_poll <= window
 
 
 def unit_health(connected: bool, view: dict[str, Any]) -> str:

@@ -108,12 +108,29 @@ def test_push_refuses_a_bad_file_with_the_parsers_message(
     assert "Traceback" not in proc.stderr
 
 
-def test_push_without_a_running_cloud(tmp_path: Path, images: dict[str, OciImage]) -> None:
+def test_push_and_units_without_a_running_cloud_fail_with_exit_1(
+    tmp_path: Path, images: dict[str, OciImage]
+) -> None:
+    """An operation that failed, not bad usage: exit 1 (2 is for bad usage or input)."""
     good = tmp_path / "ds.json"
     good.write_bytes(dump_message(scenario([("svc-a", images["it-alpha"])])))
-    proc = aoscore("cloud", "push", "--unit", "u1", str(good), "--cloud-dir", str(tmp_path))
-    assert proc.returncode == 2
-    assert "no reference cloud is running" in proc.stderr
+    pushed = aoscore("cloud", "push", "--unit", "u1", str(good), "--cloud-dir", str(tmp_path))
+    listed = aoscore("cloud", "units", "--cloud-dir", str(tmp_path))
+    for proc in (pushed, listed):
+        assert proc.returncode == 1, proc
+        assert "no reference cloud is running" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_timeline_of_a_unit_with_no_status_says_so_and_exits_1(cloud: CloudProcess) -> None:
+    for mode in ("--check", "--last"):
+        proc = aoscore(
+            *("cloud", "timeline", "--unit", "unit-typo", mode),
+            *("--cloud-dir", str(cloud.cloud_dir)),
+        )
+        assert proc.returncode == 1, proc
+        assert "no status recorded for unit unit-typo" in proc.stderr
+        assert proc.stdout == ""
 
 
 def test_publish_push_and_timeline_from_the_command_line(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import time
@@ -355,3 +356,138 @@ def test_an_expired_token_gets_401(tmp_path: Path) -> None:
         assert "ws" not in endpoints  # units have no plain way in
     finally:
         cloud.stop()
+
+
+def _operator(cloud: CloudProcess) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {cloud.operator_token}"}
+    return httpx.Client(base_url=cloud.operator_url, headers=headers, timeout=60, trust_env=False)
+
+
+class TestOperators:
+    def test_a_push_to_a_unit_never_provisioned_is_refused_and_nothing_stored(
+        self, cloud: CloudProcess, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "ds.json"
+        path.write_bytes(b'{"messageType": "desiredStatus"}')
+        proc = subprocess.run(
+            aoscore_cmd(
+                *("cloud", "push", "--unit", "unit-nope", str(path), "--timeout", "0.5"),
+                *("--cloud-dir", str(cloud.cloud_dir)),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 1, proc.stderr
+        assert "no such unit: unit-nope (not provisioned)" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        with _operator(cloud) as api:
+            answer = api.put("/units/unit-nope/desired", content=path.read_bytes())
+            listed = [u["id"] for u in api.get("/units").json()["units"]]
+        assert answer.status_code == 404 and "not provisioned" in answer.json()["error"]
+        assert cloud.state.desired("unit-nope") is None and "unit-nope" not in listed
+
+    async def test_a_push_to_a_provisioned_unit_is_stored(
+        self, cloud: CloudProcess, tmp_path: Path
+    ) -> None:
+        system_id, _ = await _unit(cloud, tmp_path, _tokens(cloud)[0])
+        headers = {"Authorization": f"Bearer {cloud.operator_token}"}
+        async with httpx.AsyncClient(
+            base_url=cloud.operator_url, headers=headers, timeout=60, trust_env=False
+        ) as api:
+            answer = await api.put(
+                f"/units/{system_id}/desired",
+                content=b'{"messageType": "desiredStatus"}',
+                params={"timeout": "0"},
+            )
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["seq"] == 1
+
+    async def test_a_unit_that_polls_is_listed_online_by_poll_and_its_last_seen_moves(
+        self, cloud: CloudProcess, tmp_path: Path
+    ) -> None:
+        system_id, discovery = await _unit(cloud, tmp_path, _tokens(cloud)[0])
+        (target,) = await discovery.targets()
+        base = cloud.endpoints["https"]
+        _, frame = _status_frame(system_id)
+        headers = {"Authorization": target.headers["Authorization"]}
+        operator = {"Authorization": f"Bearer {cloud.operator_token}"}
+        async with (
+            httpx.AsyncClient(
+                verify=discovery.ssl_context, headers=headers, trust_env=False, timeout=30
+            ) as unit,
+            httpx.AsyncClient(
+                base_url=cloud.operator_url, headers=operator, trust_env=False, timeout=30
+            ) as api,
+        ):
+            posted = await unit.post(
+                f"{base}/units/{system_id}/messages", content=f"[{frame}]".encode()
+            )
+            assert posted.status_code == 200, posted.text
+
+            async def listed() -> dict:
+                units = (await api.get("/units")).json()["units"]
+                return {u["id"]: u for u in units}[system_id]
+
+            first = await listed()
+            assert first["connected"] is True and first["transport"] == "poll"
+            assert first["health"] != "offline"
+            await asyncio.sleep(0.05)
+            polled = await unit.get(f"{base}/units/{system_id}/desired")
+            assert polled.status_code == 404  # nothing pushed: still a poll, still seen
+            second = await listed()
+        assert second["lastSeen"] > first["lastSeen"]
+        assert second["statuses"] == 1  # a poll is seen, not recorded
+        proc = await asyncio.to_thread(
+            subprocess.run,
+            aoscore_cmd("cloud", "units", "--cloud-dir", str(cloud.cloud_dir)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        line = next(li for li in proc.stdout.splitlines() if li.startswith(system_id))
+        assert f"{system_id} online " in line and "transport=poll" in line
+        assert "None" not in proc.stdout
+
+
+def _serve(cloud_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`cloud serve` expected to end by itself (a refusal)."""
+    return subprocess.run(
+        aoscore_cmd(
+            *("cloud", "serve", "--cloud-dir", str(cloud_dir), "--registry", NO_REGISTRY),
+            *extra,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_restart_serves_on_the_ports_units_know(tmp_path: Path) -> None:
+    """Left at 0, a restart takes the ports of the last start (a provisioned unit's discovery
+    URL still works); an explicit port wins and is kept; a kept port that is taken exits 1
+    naming it and the option that chooses another."""
+    folder = tmp_path / "cloud"
+    first = _tls_cloud(folder)
+    endpoints = dict(first.endpoints)
+    first.stop()
+    again = _tls_cloud(folder)
+    try:
+        assert again.endpoints["discovery"] == endpoints["discovery"]
+        assert again.endpoints["wss"] == endpoints["wss"]
+    finally:
+        again.stop()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        explicit = probe.getsockname()[1]
+    moved = _tls_cloud(folder, "--https-port", str(explicit))
+    try:
+        assert moved.endpoints["discovery"] == f"https://127.0.0.1:{explicit}/discovery"
+        assert moved.endpoints["wss"] == endpoints["wss"]
+    finally:
+        moved.stop()
+    with socket.create_server(("127.0.0.1", explicit)):
+        taken = _serve(folder)
+    assert taken.returncode == 1, taken.stderr
+    assert f"https port {explicit}" in taken.stderr and "--https-port" in taken.stderr
+    assert "Traceback" not in taken.stderr
