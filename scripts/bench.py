@@ -1297,7 +1297,7 @@ def fleet(json_path: Path, units: int, workers: int) -> None:
             Path(work),
             units,
             workers,
-            lambda cloud, unit: cloud.state.timeline(unit),
+            lambda state, unit: state.timeline(unit),
         )
     print(
         f"{result['units']} units in {result['workers']} processes: p50 {result['p50_s']} s, "

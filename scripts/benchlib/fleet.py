@@ -23,6 +23,7 @@ from typing import Any
 
 from aoscore_py.cloud import client
 from aoscore_py.cloud.registry import Registry
+from aoscore_py.cloud.state import CloudState
 from aoscore_py.powercut.testbed import PYTHON, CloudProcess, aoscore_cmd
 from aoscore_py.protocol import DesiredItem, DesiredStatus, Identity
 
@@ -128,9 +129,11 @@ def _arrival(records: list[dict[str, Any]], version: str, since: float) -> float
 
 
 def measure(
-    work: Path, units: int, workers: int, timeline: Callable[[CloudProcess, str], list[dict]]
+    work: Path, units: int, workers: int, timeline: Callable[[CloudState, str], list[dict]]
 ) -> dict[str, Any]:
-    """Run the fleet; the figures. `timeline(cloud, unit)` reads a unit's recorded statuses."""
+    """Run the fleet; the figures. `timeline(state, unit)` reads a unit's recorded statuses;
+    the wait reads after the push's answers, so it does not compete with the cloud for them.
+    """
     with Registry(work / "registry") as registry:
         cloud = CloudProcess(work / "cloud", registry.url, tls=True).start()
         procs: list[subprocess.Popen[str]] = []
@@ -153,10 +156,11 @@ def measure(
                 raise RuntimeError(f"{len(nacked)} units did not ack: {nacked[:3]}")
             latencies: dict[str, float] = {}
             deadline = time.monotonic() + DONE_TIMEOUT_S
+            state = cloud.state  # one reader for the whole wait
             while len(latencies) < len(system_ids):
                 for unit in system_ids:
                     if unit not in latencies:
-                        at = _arrival(timeline(cloud, unit), version, pushed_at)
+                        at = _arrival(timeline(state, unit), version, pushed_at)
                         if at is not None:
                             latencies[unit] = at - pushed_at
                 if time.monotonic() > deadline:
@@ -164,7 +168,7 @@ def measure(
                         f"{len(system_ids) - len(latencies)} units' statuses missing after "
                         f"{DONE_TIMEOUT_S} s"
                     )
-                time.sleep(0.2)
+                time.sleep(0.5)
             assert cloud.process is not None
             cloud_rss = footprint(cloud.process.pid).rss_mib
         finally:

@@ -231,8 +231,9 @@ class CloudLink:
             ) as ws:
                 self._ws_open = True
                 await self._stop_polling()
+                if self.health.failures:
+                    heap.release()  # what the failed dials before this one left behind
                 self.health.connected()
-                heap.release()  # what the failed dials before this one left behind
                 await self._serve(ws, Transport.WS)
             return None
         except asyncio.CancelledError:
