@@ -28,12 +28,13 @@ from pathlib import Path
 
 from cryptography import x509
 
-from statemachine import UPDATE_CYCLE
+from statemachine import UPDATE_CYCLE, crashpoint
 
 from . import logs
 from .blobs.download import DownloadPolicy, blob_client
 from .blobs.store import BlobStore
-from .cm.communication.health import ReconnectPolicy
+from .cm.communication.crashpoints import HEALTH_STORED
+from .cm.communication.health import MAX_CHANGES, Health, HealthChange, ReconnectPolicy
 from .cm.communication.link import CloudLink
 from .cm.communication.outbox import Outbox, OutboxLimits
 from .cm.communication.poll import PollSettings, Transport
@@ -182,6 +183,13 @@ class Agent:
             ping_interval_s=config.keepalive_s,
             poll=config.poll(),
         )
+        self.link.health.restore(
+            [
+                HealthChange(0.0, Health(health), reason, at)
+                for at, health, reason in self.storage.health_history()
+            ]
+        )
+        self.link.health.on_change = self._health_changed
         self.blobs = BlobStore(config.data_dir)
         self.images = ImageManager(self.storage, self.blobs, self.link, self.http, policy)
         self.pki = config.pki()
@@ -242,6 +250,22 @@ class Agent:
             self.nodes.use_unit_config(installed)  # a node that connects later gets it
         self._reconciling: asyncio.Task[None] | None = None
         self._reconcile_again = False
+
+    def _health_changed(self, change: HealthChange) -> None:
+        """Keep the link's health changes across restarts (the last MAX_CHANGES)."""
+        try:
+            self.storage.record_health(
+                change.wall_at, change.health.value, change.reason, MAX_CHANGES
+            )
+        except AosError as exc:
+            log.warning(
+                "link.health_not_stored",
+                health=change.health.value,
+                error=exc.message,
+                next="kept in memory only",
+            )
+            return
+        crashpoint(HEALTH_STORED)
 
     def _installed_unit_config(self) -> UnitConfig | None:
         """The unit config in force: the installed one (a refused one never is)."""

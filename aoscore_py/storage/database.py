@@ -95,6 +95,11 @@ def _v4_outbox(db: peewee.Database, bound: dict[str, type[peewee.Model]]) -> Non
     db.create_tables([bound["OutboxRow"]], safe=True)
 
 
+def _v5_link_health(db: peewee.Database, bound: dict[str, type[peewee.Model]]) -> None:
+    # The cloud link's last health changes; version 1 creates it already on a new store.
+    db.create_tables([bound["LinkHealthRow"]], safe=True)
+
+
 Migration = Callable[[peewee.Database, dict[str, type[peewee.Model]]], None]
 
 # MIGRATIONS[i] takes a store from schema version i to i + 1. Append only; never edit one.
@@ -103,6 +108,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v2_blob_mtime,
     _v3_store_identity,
     _v4_outbox,
+    _v5_link_health,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

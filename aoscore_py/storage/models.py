@@ -118,7 +118,29 @@ class OutboxRow(_Base):
         table_name = "outbox"
 
 
-ALL = (Meta, DesiredStatusRow, ItemRow, BlobRow, InstanceRow, UnitConfigRow, NodeRow, OutboxRow)
+class LinkHealthRow(_Base):
+    """A change of the cloud link's health (the last ones), written by the cloud link."""
+
+    id = peewee.AutoField()
+    at = peewee.FloatField()
+    health = peewee.TextField()
+    reason = peewee.TextField()
+
+    class Meta:
+        table_name = "link_health"
+
+
+ALL = (
+    Meta,
+    DesiredStatusRow,
+    ItemRow,
+    BlobRow,
+    InstanceRow,
+    UnitConfigRow,
+    NodeRow,
+    OutboxRow,
+    LinkHealthRow,
+)
 
 
 def bind(db: peewee.Database) -> dict[str, type[peewee.Model]]:

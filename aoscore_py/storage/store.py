@@ -66,6 +66,7 @@ class Storage:
         self._unit_config = m["UnitConfigRow"]
         self._node = m["NodeRow"]
         self._outbox = m["OutboxRow"]
+        self._health = m["LinkHealthRow"]
 
     def close(self) -> None:
         """Close the file (the last connection checkpoints the log into it); never raises."""
@@ -188,6 +189,16 @@ class Storage:
         """Forget acknowledged messages, in one transaction."""
         with self._tx("forget acknowledged messages"):
             self._delete_outbox(txns)
+
+    def record_health(self, at: float, health: str, reason: str, keep: int) -> None:
+        """Keep one change of the link's health, and only the last `keep` of them."""
+        with self._tx("store the link's health"):
+            row_id = self._health.insert(at=at, health=health, reason=reason[:500]).execute()
+            self._health.delete().where(self._health.id <= row_id - keep).execute()
+
+    def health_history(self) -> list[tuple[float, str, str]]:
+        """The link's kept health changes, oldest first: (wall time, health, reason)."""
+        return [(r.at, r.health, r.reason) for r in self._health.select().order_by(self._health.id)]
 
     def _delete_outbox(self, txns: Sequence[str]) -> None:
         for start in range(0, len(txns), 500):  # within SQLite's bound-variable limit

@@ -8,13 +8,15 @@ every connection (an oversized frame after each connect, say) is backed off like
 refuses, instead of being redialled at once and sent a full status every time.
 
 Health is `online` (connected), `degraded` (a few failures in a row) or `offline` (connected
-never, not for long, or the circuit is open); every change is logged and the last ones kept.
+never, not for long, or the circuit is open); every change is logged and the last ones kept,
+in memory and (through `on_change`) in the agent's store, so they outlive a restart.
 """
 
 from __future__ import annotations
 
 import enum
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,9 +52,12 @@ class ReconnectPolicy:
 
 @dataclass(frozen=True)
 class HealthChange:
+    """One change: `at` on the link's clock (monotonic), `wall_at` in wall-clock seconds."""
+
     at: float
     health: Health
     reason: str
+    wall_at: float = 0.0
 
 
 @dataclass
@@ -65,7 +70,14 @@ class LinkHealth:
     failures: int = 0
     health: Health = Health.OFFLINE
     changes: deque[HealthChange] = field(default_factory=lambda: deque(maxlen=MAX_CHANGES))
+    wall: Callable[[], float] = field(default=time.time)
+    on_change: Callable[[HealthChange], None] | None = None
+    """Called with every change kept (the agent stores them, so they outlive a restart)."""
     _up_since: float | None = None
+
+    def restore(self, history: list[HealthChange]) -> None:
+        """Start from the changes a previous run kept (oldest first)."""
+        self.changes.extend(history[-MAX_CHANGES:])
 
     def connected(self) -> None:
         """The link came up (the failure count stays until it has been healthy a while)."""
@@ -106,6 +118,9 @@ class LinkHealth:
             return
         changed = health != self.health
         self.health = health
-        self.changes.append(HealthChange(self.clock(), health, reason))
+        change = HealthChange(self.clock(), health, reason, self.wall())
+        self.changes.append(change)
+        if self.on_change is not None:
+            self.on_change(change)
         if changed:
             log.info("link.health", health=health.value, reason=reason, failures=self.failures)

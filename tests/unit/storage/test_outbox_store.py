@@ -114,12 +114,13 @@ class TestOutbox:
 
 
 class TestMigration:
-    def test_a_version_3_store_migrates_to_4_with_an_empty_outbox(
+    def test_a_version_3_store_migrates_with_an_empty_outbox_and_health(
         self, data_dir: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        assert SCHEMA_VERSION == 4
+        assert SCHEMA_VERSION == 5
         # A store as the agent before the outbox made it: the first three migrations, and no
-        # outbox table (version 1 creates the tables of today's models, so it is dropped).
+        # outbox or link_health table (version 1 creates the tables of today's models, so they
+        # are dropped).
         with monkeypatch.context() as m:
             m.setattr(database, "MIGRATIONS", database.MIGRATIONS[:3])
             m.setattr(database, "SCHEMA_VERSION", 3)
@@ -130,16 +131,33 @@ class TestMigration:
             old.close()
         with sqlite3.connect(data_dir / DB_NAME) as conn:
             conn.execute("drop table outbox")
-        assert "outbox" not in tables(data_dir)
+            conn.execute("drop table link_health")
+        assert not {"outbox", "link_health"} & tables(data_dir)
 
         store = Storage(data_dir)
         try:
-            assert store.schema_version == 4
+            assert store.schema_version == 5
             assert store.outbox_entries() == []
+            assert store.health_history() == []
             assert store.load_desired_status() == b'{"messageType":"desiredStatus"}'
             assert store.reserve_seq(1) == first_seq + 10, "numbers still only grow"
             store.outbox_append("t-1", "unitStatus", b"x", 1.0, 1, ())
             assert [e.txn for e in store.outbox_entries()] == ["t-1"]
         finally:
             store.close()
-        assert "outbox" in tables(data_dir)
+        assert {"outbox", "link_health"} <= tables(data_dir)
+
+
+class TestHealthHistory:
+    def test_the_last_changes_are_kept_across_reopening(self, data_dir: Path) -> None:
+        store = Storage(data_dir)
+        for n in range(10):
+            store.record_health(float(n), "degraded", f"failure {n}", keep=4)
+        store.close()
+        store = Storage(data_dir)
+        try:
+            assert store.health_history() == [
+                (float(n), "degraded", f"failure {n}") for n in range(6, 10)
+            ], "the newest four, oldest first"
+        finally:
+            store.close()

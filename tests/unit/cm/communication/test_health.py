@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from aoscore_py.cm.communication.health import Health, LinkHealth, ReconnectPolicy
+from aoscore_py.cm.communication.health import Health, HealthChange, LinkHealth, ReconnectPolicy
 
 
 class Clock:
@@ -88,3 +88,21 @@ def test_every_change_is_kept_with_its_reason() -> None:
         (0.0, "online", "connected"),
         (5.0, "degraded", "ConnectionResetError: reset"),
     ]
+
+
+def test_changes_go_to_on_change_and_a_restart_starts_from_the_kept_ones() -> None:
+    kept: list[HealthChange] = []
+    link, clock = health()
+    link.on_change = kept.append
+    link.wall = lambda: 1_000.0 + clock.now
+    link.connected()
+    clock.now = 5.0
+    link.disconnected("reset")
+    assert [(c.health.value, c.reason, c.wall_at) for c in kept] == [
+        ("online", "connected", 1_000.0),
+        ("degraded", "reset", 1_005.0),
+    ]
+    again, _ = health()
+    again.restore(kept)
+    again.connected()
+    assert [c.reason for c in again.changes] == ["connected", "reset", "connected"]
