@@ -222,8 +222,8 @@ def _optional_system_id(
     show_default=True,
     callback=positive,
     help="Seconds between pings on the cloud link; a link whose pong is this late again is "
-    "dead (found in under twice this). Raise it above the round trip on links slower than "
-    "that (a cellular gateway adding 30 s each way needs more than 60).",
+    "dead, and closed after at most 10 s more (50 s in all by default). Raise it above the "
+    "round trip on slower links (a cellular gateway adding 30 s each way needs more than 60).",
 )
 @click.option(
     "--status-debounce",

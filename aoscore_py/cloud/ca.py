@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..crypto.pki import ec_root_ca, key_usage
+from ..crypto.pki import ec_root_ca, key_usage, write_private_key
 from ..errors import ConfigError
 from ..fsutil import atomic_write
 from ..iam.tls import TlsFiles
@@ -80,19 +80,6 @@ def general_names(names: Iterable[str]) -> list[x509.GeneralName]:
 def _write_public(path: Path, cert: x509.Certificate) -> None:
     atomic_write(path, cert.public_bytes(serialization.Encoding.PEM))
     os.chmod(path, 0o644)  # atomic_write makes files 0600; a certificate is public
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    # atomic_write's temporary file is made 0600, so the key is never readable by others.
-    atomic_write(
-        path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-    os.chmod(path, 0o600)
 
 
 @dataclass
@@ -157,7 +144,7 @@ class CloudCa:
         sans = general_names(names)
         key = ec.generate_private_key(ec.SECP256R1())
         cert = self._leaf(names[0], key.public_key(), sans, ExtendedKeyUsageOID.SERVER_AUTH, days)
-        _write_key(self.folder / SERVER_KEY_FILE, key)
+        write_private_key(self.folder / SERVER_KEY_FILE, key)
         _write_public(self.folder / SERVER_FILE, cert)
         return TlsFiles(self.ca_path, self.folder / SERVER_FILE, self.folder / SERVER_KEY_FILE)
 
@@ -166,7 +153,7 @@ def _new_ca(folder: Path, days: int) -> CloudCa:
     cert, key = ec_root_ca(_name("aoscore-py reference cloud CA"), *_validity(days))
     # The key first: a cut between the two leaves a key without a CA, which is made again;
     # never a CA whose key is lost.
-    _write_key(folder / CA_KEY_FILE, key)
+    write_private_key(folder / CA_KEY_FILE, key)
     _write_public(folder / CA_FILE, cert)
     return CloudCa(folder, cert, key)
 

@@ -149,6 +149,21 @@ def key_usage(*, ca: bool) -> x509.KeyUsage:
     )
 
 
+def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    """Write an EC key as PKCS#8 PEM, durably, readable by its owner only (0600)."""
+    # atomic_write's temporary file is created 0600, so the key is never readable by others;
+    # the chmod states the intent should that ever change.
+    atomic_write(
+        path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    os.chmod(path, 0o600)
+
+
 def ec_root_ca(
     name: x509.Name, start: datetime, end: datetime
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:

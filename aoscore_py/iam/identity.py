@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ..crypto.pki import write_private_key
 from ..errors import (
     CertificateError,
     ConfigError,
@@ -158,16 +159,7 @@ def _unit_key(folder: Path) -> ec.EllipticCurvePrivateKey:
     if key is not None:
         return key
     key = ec.generate_private_key(ec.SECP256R1())
-    # atomic_write's temporary file is made 0600: the key is never readable by others.
-    atomic_write(
-        path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-    os.chmod(path, 0o600)
+    write_private_key(path, key)
     return key
 
 

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..crypto.pki import ec_root_ca, key_usage
+from ..crypto.pki import ec_root_ca, key_usage, write_private_key
 from ..crypto.signing import fingerprint, load_pem_certificates
 from ..errors import ConfigError
 from ..fsutil import atomic_write, fsync_dir
@@ -178,20 +178,6 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
     os.chmod(path, 0o644)
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    # atomic_write's temporary file is created 0600, so the key is never readable by others;
-    # the chmod states the intent should that ever change.
-    atomic_write(
-        path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-    os.chmod(path, 0o600)
-
-
 def _files(folder: Path, cm_names: Iterable[str], nodes: Iterable[str], ca_fp: str) -> UnitPki:
     ca = folder / CA_FILE
     return UnitPki(
@@ -271,7 +257,7 @@ def init_unit_pki(
                 if stale.suffix in (".pem", ".key"):
                     stale.unlink()
         ca, ca_key = _new_ca(valid_days)
-        _write_key(folder / CA_KEY_FILE, ca_key)
+        write_private_key(folder / CA_KEY_FILE, ca_key)
         _write_cert(folder / CA_FILE, ca)
         reissue_cm, missing = True, list(wanted)
         cm_names_now, node_ids = names, list(wanted)
@@ -280,7 +266,7 @@ def init_unit_pki(
     if reissue_cm:
         server_auth = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
         cert, key = _issue_leaf(ca, ca_key, names[0], sans, server_auth, valid_days)
-        _write_key(pki.cm.key, key)
+        write_private_key(pki.cm.key, key)
         _write_cert(pki.cm.cert, cert)
     for node_id in missing:
         files = pki.nodes[node_id]
@@ -292,7 +278,7 @@ def init_unit_pki(
             [ExtendedKeyUsageOID.CLIENT_AUTH],
             valid_days,
         )
-        _write_key(files.key, key)
+        write_private_key(files.key, key)
         _write_cert(files.cert, cert)
     meta = {"caFingerprint": pki.ca_fingerprint, "cmNames": list(cm_names_now), "nodes": node_ids}
     atomic_write(meta_path, orjson.dumps(meta, option=orjson.OPT_INDENT_2) + b"\n")

@@ -313,3 +313,42 @@ async def test_a_status_without_an_ack_is_sent_again_with_the_same_bytes(
         assert len(raws) == 2 and raws[0] == raws[1], "the same frame: the cloud can dedupe"
     finally:
         await stop_link(link, task, server)
+
+
+async def test_a_dead_link_is_found_within_three_keepalives(tmp_path: Path) -> None:
+    """A link that silently stops carrying anything (a gateway that black-holes the traffic)
+    is closed once a ping goes unanswered: within the ping interval, its timeout and the close
+    handshake's (each a keepalive, the last at most 10 s: 50 s at the default 20, under the
+    60 s the fleet asks for), and the outbox goes back to buffering."""
+    from aoscore_py.powercut.linkproxy import LinkProxy
+
+    cloud = AckingCloud()
+    server = await serve(cloud.handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    keepalive = 0.5
+
+    async def ignore(*_args: Any) -> None:
+        return None
+
+    with LinkProxy("127.0.0.1", port) as proxy:
+        outbox = Outbox(Storage(tmp_path), time.monotonic, time.time, OutboxLimits())
+        link = CloudLink(
+            StaticTargets(proxy.url_for("ws")),
+            "u1",
+            outbox,
+            on_message=ignore,
+            on_connect=ignore,
+            reconnect=ReconnectPolicy(initial_s=60.0, jitter=0.0),
+            ping_interval_s=keepalive,
+        )
+        task = asyncio.create_task(link.run())
+        try:
+            await asyncio.wait_for(link.connected.wait(), WAIT_S)
+            proxy.set_latency(3600.0, 3600.0)  # nothing gets through any more
+            went_dead = time.monotonic()
+            await wait_for(lambda: not link.connected.is_set(), "the dead link found")
+            assert time.monotonic() - went_dead < 3 * keepalive + 1.0
+            assert link.outbox.mode.value == "buffer-only"
+        finally:
+            proxy.drop_all()  # the cloud's side of the black-holed connection, at once
+            await stop_link(link, task, server)

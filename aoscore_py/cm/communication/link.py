@@ -85,7 +85,8 @@ class CloudLink:
         boot_id: this process's boot (the unit statuses' `bootId`), which every message the
             link numbers carries too; a new one when not given.
         ping_interval_s: keepalive pings; a link that misses one answer for `ping_interval_s`
-            more is closed, so a dead link is found in under twice that (40 s by default). The
+            more is closed (its closing handshake given at most 10 s more), so a dead link is
+            found in under 50 s by default (ping interval, ping timeout, close timeout). The
             opening handshake may take three times as long (at least 10 s): TCP, TLS and the
             upgrade each cost a round trip, which is what a raised keepalive is for.
         poll: polling as a transport (`poll.PollSettings`); None: WebSocket only.
@@ -227,6 +228,7 @@ class CloudLink:
                 open_timeout=max(10.0, 3 * self._ping_s),
                 ping_interval=self._ping_s,
                 ping_timeout=self._ping_s,
+                close_timeout=min(10.0, self._ping_s),
                 max_size=MAX_MESSAGE_BYTES,
             ) as ws:
                 self._ws_open = True
