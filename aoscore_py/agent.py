@@ -235,6 +235,7 @@ class Agent:
             debounce_s=config.status_debounce_s,
             boot_id=self.link.boot_id,  # one boot id on every message the unit sends
         )
+        self.outbox.on_dropped = self.status.dropped
         self.handler = DesiredStatusHandler(
             self.storage.machine(MACHINE, UPDATE_CYCLE),
             self.storage,

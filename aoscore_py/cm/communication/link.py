@@ -400,11 +400,16 @@ class CloudLink:
         finally:
             timer.cancel()
             deleter.cancel()
-            self.outbox.flush_acked()
+            self._flush_acked()
 
-    async def _flush(self, ws: Channel) -> None:
-        """Send what the outbox says is due, in its order (one sender at a time)."""
+    async def _flush(self, ws: Channel | None = None) -> None:
+        """Send what the outbox says is due, in its order (one sender at a time), on `ws`, or
+        on the current connection read under the lock (so frames never go to one that ended
+        meanwhile, where they would wait out the ack timeout)."""
         async with self._send_lock:
+            ws = ws or self._ws
+            if ws is None:
+                return
             for frame in self.outbox.due():
                 await ws.send(frame)
 
@@ -423,6 +428,19 @@ class CloudLink:
             self._wake.clear()
             await self._flush(ws)
 
+    def _flush_acked(self) -> None:
+        """Delete the acknowledged messages now; a store that refuses (a full disk) keeps them
+        queued for the next commit, and at worst one goes out again, which the cloud records
+        once: never a reason to take the link down."""
+        try:
+            self.outbox.flush_acked()
+        except AosError as exc:
+            log.warning(
+                "outbox.delete_failed",
+                error=exc.message,
+                next="deleted with the next commit; a resend the cloud records once",
+            )
+
     async def _delete_acked(self) -> None:
         """Delete acknowledged messages from the store in batches: `ACK_BATCH_S` after an ack,
         unless a new message's commit took them along first (one commit for both)."""
@@ -430,7 +448,7 @@ class CloudLink:
             await self._acks.wait()
             await asyncio.sleep(ACK_BATCH_S)
             self._acks.clear()
-            self.outbox.flush_acked()
+            self._flush_acked()
 
     async def _dispatch(self, ws: Channel, raw: str | bytes, arrived: float) -> None:
         event = self.session.receive(raw)
@@ -539,10 +557,9 @@ class CloudLink:
             seq=getattr(message, "seq", None),
             replace_types=replace_types,
         )
-        ws = self._ws
-        if ws is not None:
+        if self._ws is not None:
             with contextlib.suppress(websockets.exceptions.ConnectionClosed):
-                await self._flush(ws)
+                await self._flush()
         return txn
 
     def room_for(self, message: Message) -> bool:
@@ -591,7 +608,7 @@ class CloudLink:
         """Stop reconnecting and close the connection (acks taken are stored first)."""
         self._stopping = True
         self._ws_changed.set()
-        self.outbox.flush_acked()
+        self._flush_acked()
         ws = self._ws
         if ws is not None:
             await ws.close()

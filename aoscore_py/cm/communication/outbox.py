@@ -37,6 +37,8 @@ log = get_logger("communication")
 
 MAX_NACKS = 10
 """Refusals of one message after which it is dropped."""
+MIN_RETRY_AFTER_S = 0.5
+"""The least a nack holds a message back (PROTOCOL.md's default retryAfter)."""
 
 
 class PublishMode(enum.StrEnum):
@@ -94,6 +96,9 @@ class Outbox:
     _online: bool = False
     _mode: PublishMode = PublishMode.BUFFER
     _acked: list[str] = field(default_factory=list)
+    on_dropped: Callable[[OutboxEntry], None] | None = None
+    """Called for a message that leaves unsent for good (nacked too often, or evicted), not for
+    one folded into another: the status handler then tells the cloud everything again."""
 
     def __post_init__(self) -> None:
         for entry in self.storage.outbox_entries():
@@ -178,6 +183,8 @@ class Outbox:
         self._slots[txn] = _Slot(OutboxEntry(entry_id, txn, message_type, frame, created, seq))
         self._bytes += len(frame)
         evicted = [e for e in out if e.message_type not in replace_types]
+        for entry in evicted:
+            self._dropped(entry)
         if evicted:
             log.warning(
                 "outbox.evicted",
@@ -259,6 +266,8 @@ class Outbox:
         if slot is None:
             return False
         slot.nacks += 1
+        # retryAfter 0 (or none) still waits a little: ten at once would drop it at once.
+        retry_after_s = max(retry_after_s, MIN_RETRY_AFTER_S)
         if slot.nacks >= MAX_NACKS:
             self._acked.append(txn)
             self._forget(txn)
@@ -269,8 +278,9 @@ class Outbox:
                 txn=txn,
                 type=slot.entry.message_type,
                 nacks=slot.nacks,
-                next="dropped; the next full status says the unit's state",
+                next="dropped; the next status is a full one",
             )
+            self._dropped(slot.entry)
             return True
         slot.deadline = self.clock() + retry_after_s
         return False
@@ -280,6 +290,10 @@ class Outbox:
         return min(
             (s.deadline for s in self._slots.values() if s.deadline is not None), default=None
         )
+
+    def _dropped(self, entry: OutboxEntry) -> None:
+        if self.on_dropped is not None:
+            self.on_dropped(entry)
 
     def _forget(self, txn: str) -> None:
         slot = self._slots.pop(txn, None)

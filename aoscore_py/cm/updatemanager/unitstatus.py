@@ -35,6 +35,7 @@ from ...protocol import (
     UnitConfigStatus,
     UnitStatus,
 )
+from ..communication.interfaces import OutboxEntry
 from ..imagemanager.interfaces import ItemRecord
 from ..launcher.interfaces import InstanceRecord
 from .interfaces import (
@@ -251,30 +252,32 @@ class UnitStatusHandler:
     async def _queue(self, status: UnitStatus, reason: str) -> None:
         """Number `status` and hand it to the outbox; fold the queued statuses into a full one
         when it would overflow."""
-        status = replace(status, seq=self._seq.next())
-        replace_types: tuple[str, ...] = ()
-        if not self._sender.room_for(status):
-            if status.is_delta_info:
-                status = replace(await self.full_status(), seq=status.seq)
-            folded = _ranges(
-                e.seq for e in self._sender.outbox.queued(status.MESSAGE_TYPE) if e.seq is not None
-            )
-            status = replace(status, folded_seqs=folded or None)
-            replace_types = (status.MESSAGE_TYPE,)
-            log.warning(
-                "status.folded",
-                statuses=sum(b - a + 1 for a, b in folded),
-                seq=status.seq,
-                next="the outbox is full; its queued statuses are replaced by this full one",
-            )
         try:
+            status = replace(status, seq=self._seq.next())
+            replace_types: tuple[str, ...] = ()
+            if not self._sender.room_for(status):
+                if status.is_delta_info:
+                    status = replace(await self.full_status(), seq=status.seq)
+                folded = _ranges(
+                    e.seq
+                    for e in self._sender.outbox.queued(status.MESSAGE_TYPE)
+                    if e.seq is not None
+                )
+                status = replace(status, folded_seqs=folded or None)
+                replace_types = (status.MESSAGE_TYPE,)
+                log.warning(
+                    "status.folded",
+                    statuses=sum(b - a + 1 for a, b in folded),
+                    seq=status.seq,
+                    next="the outbox is full; its queued statuses are replaced by this full one",
+                )
             txn = await self._sender.send(status, replace_types=replace_types)
-        except AosError as exc:  # the outbox cannot store it (a full disk): never raised
+        except Exception as exc:  # the store refuses (a full disk), a node cannot be asked
             log.error(
                 "status.not_queued",
                 reason=reason,
                 seq=status.seq,
-                error=exc.message,
+                error=exc.message if isinstance(exc, AosError) else f"{type(exc).__name__}: {exc}",
                 next="the next change, cycle or reconnect sends what it held",
             )
             return
@@ -295,6 +298,17 @@ class UnitStatusHandler:
             instances=sum(len(g.instances) for g in status.instances or ()),
             outbox=self._sender.outbox.depth,
         )
+
+    def dropped(self, entry: OutboxEntry) -> None:
+        """The outbox dropped a message unsent (nacked too often, or evicted): if it was a
+        status, what the cloud was told is no longer known, so the next one is full."""
+        if entry.message_type == UnitStatus.MESSAGE_TYPE:
+            self._told = None
+            log.warning(
+                "status.dropped",
+                seq=entry.seq,
+                next="the next status is a full one",
+            )
 
     def stop(self) -> None:
         """Drop a pending delta timer (the next start sends a full status anyway)."""

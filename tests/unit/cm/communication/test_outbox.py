@@ -10,7 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aoscore_py.cm.communication.interfaces import OutboxEntry
-from aoscore_py.cm.communication.outbox import MAX_NACKS, Outbox, OutboxLimits, PublishMode
+from aoscore_py.cm.communication.outbox import (
+    MAX_NACKS,
+    MIN_RETRY_AFTER_S,
+    Outbox,
+    OutboxLimits,
+    PublishMode,
+)
 from aoscore_py.errors import StorageError
 
 from .stubs import FakeClock, MemoryOutboxStorage
@@ -296,25 +302,31 @@ class TestNack:
         assert outbox.due() == [raw]
 
     def test_a_nacked_message_is_kept_and_holds_its_place(
-        self, outbox: Outbox, storage: MemoryOutboxStorage
+        self, outbox: Outbox, storage: MemoryOutboxStorage, clock: FakeClock
     ) -> None:
         outbox.connected()
         put(outbox, "t-1", "t-2", "t-3")
         outbox.due()
         outbox.nacked("t-1", 0.0)
         assert storage.txns == ["t-1", "t-2", "t-3"]
+        assert outbox.due() == [], "a retryAfter of 0 still holds it a little"
+        clock.advance(MIN_RETRY_AFTER_S)
         assert outbox.due() == [frame("t-1")], "sent again; t-3 still waits for the window"
 
     def test_max_nacks_refusals_drop_the_message_and_free_its_place(
-        self, outbox: Outbox, storage: MemoryOutboxStorage
+        self, outbox: Outbox, storage: MemoryOutboxStorage, clock: FakeClock
     ) -> None:
+        dropped: list[str] = []
+        outbox.on_dropped = lambda entry: dropped.append(entry.txn)
         outbox.connected()
         frames = put(outbox, "t-1", "t-2", "t-3")
         outbox.due()
         for _ in range(MAX_NACKS - 1):
             assert outbox.nacked("t-1", 0.0) is False
+            clock.advance(MIN_RETRY_AFTER_S)
             assert outbox.due() == [frames[0]]
         assert outbox.nacked("t-1", 0.0) is True
+        assert dropped == ["t-1"], "whoever made it learns it never went out"
         assert outbox.depth == 2
         assert outbox.due() == [frames[2]]
         outbox.flush_acked()

@@ -427,3 +427,20 @@ class TestLateBlobUrls:
         late = BlobUrls(first.correlation_id, (info,))
         await link._dispatch(ws, from_cloud(late, "cloud-late"), 0.0)
         assert await asyncio.wait_for(asking, 1.0) == [info]
+
+
+class TestAckDeleteRefused:
+    async def test_a_store_that_refuses_the_delete_does_not_take_the_link_down(self) -> None:
+        """A full disk refuses the batched delete of acked messages: the link logs it and the
+        deletes go with the next commit (at worst one resend, which the cloud records once)."""
+        storage = MemoryOutboxStorage()
+        link = make_link(storage)
+        link.outbox.connected()
+        txn = await link.send(UnitStatus(is_delta_info=False, seq=1))
+        link.outbox.due()
+        assert link.outbox.acked(txn)
+        storage.fail_next = True
+        link._flush_acked()  # no exception
+        assert txn in storage.txns, "still stored: the delete was refused"
+        await link.send(UnitStatus(is_delta_info=False, seq=2))
+        assert txn not in storage.txns, "deleted with the next commit"

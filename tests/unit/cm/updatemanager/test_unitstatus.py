@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from aoscore_py.cm.communication.interfaces import OutboxEntry
 from aoscore_py.cm.imagemanager.interfaces import ItemRecord
 from aoscore_py.cm.launcher.interfaces import InstanceRecord
 from aoscore_py.cm.updatemanager.unitstatus import (
@@ -282,3 +283,19 @@ class TestFolding:
         assert delta.is_delta_info is True
         assert sections(delta) == {"items"}
         assert delta.seq == 504
+
+
+class TestDroppedStatus:
+    async def test_a_status_the_outbox_dropped_makes_the_next_one_full(self, unit: Unit) -> None:
+        """A delta the cloud never got (nacked too often, or evicted) leaves what it was told
+        unknown: the next status must not be a delta against it."""
+        await unit.handler.send_full("connected")
+        unit.items.items = [item("2.0", ItemState.PENDING)]
+        await unit.handler.send_delta("item changed")
+        lost = unit.statuses[-1]
+        unit.handler.dropped(OutboxEntry(1, "t-lost", "unitStatus", b"", 0.0, lost.seq))
+        unit.instances.instances = [instance(InstanceState.FAILED)]
+        await unit.handler.send_delta("instance changed")
+        again = unit.statuses[-1]
+        assert again.is_delta_info is False, "the lost item change goes out again"
+        assert again.items == items_status([item("2.0", ItemState.PENDING)])
