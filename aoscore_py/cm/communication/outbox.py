@@ -37,8 +37,8 @@ log = get_logger("communication")
 
 MAX_NACKS = 10
 """Refusals of one message after which it is dropped."""
-MIN_RETRY_AFTER_S = 0.5
-"""The least a nack holds a message back (PROTOCOL.md's default retryAfter)."""
+DEFAULT_RETRY_AFTER_S = 0.5
+"""How long a nack without a retryAfter (or with 0) holds a message (PROTOCOL.md's default)."""
 
 
 class PublishMode(enum.StrEnum):
@@ -266,8 +266,10 @@ class Outbox:
         if slot is None:
             return False
         slot.nacks += 1
-        # retryAfter 0 (or none) still waits a little: ten at once would drop it at once.
-        retry_after_s = max(retry_after_s, MIN_RETRY_AFTER_S)
+        # retryAfter 0 (or none) is the protocol's default, not "at once": ten nacks in a row
+        # would otherwise drop a message within milliseconds.
+        if retry_after_s <= 0:
+            retry_after_s = DEFAULT_RETRY_AFTER_S
         if slot.nacks >= MAX_NACKS:
             self._acked.append(txn)
             self._forget(txn)

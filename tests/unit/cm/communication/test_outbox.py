@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from aoscore_py.cm.communication.interfaces import OutboxEntry
 from aoscore_py.cm.communication.outbox import (
+    DEFAULT_RETRY_AFTER_S,
     MAX_NACKS,
-    MIN_RETRY_AFTER_S,
     Outbox,
     OutboxLimits,
     PublishMode,
@@ -309,8 +309,8 @@ class TestNack:
         outbox.due()
         outbox.nacked("t-1", 0.0)
         assert storage.txns == ["t-1", "t-2", "t-3"]
-        assert outbox.due() == [], "a retryAfter of 0 still holds it a little"
-        clock.advance(MIN_RETRY_AFTER_S)
+        assert outbox.due() == [], "a retryAfter of 0 means the protocol's default"
+        clock.advance(DEFAULT_RETRY_AFTER_S)
         assert outbox.due() == [frame("t-1")], "sent again; t-3 still waits for the window"
 
     def test_max_nacks_refusals_drop_the_message_and_free_its_place(
@@ -323,7 +323,7 @@ class TestNack:
         outbox.due()
         for _ in range(MAX_NACKS - 1):
             assert outbox.nacked("t-1", 0.0) is False
-            clock.advance(MIN_RETRY_AFTER_S)
+            clock.advance(DEFAULT_RETRY_AFTER_S)
             assert outbox.due() == [frames[0]]
         assert outbox.nacked("t-1", 0.0) is True
         assert dropped == ["t-1"], "whoever made it learns it never went out"
