@@ -63,8 +63,7 @@ from aoscore_py.cloud.oci import OciImage, blob_url, build_test_image, push_imag
 from aoscore_py.cloud.registry import Registry
 from aoscore_py.cloud.state import CloudState
 from aoscore_py.cm.communication.link import CloudLink
-from aoscore_py.cm.communication.outbox import Outbox, OutboxLimits
-from aoscore_py.cm.communication.targets import StaticTargets
+from aoscore_py.cm.communication.outbox import OutboxLimits
 from aoscore_py.cm.imagemanager.manager import ImageManager, ImagePolicy
 from aoscore_py.crypto.pki import Pki, init_pki
 from aoscore_py.errors import AosError
@@ -572,22 +571,13 @@ async def _link_run(retry_after_ms: int, samples: int) -> tuple[list[float], lis
     server = await serve(cloud.handler, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
 
-    async def ignore(message: object, arrived: float) -> None:
-        return None
-
-    async def on_connect() -> None:
-        return None
+    from benchlib.outbox import bare_link
 
     # Only the nack can cause a resend within the bench: the ack timeout is far beyond it.
     work = tempfile.TemporaryDirectory(prefix="aoscore-bench-link-")
     storage = Storage(Path(work.name))
-    outbox = Outbox(storage, time.monotonic, time.time, OutboxLimits(ack_timeout_s=3600.0))
-    link = CloudLink(
-        StaticTargets(f"ws://127.0.0.1:{port}"),
-        LINK_SYSTEM_ID,
-        outbox,
-        on_message=ignore,
-        on_connect=on_connect,
+    link = bare_link(
+        f"ws://127.0.0.1:{port}", LINK_SYSTEM_ID, storage, OutboxLimits(ack_timeout_s=3600.0)
     )
     task = asyncio.create_task(link.run())
     resend_s: list[float] = []

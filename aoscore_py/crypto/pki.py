@@ -125,13 +125,18 @@ def _new_key(key_type: str) -> PkiKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_SIZE)
 
 
-def _name(common_name: str) -> x509.Name:
+def subject_name(organization: str, common_name: str) -> x509.Name:
+    """O=organization, CN=common_name: how every certificate this project makes is named."""
     return x509.Name(
         [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "aoscore-py test PKI"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
             x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )
+
+
+def _name(common_name: str) -> x509.Name:
+    return subject_name("aoscore-py test PKI", common_name)
 
 
 def key_usage(*, ca: bool) -> x509.KeyUsage:

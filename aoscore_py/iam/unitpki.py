@@ -33,9 +33,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ..crypto.pki import ec_root_ca, key_usage, write_private_key
+from ..crypto.pki import ec_root_ca, key_usage, subject_name, write_private_key
 from ..crypto.signing import fingerprint, load_pem_certificates
 from ..errors import ConfigError
 from ..fsutil import atomic_write, fsync_dir
@@ -124,12 +124,7 @@ def _general_names(names: Iterable[str]) -> list[x509.GeneralName]:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
+    return subject_name(_ORGANIZATION, common_name)
 
 
 def _validity(valid_days: int) -> tuple[datetime, datetime]:

@@ -27,6 +27,17 @@ SYSTEM_ID = "bench-outbox"
 WAIT_S = 60.0
 
 
+def bare_link(url: str, system_id: str, storage: Storage, limits: OutboxLimits) -> CloudLink:
+    """A cloud link to `url` whose outbox is `storage`, taking no message and sending nothing
+    on connect: only what a bench queues goes out."""
+
+    async def ignore(*_args: object) -> None:
+        return None
+
+    outbox = Outbox(storage, time.monotonic, time.time, limits)
+    return CloudLink(StaticTargets(url), system_id, outbox, on_message=ignore, on_connect=ignore)
+
+
 async def _acking_peer(ws: ServerConnection) -> None:
     async for raw in ws:
         txn = parse_frame(raw).header.txn
@@ -52,17 +63,9 @@ async def measure(work: Path, statuses: int, rounds: int, raw: Any) -> dict[str,
     server = await serve(_acking_peer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
 
-    async def ignore(*_args: object) -> None:
-        return None
-
     storage = Storage(work / "agent")
-    outbox = Outbox(storage, time.monotonic, time.time, OutboxLimits(max_count=statuses * 2))
-    link = CloudLink(
-        StaticTargets(f"ws://127.0.0.1:{port}"),
-        SYSTEM_ID,
-        outbox,
-        on_message=ignore,
-        on_connect=ignore,
+    link = bare_link(
+        f"ws://127.0.0.1:{port}", SYSTEM_ID, storage, OutboxLimits(max_count=statuses * 2)
     )
     task = asyncio.create_task(link.run())
     outbox_s = raw_s = 0.0

@@ -167,7 +167,8 @@ class Discovery:
             raise LinkError(f"discovery at {self.url} failed: {type(exc).__name__}: {exc}") from exc
         if response.status_code != 200:
             raise LinkError(
-                f"discovery at {self.url} answered HTTP {response.status_code}: {_reason(response)}"
+                f"discovery at {self.url} answered HTTP {response.status_code}: "
+                f"{cloud_reason(response)}"
             )
         try:
             body = response.json()
@@ -183,7 +184,8 @@ class Discovery:
         return answer
 
 
-def _reason(response: httpx.Response) -> str:
+def cloud_reason(response: httpx.Response) -> str:
+    """Why the cloud refused a request: its JSON `error`, else the start of the body."""
     try:
         return str(response.json()["error"])
     except (ValueError, KeyError, TypeError):

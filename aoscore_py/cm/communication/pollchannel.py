@@ -16,6 +16,7 @@ import orjson
 
 from ...errors import AosError
 from ...logs import get_logger
+from .discovery import cloud_reason
 from .poll import EtagBook, EtagFile, PollSchedule, PollTarget, answer_of, txn_of
 
 log = get_logger("communication.poll")
@@ -141,7 +142,7 @@ class PollChannel:
                 "poll.refused",
                 url=self.target.desired_url,
                 status=status,
-                reason=_reason(response),
+                reason=cloud_reason(response),
                 next="polling again on schedule",
             )
             return
@@ -185,7 +186,7 @@ class PollChannel:
             log.warning(
                 "poll.post_refused",
                 status=response.status_code,
-                reason=_reason(response),
+                reason=cloud_reason(response),
                 frames=len(batch),
                 next="the outbox sends its messages again",
             )
@@ -252,10 +253,3 @@ class PollChannel:
                 log.warning("poll.discovery_failed", error=exc.message, next="trying again later")
                 return None
         return None
-
-
-def _reason(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"])
-    except (ValueError, KeyError, TypeError):
-        return response.text[:200]

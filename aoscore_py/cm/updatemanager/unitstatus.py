@@ -200,17 +200,22 @@ class UnitStatusHandler:
     async def send_full(self, reason: str) -> None:
         """Queue a full unit status now; never raises (one that cannot be built is logged)."""
         async with self._send_lock:
-            try:
-                status = await self.full_status()
-            except Exception:
-                log.error(
-                    "status.failed",
-                    reason=reason,
-                    exc_info=True,
-                    next="the next cycle or reconnect sends a full status",
-                )
-                return
-            await self._queue(status, reason)
+            status = await self._built(reason)
+            if status is not None:
+                await self._queue(status, reason)
+
+    async def _built(self, reason: str) -> UnitStatus | None:
+        """The full status now, or None (logged) when it cannot be built."""
+        try:
+            return await self.full_status()
+        except Exception:
+            log.error(
+                "status.failed",
+                reason=reason,
+                exc_info=True,
+                next="the next change, cycle or reconnect sends a status",
+            )
+            return None
 
     def changed(self, reason: str) -> None:
         """Something the status reports changed: a delta goes out within `debounce_s`."""
@@ -229,15 +234,8 @@ class UnitStatusHandler:
         """Queue a delta of what changed since the cloud was last told (nothing when nothing
         did; a full status when it has been told nothing yet); never raises."""
         async with self._send_lock:
-            try:
-                now = await self.full_status()
-            except Exception:
-                log.error(
-                    "status.failed",
-                    reason=reason,
-                    exc_info=True,
-                    next="the next change, cycle or reconnect sends a status",
-                )
+            now = await self._built(reason)
+            if now is None:
                 return
             told = self._told
             if told is None:

@@ -35,11 +35,6 @@ time.sleep(120)
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
 def holder(data_dir: Path) -> Iterator[subprocess.Popen[str]]:
     """Another process holding the lock until it is killed."""
     proc = subprocess.Popen(

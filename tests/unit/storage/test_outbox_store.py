@@ -5,7 +5,6 @@ outbox when it is migrated."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,22 +13,7 @@ from aoscore_py.cm.communication.interfaces import OutboxEntry
 from aoscore_py.errors import StorageError
 from aoscore_py.storage import DB_NAME, SCHEMA_VERSION, Storage, database
 
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def store(data_dir: Path) -> Iterator[Storage]:
-    s = Storage(data_dir)
-    yield s
-    s.close()
-
-
-def reopen(store: Storage) -> Storage:
-    store.close()
-    return Storage(store.data_dir)
+from .test_storage import reopen
 
 
 def contents(entries: list[OutboxEntry]) -> list[tuple[str, str, bytes, float, int | None]]:

@@ -31,11 +31,6 @@ PARTS = ("", "-wal", "-shm")
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
 def logged() -> Iterator[list[logging.LogRecord]]:
     """The storage component's log records."""
     records: list[logging.LogRecord] = []

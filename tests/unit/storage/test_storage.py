@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import peewee
@@ -18,18 +17,6 @@ from aoscore_py.protocol import ErrorInfo, InstanceState, ItemState, UnitConfigS
 from aoscore_py.storage import DB_NAME, SCHEMA_VERSION, Storage, database
 
 DIGEST = "sha256:" + "c" * 64
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def store(data_dir: Path) -> Iterator[Storage]:
-    s = Storage(data_dir)
-    yield s
-    s.close()
 
 
 def reopen(store: Storage) -> Storage:
