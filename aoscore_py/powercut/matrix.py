@@ -60,6 +60,7 @@ from ..storage import DB_NAME
 from ..storage import crashpoints as storage
 from . import interrupts
 from .registry import ALL_POINTS
+from .results import Row
 from .scenarios import (
     ALPHA,
     BETA,
@@ -192,18 +193,6 @@ CRASH_POINTS: tuple[str, ...] = tuple(c.row for c in CASES)
 
 KILL_TIMEOUT_S = 60.0
 CONVERGE_TIMEOUT_S = 90.0
-
-
-@dataclass(frozen=True)
-class Row:
-    """One row's result."""
-
-    point: str
-    process: str
-    killed: bool
-    converged: bool
-    seconds: float
-    detail: str = ""
 
 
 @dataclass(frozen=True)
