@@ -11,6 +11,8 @@ Tables (each per-unit read is one index range, whatever the number of units):
 - `fleet`: every unit the cloud heard from or holds a desired status for, with its last status.
 - `desired`: every desired status accepted, with the seq the cloud stamped on it.
 - `statuses`: every unitStatus received, one row each, its txn unique per unit.
+- `answers`: the unit's ack or nack of each desired status the cloud sent it, with that
+  status's seq (schema 2), so a check can tell what the unit accepted from what was only sent.
 - `blobs`: the catalog of published blobs, one JSON entry per digest.
 """
 
@@ -32,7 +34,7 @@ log = get_logger("cloud.db")
 
 DB_FILE = "cloud.db"
 BUSY_TIMEOUT_S = 10.0
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -82,6 +84,22 @@ CREATE INDEX IF NOT EXISTS statuses_full ON statuses (unit, full, seq);
 CREATE TABLE IF NOT EXISTS blobs (digest TEXT PRIMARY KEY, entry BLOB NOT NULL);
 """
 
+# Added by each schema version after the first, applied in order to an older file.
+_MIGRATIONS: dict[int, str] = {
+    2: """
+CREATE TABLE IF NOT EXISTS answers (
+    id INTEGER PRIMARY KEY,
+    unit TEXT NOT NULL,
+    seq INTEGER,
+    txn TEXT NOT NULL,
+    answered_at REAL NOT NULL,
+    ok INTEGER NOT NULL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS answers_unit ON answers (unit, id);
+""",
+}
+
 
 def connect(path: Path) -> sqlite3.Connection:
     """Open `path` (made on first use) with the cloud's schema; a cloud dir of the previous
@@ -102,13 +120,22 @@ def connect(path: Path) -> sqlite3.Connection:
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version < SCHEMA_VERSION:
         with write(db):
-            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version < 1:
+                _execute(db, _SCHEMA)
                 _import_legacy(db, path.parent)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            for number in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                _execute(db, _MIGRATIONS[number])
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return db
+
+
+def _execute(db: sqlite3.Connection, script: str) -> None:
+    """Run each statement of `script` inside the caller's transaction (`executescript` would
+    commit it)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
 
 
 @contextlib.contextmanager

@@ -197,6 +197,9 @@ class CloudServer:
         self._poll_seen: dict[str, _PollSeen] = {}
         self._transport: dict[str, str] = {}
         self._connected: dict[str, asyncio.Event] = {}
+        # (unit, txn) -> seq of each desired status sent and not answered yet, so the unit's
+        # answer is recorded against it (`CloudState.record_answer`).
+        self._desired_txns: dict[tuple[str, str], int | None] = {}
         self._servers: list[Server] = []
         # The system id each wss connection proved at its handshake.
         self._verified: dict[ServerConnection, str] = {}
@@ -284,6 +287,9 @@ class CloudServer:
         finally:
             if unit_id is not None and self._units.get(unit_id) is unit:
                 del self._units[unit_id]
+                # Its answers came on this connection; a new one is sent the status again.
+                for key in [k for k in self._desired_txns if k[0] == unit_id]:
+                    del self._desired_txns[key]
                 self._event(unit_id).clear()
                 log.info("unit.disconnected", unit=unit_id)
             if unit is not None:
@@ -309,6 +315,10 @@ class CloudServer:
                 if w is not None and not w.done():
                     w.set_result(result)
             unit.next_reply.clear()
+            if (unit_id, txn) in self._desired_txns:
+                seq = self._desired_txns.pop((unit_id, txn))
+                self.state.record_answer(unit_id, seq, txn, result["ok"], result.get("error"))
+                log.info("desired.answered", unit=unit_id, seq=seq, ok=result["ok"])
             return
         if isinstance(data, UnitStatus) and not self.state.append_status(
             unit_id, txn, orjson.loads(raw)["data"]
@@ -381,6 +391,7 @@ class CloudServer:
             message = self.with_trust(message)
         etag = '"' + hashlib.sha256(dump_message(message)).hexdigest()[:32] + '"'
         txn = str(uuid.uuid5(_POLL_TXNS, f"{unit_id}/{etag}"))
+        self._desired_txns[(unit_id, txn)] = getattr(message, "seq", None)
         frame = dump_frame(Envelope(new_header(unit_id, txn=txn), message))
         return PolledDesired(etag, txn, frame)
 
@@ -491,6 +502,7 @@ class CloudServer:
                 waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
                 txn = str(uuid.uuid4())
                 unit.waiters[txn] = waiter
+                self._desired_txns[(unit_id, txn)] = getattr(message, "seq", None)
                 await self._send(unit_id, unit, message, txn)
                 log.info("desired.sent", unit=unit_id, txn=txn)
                 return await waiter

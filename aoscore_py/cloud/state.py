@@ -1,7 +1,8 @@
 """The reference cloud's durable state, under one folder:
 
-cloud.db      units, desired statuses (with their seq), every unitStatus received, the
-              catalog of published blobs, provisioning (see `db`); one SQLite file
+cloud.db      units, desired statuses (with their seq), the unit's answer to each one sent,
+              every unitStatus received, the catalog of published blobs, provisioning (see
+              `db`); one SQLite file
 cloud.json    where the running cloud listens (written by `cloud serve`, removed at its end)
 pki/          the test PKI that signs blobs (`cloud pki init`)
 operator.token  the bearer token of the operator API (0600, made on first start)
@@ -200,6 +201,40 @@ class CloudState:
                 "SELECT body FROM desired WHERE unit = ? ORDER BY id DESC LIMIT 1", (unit_id,)
             ).fetchone()
         return None if row is None else bytes(row[0])
+
+    def record_answer(
+        self, unit_id: str, seq: int | None, txn: str, ok: bool, error: str | None = None
+    ) -> None:
+        """Record the unit's ack (`ok`) or nack of the desired status numbered `seq` that the
+        cloud sent under `txn`, durably: what a unit acked it has stored, so a check can hold
+        it to that after a cut (`powercut.invariants.acked_in_force`)."""
+        with self._conn() as conn, db.write(conn):
+            conn.execute(
+                "INSERT INTO answers (unit, seq, txn, answered_at, ok, error)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (check_unit_id(unit_id), seq, txn, time.time(), int(ok), error),
+            )
+
+    def answers(self, unit_id: str) -> list[dict[str, Any]]:
+        """The unit's answers to desired statuses, in arrival order, each as
+        `{"seq", "txn", "answeredAt", "ok", "error"}`."""
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT seq, txn, answered_at, ok, error FROM answers WHERE unit = ? ORDER BY id",
+                (unit_id,),
+            ).fetchall()
+        return [
+            {"seq": seq, "txn": txn, "answeredAt": at, "ok": bool(ok), "error": error}
+            for seq, txn, at, ok, error in rows
+        ]
+
+    def desired_seqs(self, unit_id: str) -> list[tuple[int | None, bytes]]:
+        """Every desired status stored for the unit, oldest first, as (seq, body)."""
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT seq, body FROM desired WHERE unit = ? ORDER BY id", (unit_id,)
+            ).fetchall()
+        return [(seq, bytes(body)) for seq, body in rows]
 
     def append_status(self, unit_id: str, txn: str, data: dict[str, Any]) -> bool:
         """Record one received unitStatus, committed before the cloud acks it.
