@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 from .. import logs
-from .common import exit_codes
+from .common import exit_codes, with_logs
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option(
     "--json",
     "json_path",
@@ -33,8 +33,13 @@ from .common import exit_codes
     default=None,
     help="Where to keep the run's files (default: a new temporary folder).",
 )
+@click.pass_context
 def powercut(
-    json_path: Path | None, points: str | None, list_rows: bool, work_dir: Path | None
+    ctx: click.Context,
+    json_path: Path | None,
+    points: str | None,
+    list_rows: bool,
+    work_dir: Path | None,
 ) -> None:
     """Kill the CM or an SM at every crash point of a three-node unit and check that the
     unit still converges.
@@ -55,7 +60,11 @@ def powercut(
 
     Prints one line per row (row, process killed, killed, converged, seconds, detail).
     Exit codes: 0 every row passed; 1 a row did not; 2 bad usage; 130 interrupted.
+
+    `aoscore powercut lossyfs BACKING MOUNTPOINT` runs the lossy file system on its own.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from ..powercut.matrix import CASES, CRASH_POINTS, describe, run_matrix, select_cases
 
     if list_rows:
@@ -76,3 +85,59 @@ def powercut(
     with exit_codes("interrupted; what the matrix started was stopped"):
         ok = run_matrix(selected, json_path, work_dir)
     sys.exit(0 if ok else 1)
+
+
+@powercut.command("lossyfs")
+@click.argument("backing", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--control",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The control socket (default: BACKING/.lossyfs/control.sock).",
+)
+@click.option(
+    "--torn", is_flag=True, help="At a cut, write only some 512-byte sectors of the last write."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the torn sectors.")
+@with_logs
+def lossyfs(
+    backing: Path,
+    mountpoint: Path,
+    control: Path | None,
+    torn: bool,
+    seed: int,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Mount a view of BACKING at MOUNTPOINT that forgets, at a cut, whatever was not made
+    durable: file data written since that file's last fsync or fdatasync, and entries created,
+    linked, renamed or removed in a directory since that directory's last fsync. BACKING holds
+    the durable state, and nothing else is written to it until an fsync says so.
+
+    Cut the power with `cut` on the control socket (for example
+    `echo cut | socat - UNIX-CONNECT:BACKING/.lossyfs/control.sock`) or SIGUSR1: the file system
+    drops what was not durable, stops serving and unmounts; mount it again to see what
+    survived. `status` on the socket prints what a cut would drop, `sync` makes everything
+    durable. SIGTERM, SIGINT or `fusermount3 -u MOUNTPOINT` unmount cleanly, after a sync, as
+    an orderly shutdown would. Needs /dev/fuse and fusermount3 (Debian's fuse3).
+
+    Exit codes: 0 cut or unmounted; 1 the mount failed; 2 bad usage.
+    """
+    from ..powercut.lossyfs.fuse import serve
+
+    if not backing.is_dir():
+        raise click.BadParameter(f"{backing} is not a folder", param_hint="BACKING")
+    if not mountpoint.is_dir():
+        raise click.BadParameter(f"{mountpoint} is not a folder", param_hint="MOUNTPOINT")
+    if (
+        mountpoint.resolve() == backing.resolve()
+        or backing.resolve() in mountpoint.resolve().parents
+    ):
+        raise click.BadParameter("MOUNTPOINT must not be inside BACKING", param_hint="MOUNTPOINT")
+    logs.configure(log_level, log_format)
+    try:
+        serve(backing, mountpoint, control, torn=torn, seed=seed)
+    except RuntimeError as exc:
+        click.echo(f"aoscore powercut lossyfs: could not mount {mountpoint}: {exc}", err=True)
+        sys.exit(1)

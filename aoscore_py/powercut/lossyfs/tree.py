@@ -1,0 +1,626 @@
+"""The lossy file system's model: a file tree whose current state lives in memory and whose
+durable state is the backing folder.
+
+What a power loss keeps is what the application made durable, and nothing else:
+- a file's data reaches the backing folder only at its fsync or fdatasync: until then every
+  write since the last one is a dirty page in memory (and a truncation a smaller `valid` size);
+- a directory's entries reach it only at that directory's fsync: creates, links, renames and
+  removals since then are in the directory's current listing only. A directory's durable
+  listing is kept in memory too, and is written to the backing folder whenever the directory is
+  itself durably reachable from the root (so a new folder fsynced before its parent appears,
+  with what it holds, once the parent is fsynced).
+
+A file's durable data lives in the hidden store `.lossyfs/<ino>` of the backing folder, and each
+of its durable names is a hard link to that file, so a durable rename or link never copies data
+and a name that is not durable yet never loses the data an fsync made durable. The store holds
+nothing else worth keeping: it is emptied at every load.
+
+A cut is the process ending without writing anything more (the backing folder is already the
+durable state); with `torn`, the last write before the cut first reaches its file only in part,
+some of its 512-byte sectors and not others. A sync (a clean unmount) makes everything durable.
+
+Errors are OSError with an errno, which the FUSE adapter answers as such.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import random
+import shutil
+import stat
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PAGE = 4096
+SECTOR = 512
+STORE = ".lossyfs"
+ROOT = 1
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+def _err(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+@dataclass(eq=False)
+class Node:
+    """An inode: its attributes, and by kind its data (file), listings (directory) or target
+    (symlink)."""
+
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    rdev: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    nlink: int = 1
+    # regular file
+    size: int = 0  # the current size
+    valid: int = 0  # how much of the durable data still shows (a truncation lowers it)
+    stored: int = 0  # the durable data's size
+    dirty: dict[int, bytearray] = field(default_factory=dict)  # page index -> page
+    fd: int | None = None
+    opens: int = 0
+    durable_refs: int = 0  # durable listings naming it
+    # directory
+    entries: dict[bytes, int] = field(default_factory=dict)
+    durable: dict[bytes, int] = field(default_factory=dict)
+    parent: int = ROOT  # the current parent (for `..` and cycles)
+    placed: tuple[int, bytes] | None = None  # where it is in the backing folder, if it is
+    # symlink
+    target: bytes = b""
+
+    @property
+    def kind(self) -> int:
+        return stat.S_IFMT(self.mode)
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == stat.S_IFDIR
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind == stat.S_IFREG
+
+    @property
+    def unsynced(self) -> bool:
+        """Whether the file's data differs from its durable data."""
+        return bool(self.dirty) or self.valid < self.stored or self.size != self.stored
+
+
+@dataclass(frozen=True)
+class Loss:
+    """What a cut dropped: files with unsynced data, directories with unsynced entries, and the
+    torn write's sectors (file, offset, sectors written, sectors dropped)."""
+
+    files: int
+    bytes: int
+    directories: int
+    entries: int
+    torn: tuple[int, int, int, int] | None = None
+
+
+class LossyTree:
+    """The model the FUSE adapter serves; every method is synchronous and quick enough to run
+    on the file system's event loop."""
+
+    def __init__(self, backing: Path, *, torn: bool = False, seed: int = 0) -> None:
+        self.backing = Path(backing)
+        self.store = self.backing / STORE
+        self.torn = torn
+        self._rng = random.Random(seed)
+        self.nodes: dict[int, Node] = {}
+        self._next = ROOT + 1
+        self._last_write: tuple[int, int, bytes] | None = None
+
+    # --- loading --------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the backing folder as the durable state (and the current one): every name a
+        node, every file linked into a fresh store."""
+        self.backing.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.store, ignore_errors=True)
+        self.store.mkdir()
+        st = os.stat(self.backing)
+        root = self._node_from(ROOT, st)
+        root.placed = (ROOT, b"")
+        self.nodes = {ROOT: root}
+        self._next = ROOT + 1
+        seen: dict[tuple[int, int], int] = {}
+        todo = deque([(root, self.backing)])
+        while todo:
+            folder, path = todo.popleft()
+            with os.scandir(path) as it:
+                names = sorted(e.name for e in it)
+            for name in names:
+                if folder.ino == ROOT and name == STORE:
+                    continue
+                child_path = path / name
+                st = os.lstat(child_path)
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    node = self.nodes[seen[key]]
+                    node.nlink += 1
+                else:
+                    node = self._node_from(self._new_ino(), st)
+                    self.nodes[node.ino] = node
+                    if stat.S_ISREG(st.st_mode):
+                        seen[key] = node.ino
+                        os.link(child_path, self._store_path(node.ino))
+                    elif stat.S_ISLNK(st.st_mode):
+                        node.target = os.fsencode(os.readlink(child_path))
+                    elif stat.S_ISDIR(st.st_mode):
+                        node.parent = folder.ino
+                        node.placed = (folder.ino, os.fsencode(name))
+                        todo.append((node, child_path))
+                raw = os.fsencode(name)
+                folder.entries[raw] = node.ino
+                folder.durable[raw] = node.ino
+                node.durable_refs += 1
+                if node.is_dir:
+                    folder.nlink += 1
+
+    def _node_from(self, ino: int, st: os.stat_result) -> Node:
+        node = Node(
+            ino,
+            st.st_mode,
+            st.st_uid,
+            st.st_gid,
+            st.st_rdev,
+            st.st_atime_ns,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            nlink=2 if stat.S_ISDIR(st.st_mode) else 1,
+        )
+        if stat.S_ISREG(st.st_mode):
+            node.size = node.valid = node.stored = st.st_size
+        return node
+
+    def _new_ino(self) -> int:
+        ino, self._next = self._next, self._next + 1
+        return ino
+
+    def _store_path(self, ino: int) -> Path:
+        return self.store / str(ino)
+
+    # --- lookups --------------------------------------------------------------------------
+
+    def node(self, ino: int) -> Node:
+        try:
+            return self.nodes[ino]
+        except KeyError:
+            raise _err(errno.ENOENT) from None
+
+    def folder(self, ino: int) -> Node:
+        node = self.node(ino)
+        if not node.is_dir:
+            raise _err(errno.ENOTDIR)
+        return node
+
+    def lookup(self, parent: int, name: bytes) -> Node:
+        folder = self.folder(parent)
+        if name == b".":
+            return folder
+        if name == b"..":
+            return self.node(folder.parent)
+        if parent == ROOT and name == STORE.encode():
+            raise _err(errno.ENOENT)
+        try:
+            return self.nodes[folder.entries[name]]
+        except KeyError:
+            raise _err(errno.ENOENT) from None
+
+    def listing(self, ino: int) -> list[tuple[bytes, Node]]:
+        folder = self.folder(ino)
+        return [(name, self.nodes[i]) for name, i in sorted(folder.entries.items())]
+
+    # --- the namespace (current state only) ----------------------------------------------
+
+    def _free_name(self, folder: Node, name: bytes) -> None:
+        if name in folder.entries:
+            raise _err(errno.EEXIST)
+        if folder.ino == ROOT and name == STORE.encode():
+            raise _err(errno.EPERM)
+        if len(name) > 255:
+            raise _err(errno.ENAMETOOLONG)
+
+    def make(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0) -> Node:
+        """A new file, folder, symlink or special file named `name` in `parent`; `mode`
+        carries its type."""
+        folder = self.folder(parent)
+        self._free_name(folder, name)
+        now = time.time_ns()
+        node = Node(self._new_ino(), mode, uid, gid, rdev, now, now, now)
+        if node.is_dir:
+            node.nlink = 2
+            node.parent = parent
+            folder.nlink += 1
+        elif node.is_file:
+            open(self._store_path(node.ino), "xb").close()
+        self.nodes[node.ino] = node
+        folder.entries[name] = node.ino
+        self._touch(folder)
+        return node
+
+    def link(self, ino: int, parent: int, name: bytes) -> Node:
+        node = self.node(ino)
+        if node.is_dir:
+            raise _err(errno.EPERM)
+        folder = self.folder(parent)
+        self._free_name(folder, name)
+        folder.entries[name] = ino
+        node.nlink += 1
+        node.ctime_ns = time.time_ns()
+        self._touch(folder)
+        return node
+
+    def unlink(self, parent: int, name: bytes) -> None:
+        folder = self.folder(parent)
+        node = self.lookup(parent, name)
+        if node.is_dir:
+            raise _err(errno.EISDIR)
+        del folder.entries[name]
+        self._unref(node)
+        self._touch(folder)
+
+    def rmdir(self, parent: int, name: bytes) -> None:
+        folder = self.folder(parent)
+        if name in (b".", b".."):
+            raise _err(errno.EINVAL)
+        node = self.lookup(parent, name)
+        if not node.is_dir:
+            raise _err(errno.ENOTDIR)
+        if node.entries:
+            raise _err(errno.ENOTEMPTY)
+        del folder.entries[name]
+        folder.nlink -= 1
+        node.nlink = 0
+        self._touch(folder)
+
+    def rename(self, old_parent: int, old: bytes, new_parent: int, new: bytes, flags: int) -> None:
+        if flags & RENAME_EXCHANGE:
+            raise _err(errno.EINVAL)
+        src, dst = self.folder(old_parent), self.folder(new_parent)
+        node = self.lookup(old_parent, old)
+        replaced = dst.entries.get(new)
+        if replaced == node.ino:
+            return
+        if replaced is not None and flags & RENAME_NOREPLACE:
+            raise _err(errno.EEXIST)
+        if node.is_dir and self._is_within(new_parent, node.ino):
+            raise _err(errno.EINVAL)
+        if replaced is not None:
+            target = self.nodes[replaced]
+            if node.is_dir and not target.is_dir:
+                raise _err(errno.ENOTDIR)
+            if not node.is_dir and target.is_dir:
+                raise _err(errno.EISDIR)
+            if target.is_dir:
+                if target.entries:
+                    raise _err(errno.ENOTEMPTY)
+                dst.nlink -= 1
+                target.nlink = 0
+            else:
+                self._unref(target)
+        elif new_parent == ROOT and new == STORE.encode():
+            raise _err(errno.EPERM)
+        del src.entries[old]
+        dst.entries[new] = node.ino
+        if node.is_dir:
+            src.nlink -= 1
+            dst.nlink += 1
+            node.parent = new_parent
+        node.ctime_ns = time.time_ns()
+        self._touch(src)
+        self._touch(dst)
+
+    def _is_within(self, ino: int, ancestor: int) -> bool:
+        while True:
+            if ino == ancestor:
+                return True
+            if ino == ROOT:
+                return False
+            ino = self.nodes[ino].parent
+
+    def _unref(self, node: Node) -> None:
+        node.nlink -= 1
+        node.ctime_ns = time.time_ns()
+        self._maybe_free(node)
+
+    def _maybe_free(self, node: Node) -> None:
+        """Forget a file nobody can reach any more: no current name, no open handle, no
+        durable name (its store file goes too)."""
+        if node.is_file and node.nlink <= 0 and node.opens == 0 and node.durable_refs == 0:
+            self._close(node)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._store_path(node.ino))
+            node.dirty.clear()
+            if self._last_write and self._last_write[0] == node.ino:
+                self._last_write = None
+
+    def _touch(self, node: Node) -> None:
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+
+    def set_attrs(
+        self,
+        ino: int,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> Node:
+        node = self.node(ino)
+        if mode is not None:
+            node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(mode)
+        if uid is not None:
+            node.uid = uid
+        if gid is not None:
+            node.gid = gid
+        if atime_ns is not None:
+            node.atime_ns = atime_ns
+        if mtime_ns is not None:
+            node.mtime_ns = mtime_ns
+        node.ctime_ns = time.time_ns()
+        return node
+
+    # --- file data ------------------------------------------------------------------------
+
+    def open(self, ino: int) -> Node:
+        node = self.node(ino)
+        if not node.is_file:
+            raise _err(errno.EINVAL)
+        node.opens += 1
+        return node
+
+    def release(self, ino: int) -> None:
+        node = self.node(ino)
+        node.opens -= 1
+        if node.opens <= 0:
+            node.opens = 0
+            self._close(node)
+            self._maybe_free(node)
+
+    def _fd(self, node: Node) -> int:
+        if node.fd is None:
+            node.fd = os.open(self._store_path(node.ino), os.O_RDWR)
+        return node.fd
+
+    def _close(self, node: Node) -> None:
+        if node.fd is not None:
+            os.close(node.fd)
+            node.fd = None
+
+    def _durable_page(self, node: Node, index: int) -> bytearray:
+        """A page as the durable data shows it now: what is stored up to `valid`, zeros after."""
+        start = index * PAGE
+        page = bytearray(PAGE)
+        if start < node.valid:
+            data = os.pread(self._fd(node), min(PAGE, node.valid - start), start)
+            page[: len(data)] = data
+        return page
+
+    def read(self, ino: int, offset: int, size: int) -> bytes:
+        node = self.node(ino)
+        end = min(offset + size, node.size)
+        if offset >= end:
+            return b""
+        out = bytearray()
+        index = offset // PAGE
+        while index * PAGE < end:
+            page = node.dirty.get(index)
+            if page is None:
+                page = self._durable_page(node, index)
+            lo = max(offset, index * PAGE) - index * PAGE
+            hi = min(end, (index + 1) * PAGE) - index * PAGE
+            out += page[lo:hi]
+            index += 1
+        node.atime_ns = time.time_ns()
+        return bytes(out)
+
+    def write(self, ino: int, offset: int, data: bytes) -> int:
+        node = self.node(ino)
+        pos = offset
+        view = memoryview(data)
+        while view:
+            index, lo = divmod(pos, PAGE)
+            page = node.dirty.get(index)
+            if page is None:
+                page = node.dirty[index] = self._durable_page(node, index)
+            n = min(PAGE - lo, len(view))
+            page[lo : lo + n] = view[:n]
+            view = view[n:]
+            pos += n
+        node.size = max(node.size, offset + len(data))
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+        self._last_write = (ino, offset, bytes(data))
+        return len(data)
+
+    def truncate(self, ino: int, size: int) -> Node:
+        node = self.node(ino)
+        if not node.is_file:
+            raise _err(errno.EINVAL)
+        if size < node.size:
+            node.valid = min(node.valid, size)
+            for index in [i for i in node.dirty if i * PAGE >= size]:
+                del node.dirty[index]
+            last = size // PAGE
+            if size % PAGE and last in node.dirty:
+                node.dirty[last][size % PAGE :] = bytes(PAGE - size % PAGE)
+        node.size = size
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+        return node
+
+    # --- durability -----------------------------------------------------------------------
+
+    def fsync(self, ino: int) -> None:
+        """Make a file's data durable (its names stay as durable as their folders)."""
+        node = self.node(ino)
+        if not node.is_file:
+            return
+        fd = self._fd(node)
+        if node.unsynced:
+            os.ftruncate(fd, node.valid)
+            for index in sorted(node.dirty):
+                start = index * PAGE
+                if start < node.size:
+                    os.pwrite(fd, node.dirty[index][: min(PAGE, node.size - start)], start)
+            os.ftruncate(fd, node.size)
+        node.dirty.clear()
+        node.valid = node.stored = node.size
+        os.chmod(fd, stat.S_IMODE(node.mode))
+        os.utime(fd, ns=(node.atime_ns, node.mtime_ns))
+        if self._last_write and self._last_write[0] == ino:
+            self._last_write = None
+        if node.opens == 0:
+            self._close(node)
+
+    def fsyncdir(self, ino: int) -> None:
+        """Make a folder's entries durable: its durable listing becomes its current one, and
+        when the folder is itself in the backing folder, so do its names there."""
+        folder = self.folder(ino)
+        old, new = folder.durable, dict(folder.entries)
+        folder.durable = new
+        for name, i in old.items():
+            if new.get(name) != i:
+                self._durable_unref(self.nodes[i])
+        for name, i in new.items():
+            if old.get(name) != i:
+                self.nodes[i].durable_refs += 1
+        path = self._placed_path(folder)
+        if path is not None:
+            self._apply(folder, path, old, new)
+
+    def _durable_unref(self, node: Node) -> None:
+        node.durable_refs -= 1
+        self._maybe_free(node)
+
+    def _placed_path(self, folder: Node) -> Path | None:
+        """Where a folder is in the backing folder, or None when it is not there."""
+        parts: list[bytes] = []
+        node = folder
+        while node.ino != ROOT:
+            if node.placed is None:
+                return None
+            parent, name = node.placed
+            parts.append(name)
+            node = self.nodes[parent]
+        return self.backing.joinpath(*(os.fsdecode(p) for p in reversed(parts)))
+
+    def _apply(
+        self, folder: Node, path: Path, old: dict[bytes, int], new: dict[bytes, int]
+    ) -> None:
+        """Write a folder's durable listing change into the backing folder."""
+        gone = {name: i for name, i in old.items() if new.get(name) != i}
+        added = {name: i for name, i in new.items() if old.get(name) != i}
+        for name, i in gone.items():
+            node = self.nodes[i]
+            target = path / os.fsdecode(name)
+            if node.is_dir:
+                if node.placed == (folder.ino, name) and i not in added.values():
+                    shutil.rmtree(target, ignore_errors=True)
+                    node.placed = None
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(target)
+        for name, i in added.items():
+            self._place(self.nodes[i], folder, path, name)
+
+    def _place(self, node: Node, folder: Node, path: Path, name: bytes) -> None:
+        """Put one durable entry into the backing folder: a file as a hard link to its store
+        file, a folder by moving it from where it was (and out of that durable listing: a
+        folder has one place) or by making it with its own durable listing."""
+        target = path / os.fsdecode(name)
+        if os.path.lexists(target) and not (node.is_dir and node.placed == (folder.ino, name)):
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            else:
+                os.unlink(target)
+        if node.is_file:
+            os.link(self._store_path(node.ino), target)
+        elif node.is_dir:
+            where = self._placed_path(node)
+            if where is not None and node.placed != (folder.ino, name):
+                old_parent, old_name = node.placed or (ROOT, b"")
+                holder = self.nodes[old_parent]
+                if holder.durable.get(old_name) == node.ino:
+                    del holder.durable[old_name]
+                os.rename(where, target)
+            elif where is None:
+                os.mkdir(target, stat.S_IMODE(node.mode))
+                for child_name, child in node.durable.items():
+                    self._place(self.nodes[child], node, target, child_name)
+            node.placed = (folder.ino, name)
+            os.chmod(target, stat.S_IMODE(node.mode))
+        elif stat.S_ISLNK(node.mode):
+            os.symlink(node.target, target)
+        else:
+            os.mknod(target, node.mode, node.rdev)
+
+    def sync(self) -> None:
+        """Make everything durable, as `sync` before a clean unmount does: every file's data,
+        then every folder's entries from the root down."""
+        for node in list(self.nodes.values()):
+            if node.is_file and node.unsynced:
+                self.fsync(node.ino)
+        todo = deque([ROOT])
+        while todo:
+            folder = self.nodes[todo.popleft()]
+            if folder.durable != folder.entries:
+                self.fsyncdir(folder.ino)
+            todo.extend(i for i in folder.entries.values() if self.nodes[i].is_dir)
+
+    def pending(self) -> Loss:
+        """What a cut now would drop."""
+        files = [n for n in self.nodes.values() if n.is_file and n.unsynced]
+        folders = [n for n in self.nodes.values() if n.is_dir and n.durable != n.entries]
+        entries = sum(len(set(f.durable.items()) ^ set(f.entries.items())) for f in folders)
+        return Loss(
+            len(files), sum(len(n.dirty) * PAGE for n in files), len(folders), entries, None
+        )
+
+    def cut(self) -> Loss:
+        """A power loss: report what is dropped and, with `torn`, write part of the last write
+        to its file first. Nothing is written after this; the caller stops serving."""
+        loss = self.pending()
+        torn = self._tear() if self.torn else None
+        for node in self.nodes.values():
+            self._close(node)
+        return Loss(loss.files, loss.bytes, loss.directories, loss.entries, torn)
+
+    def _tear(self) -> tuple[int, int, int, int] | None:
+        """Write some of the last write's 512-byte sectors to its durable file and not the
+        others (at least one of each when it spans two or more): a write the disk was in the
+        middle of."""
+        if self._last_write is None:
+            return None
+        ino, offset, data = self._last_write
+        node = self.nodes.get(ino)
+        if node is None or not node.is_file:
+            return None
+        pieces = []
+        pos, end = offset, offset + len(data)
+        while pos < end:
+            stop = min(end, (pos // SECTOR + 1) * SECTOR)
+            pieces.append((pos, data[pos - offset : stop - offset]))
+            pos = stop
+        if len(pieces) == 1:
+            keep = [pieces[0]] if self._rng.random() < 0.5 else []
+        else:
+            count = self._rng.randint(1, len(pieces) - 1)
+            keep = self._rng.sample(pieces, count)
+        fd = os.open(self._store_path(ino), os.O_WRONLY)
+        try:
+            for pos, piece in keep:
+                os.pwrite(fd, piece, pos)
+        finally:
+            os.close(fd)
+        return (ino, offset, len(keep), len(pieces) - len(keep))
