@@ -6,6 +6,11 @@ sits between the agent and the cloud on 127.0.0.1 and only moves bytes, so it wo
 under TLS. `LinkCore` is the asyncio core; `LinkProxy` runs it in a background thread with its own
 event loop for synchronous tests.
 
+A network profile (netprofiles.py) makes the proxy a whole impaired network: given one, each
+chunk read is cut into segments that leave when the profile's schedule says (bandwidth, latency,
+jitter, spikes, loss as stalls), and every connection is reset when it says (flaky links). The
+schedule is pure; this file only sleeps until the times it gives.
+
 Every fault ends a connection with a reset (SO_LINGER 0), as a peer that vanished would, never
 with an orderly close the agent could mistake for the cloud's choice.
 """
@@ -29,6 +34,7 @@ from typing import Any, TypeVar
 
 from aoscore_py.errors import LocalError
 from aoscore_py.logs import get_logger
+from aoscore_py.powercut.netprofiles import LinkSchedule, Profile, StreamSchedule, segments
 
 CHUNK = 64 * 1024
 QUEUE_CHUNKS = 256  # per direction: reading pauses when this many chunks wait for their time
@@ -55,6 +61,9 @@ class LinkStats:
     resets: int = 0  # connections ended by a cut or by drop_all
     bytes_up: int = 0
     bytes_down: int = 0
+    stalled: int = 0  # segments a profile's loss held one retransmission timeout
+    spiked: int = 0  # segments a profile's spike held
+    outages: int = 0  # the profile's scheduled disconnects (each resets every connection)
 
 
 @dataclass(eq=False)
@@ -65,6 +74,7 @@ class _Conn:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter | None = None
     cuts: dict[str, int] = field(default_factory=dict)  # direction: bytes left to forward
+    streams: dict[str, StreamSchedule] = field(default_factory=dict)  # under the profile
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     closed: bool = False
 
@@ -77,10 +87,21 @@ class LinkCore:
         upstream_port: the cloud's port.
         host: the address to listen on; keep it on loopback.
         port: the port to listen on; a free one is picked when 0.
+        profile: a network profile to impose from `start` on (see `set_profile`).
+        seed: the profile's randomness.
+        salt: tells this proxy's draws from those of other proxies with the same seed.
     """
 
     def __init__(
-        self, upstream_host: str, upstream_port: int, host: str = "127.0.0.1", port: int = 0
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        profile: Profile | None = None,
+        seed: int | str = 0,
+        salt: str = "",
     ) -> None:
         self.upstream_host = upstream_host
         self.upstream_port = upstream_port
@@ -95,6 +116,10 @@ class LinkCore:
         self._ids = itertools.count(1)
         self._cond = threading.Condition()  # guards _stats, which other threads read
         self._stats = LinkStats()
+        self._profile = (profile, seed, salt)
+        self._schedule: LinkSchedule | None = None
+        self._outage = False  # the profile's disconnect holds: refuse new connections
+        self._outages: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Listen; returns the port, which `port` also holds from now on."""
@@ -106,6 +131,9 @@ class LinkCore:
                 port=self.port,
                 upstream=f"{self.upstream_host}:{self.upstream_port}",
             )
+            profile, seed, salt = self._profile
+            if profile is not None:
+                self.set_profile(profile, seed, salt)
         return self.port
 
     async def stop(self) -> None:
@@ -114,6 +142,7 @@ class LinkCore:
         if server is None:
             return
         server.close()
+        self._stop_outages()
         self._reset_all()
         tasks = [*self._handlers, *(t for c in self._conns for t in c.tasks)]
         for task in self._handlers:
@@ -162,6 +191,30 @@ class LinkCore:
         armed = times - left
         _log.info("linkproxy.cut_armed", direction=direction, n_bytes=n_bytes, open=armed, new=left)
 
+    def set_profile(self, profile: Profile | None, seed: int | str = 0, salt: str = "") -> None:
+        """Impose `profile` from now on (None: none), on open connections too; its spikes and
+        disconnects count from now. Before `start`, it is imposed from `start` on.
+
+        Chunks already waiting keep the time they were given; `set_latency` adds to the
+        profile's latency.
+        """
+        self._profile = (profile, seed, salt)
+        if self._server is None:
+            return
+        self._stop_outages()
+        loop = asyncio.get_running_loop()
+        self._schedule = None if profile is None else LinkSchedule(profile, seed, loop.time(), salt)
+        for conn in self._conns:
+            conn.streams.clear()
+        if self._schedule is not None and self._schedule.disconnects is not None:
+            self._outages = loop.create_task(self._disconnect(self._schedule), name="outages")
+        _log.info(
+            "linkproxy.profile",
+            port=self.port,
+            profile=None if profile is None else profile.describe(),
+            seed=seed,
+        )
+
     def drop_all(self) -> None:
         """Reset every open connection now, as a link that died would."""
         count = self._reset_all()
@@ -173,7 +226,9 @@ class LinkCore:
         _log.info("linkproxy.refuse", on=on)
 
     def clear(self) -> None:
-        """Back to a healthy link: no latency, no armed cut, no refusal."""
+        """Back to a healthy link: no latency, no armed cut, no refusal, no profile."""
+        if self._profile[0] is not None:
+            self.set_profile(None)
         self._latency = {"up": 0.0, "down": 0.0}
         for pending in self._pending.values():
             pending.clear()
@@ -198,6 +253,33 @@ class LinkCore:
             self._stats = replace(self._stats, **values)
             self._cond.notify_all()
 
+    def _stop_outages(self) -> None:
+        task, self._outages = self._outages, None
+        if task is not None:
+            task.cancel()
+        self._outage = False
+
+    async def _disconnect(self, schedule: LinkSchedule) -> None:
+        """Reset every connection at each of the schedule's disconnects, and refuse new ones
+        for its outage."""
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while (at := schedule.next_disconnect(max(last, loop.time()))) is not None:
+            await asyncio.sleep(at - loop.time())
+            last = at
+            self._outage = True
+            count = self._reset_all()
+            self._count(outages=1)
+            _log.info(
+                "linkproxy.outage",
+                port=self.port,
+                connections=count,
+                outage_s=schedule.profile.outage_s,
+                next="refusing",
+            )
+            await asyncio.sleep(schedule.profile.outage_s)
+            self._outage = False
+
     def _reset_all(self) -> int:
         # Connections closing already (a cut waiting for its last bytes) are reset, not counted.
         fresh = sum(not c.closed for c in self._conns)
@@ -212,7 +294,7 @@ class LinkCore:
         self._handlers.add(task)
         self._count(accepted=1)
         try:
-            if self._refusing:
+            if self._refusing or self._outage:
                 self._count(refused=1)
                 _reset(writer)
                 _log.debug("linkproxy.refused")
@@ -272,12 +354,35 @@ class LinkCore:
         try:
             while True:
                 data = await src.read(CHUNK)
-                await queue.put((loop.time() + self._latency[direction], data))
+                schedule = self._schedule
+                if schedule is None or not schedule.profile.shapes or not data:
+                    await queue.put((loop.time() + self._latency[direction], data))
+                else:
+                    await self._stamp(conn, schedule, queue, direction, data)
                 if not data:
                     return
         except OSError as exc:
             _log.debug("linkproxy.read_failed", conn=conn.id, direction=direction, error=repr(exc))
             self._abort(conn)
+
+    async def _stamp(
+        self,
+        conn: _Conn,
+        schedule: LinkSchedule,
+        queue: asyncio.Queue[tuple[float, bytes]],
+        direction: str,
+        data: bytes,
+    ) -> None:
+        """Cut `data` into the profile's segments, each stamped with its departure."""
+        loop = asyncio.get_running_loop()
+        stream = conn.streams.get(direction)
+        if stream is None:
+            stream = conn.streams[direction] = schedule.stream(conn.id, direction)
+        for piece in segments(data, schedule.profile.segment_bytes):
+            departure = stream.departure(loop.time(), len(piece), direction)
+            if departure.lost or departure.spike_s:
+                self._count(stalled=int(departure.lost), spiked=int(departure.spike_s > 0))
+            await queue.put((departure.due + self._latency[direction], piece))
 
     async def _write(
         self,
@@ -373,9 +478,19 @@ class LinkProxy:
     """
 
     def __init__(
-        self, upstream_host: str, upstream_port: int, host: str = "127.0.0.1", port: int = 0
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        profile: Profile | None = None,
+        seed: int | str = 0,
+        salt: str = "",
     ) -> None:
-        self.core = LinkCore(upstream_host, upstream_port, host, port)
+        self.core = LinkCore(
+            upstream_host, upstream_port, host, port, profile=profile, seed=seed, salt=salt
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -437,6 +552,10 @@ class LinkProxy:
     def cut_after(self, n_bytes: int, direction: str = "down", times: int = 1) -> None:
         """See `LinkCore.cut_after`."""
         self._call(self.core.cut_after, n_bytes, direction, times)
+
+    def set_profile(self, profile: Profile | None, seed: int | str = 0, salt: str = "") -> None:
+        """See `LinkCore.set_profile`."""
+        self._call(self.core.set_profile, profile, seed, salt)
 
     def drop_all(self) -> None:
         """See `LinkCore.drop_all`."""

@@ -19,6 +19,7 @@ import pytest
 
 from aoscore_py.errors import LocalError
 from aoscore_py.powercut.linkproxy import LinkCore, LinkProxy, LinkStats
+from aoscore_py.powercut.netprofiles import Profile
 
 WAIT_S = 3.0
 BANNER = b"hello\n"
@@ -305,3 +306,70 @@ class TestStop:
             writer.close()
 
         asyncio.run(main())
+
+
+class TestProfile:
+    def test_the_rate_cap_holds_and_bytes_pass_unchanged(self, upstream: _Upstream) -> None:
+        slow = Profile("slow", rate_bps=800_000, burst_bytes=1448)  # 100 kB/s each way
+        payload = random.Random(5).randbytes(150_000)
+        link = LinkProxy("127.0.0.1", upstream.server_address[1], profile=slow)
+        with link, _connect(link) as sock:
+            start = time.monotonic()
+            sender = threading.Thread(target=sock.sendall, args=(payload,))
+            sender.start()
+            assert _recv_exact(sock, len(payload)) == payload
+            elapsed = time.monotonic() - start
+            sender.join(WAIT_S)
+        assert 1.4 <= elapsed < 2.5, f"150 kB up then down at 100 kB/s took {elapsed:.2f} s"
+
+    def test_loss_stalls_segments_and_keeps_the_stream_intact(self, upstream: _Upstream) -> None:
+        lossy = Profile("lossy", loss=0.2, rto_s=0.01, segment_bytes=1000)
+        payload = random.Random(6).randbytes(100_000)
+        with LinkProxy("127.0.0.1", upstream.server_address[1], profile=lossy, seed=1) as link:
+            with _connect(link) as sock:
+                sock.sendall(payload)
+                assert _recv_exact(sock, len(payload)) == payload
+            stats = link.stats()
+        assert 20 <= stats.stalled <= 60, stats  # 20 % of 200 segments (100 up, 100 down)
+
+    def test_a_spike_holds_the_link_until_it_ends(self, upstream: _Upstream) -> None:
+        spiky = Profile("spiky", spike_every_s=2.0, spike_s=1.0)
+        with LinkProxy("127.0.0.1", upstream.server_address[1], profile=spiky, seed=3) as link:
+            schedule = link.core._schedule
+            assert schedule is not None and schedule.spikes is not None
+            with _connect(link) as sock:
+                opens = schedule.spikes.next_start(time.monotonic())  # the loop's clock
+                time.sleep(opens + 0.2 - time.monotonic())
+                sock.sendall(b"x")
+                assert _recv_exact(sock, 1) == b"x"
+                arrived = time.monotonic()
+        assert arrived >= opens + 1.0, f"arrived {arrived - opens:.2f} s into a 1 s spike"
+        assert arrived < opens + 1.5
+        assert link.stats().spiked >= 1
+
+    def test_flaky_resets_every_connection_and_refuses_for_the_outage(
+        self, upstream: _Upstream
+    ) -> None:
+        flaky = Profile("flaky", disconnect_every_s=0.5, outage_s=0.2)
+        with LinkProxy("127.0.0.1", upstream.server_address[1], profile=flaky) as link:
+            with _connect(link) as a, _connect(link) as b:
+                a.sendall(b"a")
+                assert _recv_exact(a, 1) == b"a"
+                assert _recv_to_end(a)[1] == "reset"
+                assert _recv_to_end(b)[1] == "reset"
+            stats = _wait(link, lambda s: s.outages >= 2)
+            assert stats.resets >= 2
+            link.set_profile(None)
+            with _connect(link) as sock:
+                sock.sendall(b"ok")
+                assert _recv_exact(sock, 2) == b"ok"
+
+    def test_clear_removes_the_profile(self, upstream: _Upstream) -> None:
+        flaky = Profile("flaky", disconnect_every_s=0.3, outage_s=0.1)
+        with LinkProxy("127.0.0.1", upstream.server_address[1], profile=flaky) as link:
+            link.clear()
+            with _connect(link) as sock:
+                time.sleep(0.8)
+                sock.sendall(b"still")
+                assert _recv_exact(sock, 5) == b"still"
+            assert link.stats().outages == 0
