@@ -76,6 +76,7 @@ class ThreeNodeUnit:
         agent_extra: more `aoscore agent` options (the scenario's, such as --removed-ttl 0).
         cloud_url: where the agent dials the cloud, when not the cloud's own address (the
             gate's, once `gate_the_cloud` put one in front of it).
+        sm_dial: where the SMs dial the CM (HOST:PORT), when not its listen port (a proxy's).
     """
 
     unit: str
@@ -83,6 +84,7 @@ class ThreeNodeUnit:
     cloud: CloudProcess
     agent_extra: tuple[str, ...] = ()
     cloud_url: str | None = None
+    sm_dial: str | None = None
     port: int = field(default_factory=free_port)
     gate: TcpGate | None = None
     agent: Process | None = None
@@ -154,7 +156,7 @@ class ThreeNodeUnit:
         """`aoscore sm` for `node`, with its certificate and its RAM (`NODE_RAM`)."""
         args = sm_cmd(
             node,
-            f"127.0.0.1:{self.port}",
+            self.sm_dial or f"127.0.0.1:{self.port}",
             self.sm_dir(node),
             self.unit,
             self.pki.node(node),
