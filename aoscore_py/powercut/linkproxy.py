@@ -215,6 +215,12 @@ class LinkCore:
             seed=seed,
         )
 
+    @property
+    def schedule(self) -> LinkSchedule | None:
+        """The profile's schedule in force (None: no profile), in the loop's clock (which is
+        `time.monotonic`), for a caller that waits for the next spike or disconnect."""
+        return self._schedule
+
     def drop_all(self) -> None:
         """Reset every open connection now, as a link that died would."""
         count = self._reset_all()
@@ -552,6 +558,11 @@ class LinkProxy:
     def cut_after(self, n_bytes: int, direction: str = "down", times: int = 1) -> None:
         """See `LinkCore.cut_after`."""
         self._call(self.core.cut_after, n_bytes, direction, times)
+
+    @property
+    def schedule(self) -> LinkSchedule | None:
+        """See `LinkCore.schedule`."""
+        return self.core.schedule
 
     def set_profile(self, profile: Profile | None, seed: int | str = 0, salt: str = "") -> None:
         """See `LinkCore.set_profile`."""

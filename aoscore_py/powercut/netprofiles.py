@@ -306,6 +306,17 @@ class LinkSchedule:
         """When every connection is next reset after `t` (None: never)."""
         return self.disconnects.next_start(t) if self.disconnects else None
 
+    def next_event_end(self, t: float) -> float | None:
+        """When the spike or disconnect under way at `t`, or else the next one, is over (its
+        outage included); None when the profile has neither. A run waits for it to see its
+        unit go through one."""
+        ends = []
+        for windows in (self.spikes, self.disconnects):
+            if windows is not None:
+                current = windows.window(t)
+                ends.append(current[1] if current else windows.next_start(t) + windows.length_s)
+        return min(ends, default=None)
+
     def stream(self, conn_id: int, direction: str) -> StreamSchedule:
         """The schedule of connection `conn_id` in `direction`."""
         return StreamSchedule(self, f"{conn_id}/{direction}")

@@ -335,7 +335,7 @@ class TestProfile:
     def test_a_spike_holds_the_link_until_it_ends(self, upstream: _Upstream) -> None:
         spiky = Profile("spiky", spike_every_s=2.0, spike_s=1.0)
         with LinkProxy("127.0.0.1", upstream.server_address[1], profile=spiky, seed=3) as link:
-            schedule = link.core._schedule
+            schedule = link.schedule
             assert schedule is not None and schedule.spikes is not None
             with _connect(link) as sock:
                 opens = schedule.spikes.next_start(time.monotonic())  # the loop's clock

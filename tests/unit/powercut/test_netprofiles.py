@@ -208,6 +208,18 @@ class TestDisconnects:
         assert link.disconnects is not None
         assert link.disconnects.window(first + 1.0) == (first, first + 3.0)
 
+    def test_next_event_end_is_the_window_under_way_or_the_next(self) -> None:
+        link = LinkSchedule(FLAKY, seed=0, origin=0.0)
+        assert link.disconnects is not None
+        first = link.disconnects.start(0)
+        assert link.next_event_end(first - 1.0) == pytest.approx(first + 3.0)
+        assert link.next_event_end(first + 1.0) == pytest.approx(first + 3.0)
+        assert link.next_event_end(first + 3.0) == pytest.approx(first + 63.0)
+        spiky = LinkSchedule(CELLULAR, seed=0, origin=0.0)
+        assert spiky.spikes is not None
+        assert spiky.next_event_end(0.0) == pytest.approx(spiky.spikes.start(0) + 30.0)
+        assert LinkSchedule(PROFILES["clean"]).next_event_end(5.0) is None
+
     def test_no_disconnects_without_a_period(self) -> None:
         assert LinkSchedule(CELLULAR).next_disconnect(0.0) is None
         assert LinkSchedule(CELLULAR).disconnects is None
