@@ -1297,5 +1297,9 @@ def fleet(json_path: Path, units: int, workers: int) -> None:
     _write_result(json_path, result)
 
 
+from benchlib.model import model  # noqa: E402 - declared in its own file
+
+bench.add_command(model)
+
 if __name__ == "__main__":
     bench()

@@ -26,7 +26,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,12 @@ def _parse_desired(body: bytes) -> DesiredStatus | None:
     except ProtocolError:
         return None
     return message if isinstance(message, DesiredStatus) else None
+
+
+def _untrusted(ds: DesiredStatus) -> DesiredStatus:
+    """`ds` without its certificates: the cloud stores a status without them and adds its
+    PKI's to each one it sends (`CloudServer.with_trust`), so only the unit's copy has them."""
+    return replace(ds, certificates=(), certificate_chains=())
 
 
 def acked_in_force(
@@ -99,7 +105,7 @@ def acked_in_force(
         if held.seq is not None and held.seq >= seq:
             continue  # in force, or superseded by a newer one the cloud sent
         acked = _parse_desired(bodies[seq])
-        if acked is not None and compare(held, acked).empty:
+        if acked is not None and compare(_untrusted(held), _untrusted(acked)).empty:
             continue  # no change from what it holds: acked and ignored
         problems.append(
             f"the unit acked desired status #{seq} but holds #{held.seq}, an older, other one"

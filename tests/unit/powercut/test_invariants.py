@@ -21,7 +21,7 @@ from aoscore_py.powercut.invariants import (
     seqs_never_go_back,
 )
 from aoscore_py.powercut.scenarios import ALPHA, BETA, desired
-from aoscore_py.protocol import DesiredStatus, dump_message
+from aoscore_py.protocol import Certificate, CertificateChain, DesiredStatus, dump_message
 from aoscore_py.sm.types import (
     LABEL_INSTANCE,
     LABEL_ITEM,
@@ -67,6 +67,16 @@ class TestAckedInForce:
     def test_an_acked_status_with_no_change_from_the_one_held_holds(self) -> None:
         sent = [(1, _body(INSTALL, 1)), (2, _body(INSTALL, 2))]
         assert acked_in_force(sent, [_ack(1), _ack(2)], _body(INSTALL, 1)) == []
+
+    def test_the_certificates_the_cloud_adds_to_what_it_sends_are_no_change(self) -> None:
+        sent = [(1, _body(INSTALL, 1)), (2, _body(INSTALL, 2))]
+        trusted = replace(
+            INSTALL,
+            seq=1,
+            certificates=(Certificate(b"der", "AB01"),),
+            certificate_chains=(CertificateChain("chain", ("AB01",)),),
+        )
+        assert acked_in_force(sent, [_ack(1), _ack(2)], dump_message(trusted)) == []
 
     def test_a_nack_binds_nothing(self) -> None:
         sent = [(1, _body(INSTALL, 1)), (2, _body(UPGRADE, 2))]
