@@ -317,6 +317,19 @@ class LinkSchedule:
                 ends.append(current[1] if current else windows.next_start(t) + windows.length_s)
         return min(ends, default=None)
 
+    def meet_next_event(self, t: float, lead_s: float = 0.5) -> float | None:
+        """When, after `t`, to start something so that its traffic meets the link's next event:
+        a little into the next spike (`lead_s`, at most a quarter of it), or `lead_s` before
+        the next disconnect, so the reset finds it under way. None when the profile has
+        neither."""
+        times = []
+        if self.spikes is not None:
+            times.append(self.spikes.next_start(t) + min(lead_s, self.spikes.length_s / 4))
+        if self.disconnects is not None:
+            at = self.disconnects.next_start(t) - lead_s
+            times.append(at if at > t else self.disconnects.next_start(at + lead_s) - lead_s)
+        return min(times, default=None)
+
     def stream(self, conn_id: int, direction: str) -> StreamSchedule:
         """The schedule of connection `conn_id` in `direction`."""
         return StreamSchedule(self, f"{conn_id}/{direction}")

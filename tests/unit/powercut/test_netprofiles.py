@@ -220,6 +220,20 @@ class TestDisconnects:
         assert spiky.next_event_end(0.0) == pytest.approx(spiky.spikes.start(0) + 30.0)
         assert LinkSchedule(PROFILES["clean"]).next_event_end(5.0) is None
 
+    def test_meet_next_event_lands_inside_a_spike_or_just_before_a_reset(self) -> None:
+        spiky = LinkSchedule(CELLULAR.scaled(0.1), seed=2, origin=0.0)
+        assert spiky.spikes is not None
+        start = spiky.spikes.start(1)
+        at = spiky.meet_next_event(start - 5.0)
+        assert at == pytest.approx(start + 0.5) and spiky.held_until(at) == pytest.approx(start + 3)
+        flaky = LinkSchedule(FLAKY, seed=2, origin=0.0)
+        assert flaky.disconnects is not None
+        reset = flaky.disconnects.start(1)
+        assert flaky.meet_next_event(reset - 10.0) == pytest.approx(reset - 0.5)
+        # too late for this one: the next
+        assert flaky.meet_next_event(reset - 0.2) == pytest.approx(reset + 60.0 - 0.5)
+        assert LinkSchedule(PROFILES["clean"]).meet_next_event(1.0) is None
+
     def test_no_disconnects_without_a_period(self) -> None:
         assert LinkSchedule(CELLULAR).next_disconnect(0.0) is None
         assert LinkSchedule(CELLULAR).disconnects is None
