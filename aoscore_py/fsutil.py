@@ -23,6 +23,26 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: Path, mode: int = 0o777) -> None:
+    """Make `path` and its missing parents durably: each new folder's name is fsynced into its
+    parent, or a power cut takes the folder, and all that was committed in it, away."""
+    missing = []
+    folder = path
+    while not folder.is_dir():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for new in reversed(missing):
+        try:
+            new.mkdir(mode)
+        except FileExistsError:
+            if not new.is_dir():
+                raise
+            continue
+        fsync_dir(new.parent)
+
+
 def commit_file(tmp: Path, final: Path) -> None:
     """Move a fully written and fsynced `tmp` to `final` durably."""
     os.replace(tmp, final)
@@ -31,7 +51,7 @@ def commit_file(tmp: Path, final: Path) -> None:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that a cut leaves the old or the new content."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import AosCode, BlobError
-from ..fsutil import commit_file, fsync_dir
+from ..fsutil import commit_file, fsync_dir, make_dirs
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 _HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -60,8 +60,8 @@ class BlobStore:
         self.root = root
         self.blobs = root / "blobs" / "sha256"
         self.partials = root / "partial"
-        self.blobs.mkdir(parents=True, exist_ok=True)
-        self.partials.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.blobs)
+        make_dirs(self.partials)
 
     def path(self, digest: str) -> Path:
         return self.blobs / digest_hex(digest)

@@ -40,7 +40,7 @@ from ..errors import (
     ProvisioningError,
     certificate_failure,
 )
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, make_dirs
 from ..logs import get_logger
 from .tls import TlsFiles, client_context
 
@@ -242,7 +242,7 @@ async def provision(
     """
     folder = identity_dir(data_dir)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder, 0o700)
         os.chmod(folder, 0o700)
         key = _unit_key(folder)
     except OSError as exc:

@@ -46,7 +46,7 @@ import peewee
 from statemachine import crashpoint
 
 from ..errors import AosCode, StorageError
-from ..fsutil import NO_SPACE
+from ..fsutil import NO_SPACE, fsync_dir, make_dirs
 from ..logs import get_logger
 from . import models
 from .crashpoints import GENERATION_COMMITTED, SIDECAR_WRITTEN
@@ -244,12 +244,16 @@ def open_database(data_dir: Path) -> tuple[peewee.SqliteDatabase, dict[str, type
             holds a newer schema than this agent knows.
     """
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(data_dir)
     except OSError as exc:
         raise StorageError(f"{data_dir}: cannot make the data directory ({exc.strerror})") from exc
     path = data_dir / DB_NAME
     db, aside = _open_checked(path)
     try:
+        # SQLite fsyncs the folder for its log's name, not for the store's own: a store made
+        # now must not lose its name to a power cut.
+        with translated(path, "make the store's name durable"):
+            fsync_dir(data_dir)
         bound = models.bind(db)
         meta = bound["Meta"]
         with translated(path, "read the store's schema version"):

@@ -20,7 +20,7 @@ from pathlib import Path
 from statemachine import crashpoint
 
 from ..errors import AosCode, StorageError
-from ..fsutil import NO_SPACE, fsync_dir
+from ..fsutil import NO_SPACE, fsync_dir, make_dirs
 from ..logs import get_logger
 from .crashpoints import LOCK_TAKEN
 from .names import DB_NAME, LOCK_NAME, SIDECAR_NAME
@@ -102,7 +102,7 @@ class DataDirLock:
             DataDirUnusable: it cannot be made, written or locked.
         """
         try:
-            data_dir.mkdir(parents=True, exist_ok=True)
+            make_dirs(data_dir)
         except OSError as exc:
             raise _unusable(data_dir, "cannot make it", exc) from None
         path = data_dir / LOCK_NAME

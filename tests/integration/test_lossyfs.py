@@ -17,6 +17,8 @@ import pytest
 from aoscore_py.fsutil import atomic_write, fsync_dir
 from aoscore_py.powercut.lossyfs.mount import LossyMount
 from aoscore_py.powercut.lossyfs.tree import SECTOR
+from aoscore_py.storage import DB_NAME, Storage
+from aoscore_py.storage.recovery import read_sidecar
 
 
 @pytest.fixture
@@ -97,6 +99,26 @@ def test_the_right_writer_loses_nothing(lossy: LossyMount) -> None:
         lossy.remount()
         assert (root / "state.json").read_bytes() == f'{{"version": {version}}}'.encode()
         assert [n for n in os.listdir(root) if n.endswith(".tmp")] == []
+
+
+def test_the_right_writer_into_a_new_folder_loses_nothing(lossy: LossyMount) -> None:
+    """atomic_write makes the folders it needs durably (a folder's name needs its parent's
+    fsync): found by the lossy matrix, where an SM's `sm/` folder vanished at a node's cut."""
+    root = lossy.mountpoint
+    atomic_write(root / "a" / "b" / "node-config.json", b"{}")
+    lossy.remount()
+    assert (root / "a" / "b" / "node-config.json").read_bytes() == b"{}"
+
+
+def test_the_agents_store_keeps_its_name_and_commits(lossy: LossyMount) -> None:
+    """A new store's file is named durably (SQLite fsyncs the folder for its log, not for the
+    store): found by the lossy matrix."""
+    data_dir = lossy.mountpoint / "data"
+    store = Storage(data_dir)
+    store.close()
+    lossy.remount()
+    assert (data_dir / DB_NAME).exists()
+    assert read_sidecar(data_dir) is not None
 
 
 def test_a_folder_moved_with_both_folders_fsynced_is_moved(lossy: LossyMount) -> None:
