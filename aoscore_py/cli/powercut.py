@@ -11,52 +11,109 @@ from .. import logs
 from .common import exit_codes, with_logs
 
 
+def _output(kind: str) -> click.Path:
+    return click.Path(dir_okay=kind == "dir", file_okay=kind == "file", path_type=Path)
+
+
 @click.group(invoke_without_command=True)
 @click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    "--fs",
+    type=click.Choice(["plain", "lossy"]),
+    default="plain",
+    show_default=True,
+    help="Where the CM and the SMs keep their data: plain folders (a kill -9 keeps every "
+    "write), or lossy file systems that are cut after each kill and drop what was not synced.",
+)
+@click.option(
+    "--torn", is_flag=True, help="With --fs lossy: tear the last write at each cut (sectors)."
+)
+@click.option(
+    "--random",
+    "random_cuts",
+    type=click.IntRange(min=1),
     default=None,
-    help="Also write the rows as a JSON list.",
+    help="Instead of the crash points: cut N times at pseudo-random moments during a scenario "
+    "of successive desired statuses.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=1,
+    show_default=True,
+    help="The seed of --random (the same seed gives the same schedule) and of torn writes.",
 )
 @click.option(
     "--points",
     default=None,
     help="Comma-separated rows to run: a row as --list prints it, a bare point for all its "
-    "rows, POINT:N for its N-th arrival, POINT[:N]@NODE to kill that node's SM instead "
-    "(default: every row).",
+    "rows, POINT:N for its N-th arrival, POINT[:N]@NODE to kill that node's SM instead, "
+    "`node:NODE` or `node:NODE@POINT[:N]` for a node's power loss (default: every row).",
 )
 @click.option("--list", "list_rows", is_flag=True, help="Print the matrix's rows and exit.")
 @click.option(
+    "--json",
+    "json_path",
+    type=_output("file"),
+    default=None,
+    help="Write the rows and a summary as JSON.",
+)
+@click.option(
+    "--junit",
+    "junit_path",
+    type=_output("file"),
+    default=None,
+    help="Write a JUnit XML file, one test case per cut, for CI systems.",
+)
+@click.option(
+    "--report",
+    "report_dir",
+    type=_output("dir"),
+    default=None,
+    help="Write an HTML report into this folder: the table, and a timeline picture for each cut.",
+)
+@click.option(
     "--work-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=_output("dir"),
     default=None,
     help="Where to keep the run's files (default: a new temporary folder).",
 )
 @click.pass_context
 def powercut(
     ctx: click.Context,
-    json_path: Path | None,
+    fs: str,
+    torn: bool,
+    random_cuts: int | None,
+    seed: int,
     points: str | None,
     list_rows: bool,
+    json_path: Path | None,
+    junit_path: Path | None,
+    report_dir: Path | None,
     work_dir: Path | None,
 ) -> None:
-    """Kill the CM or an SM at every crash point of a three-node unit and check that the
-    unit still converges.
+    """Kill the CM or an SM at every crash point of a three-node unit, or cut a whole node's
+    power, and check that the unit still converges.
 
     The unit is the agent as CM only (--no-local-sm) and one `aoscore sm` per node (node-1,
     node-2, node-3), with mutual TLS from a unit PKI of its own, on this machine's Docker
-    engine, against a reference cloud and registry the matrix starts. The rows come from the
+    engine, against a reference cloud and registry the run starts. The rows come from the
     crash-point registry: every point a component declares, each in the scenario that reaches
     it (an install spread over the three nodes, an upgrade that replaces and retires a version,
     a unit config of a greater version, a spoiled store, or an injected fault for the sticky
     failed phase). The SM's points kill node-2's SM; every other point kills the agent; the
-    points both pass have a row for each.
+    points both pass have a row for each. The node rows cut a whole node: its SM killed, its
+    containers killed, its disk cut; then it boots again.
+
+    With --fs lossy every process keeps its data dir on a lossy file system of its own
+    (`aoscore powercut lossyfs`): after each kill the file system drops what the process had
+    not made durable (unsynced data, unsynced directory entries) and is mounted again, as after
+    a power loss. With --random N the run cuts N times at pseudo-random moments instead.
 
     A row passes when the armed process died by SIGKILL at its point, was started again
     unarmed, and the unit converged: exactly the desired containers, once each, at their
     versions, on nodes with room for them; items installed; the unit config installed on
-    every node; the cloud's last full status all active with every node connected.
+    every node; the cloud's last full status all active with every node connected; no status
+    missing from the cloud's timeline.
 
     Prints one line per row (row, process killed, killed, converged, seconds, detail).
     Exit codes: 0 every row passed; 1 a row did not; 2 bad usage; 130 interrupted.
@@ -65,26 +122,58 @@ def powercut(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from ..powercut.matrix import CASES, CRASH_POINTS, describe, run_matrix, select_cases
+    from ..powercut.matrix import ALL_ROWS, CASES, NODE_CASES, describe, run_matrix, select_cases
 
+    if torn and fs != "lossy":
+        raise click.BadParameter("--torn needs --fs lossy", param_hint="--torn")
     if list_rows:
         width = max(len(case.row) for case in CASES)
         click.echo(f"{'row':<{width}}  {'kills':<12}  scenario")
         for case in CASES:
             fault = f" (after a fault at {case.fault})" if case.fault else ""
             click.echo(f"{case.row:<{width}}  {describe(case.process):<12}  {case.scenario}{fault}")
+        for node_case in NODE_CASES:
+            when = f"at {node_case.at}" if node_case.at else "once converged"
+            what = f"node {node_case.node}"
+            click.echo(
+                f"{node_case.row:<{width}}  {what:<12}  {node_case.scenario}, power lost {when}"
+            )
         return
-    selected = list(CRASH_POINTS)
+    selected = list(ALL_ROWS)
     if points:
+        if random_cuts:
+            raise click.BadParameter(
+                "--points and --random exclude each other", param_hint="--points"
+            )
         selected = [p.strip() for p in points.split(",") if p.strip()]
         try:
             select_cases(selected)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--points") from None
     logs.configure("warning")
-    with exit_codes("interrupted; what the matrix started was stopped"):
-        ok = run_matrix(selected, json_path, work_dir)
-    sys.exit(0 if ok else 1)
+    with exit_codes("interrupted; what the run started was stopped"):
+        if random_cuts:
+            from ..powercut.randomcuts import run_random
+
+            rows = run_random(random_cuts, seed, work_dir, fs=fs, torn=torn)
+        else:
+            rows = run_matrix(selected, work_dir, fs=fs, torn=torn)
+        _write_reports(rows, json_path, junit_path, report_dir)
+    sys.exit(0 if rows and all(r.passed for r in rows) else 1)
+
+
+def _write_reports(
+    rows: list, json_path: Path | None, junit_path: Path | None, report_dir: Path | None
+) -> None:
+    from ..powercut import report
+
+    if json_path is not None:
+        report.write_json(rows, json_path)
+    if junit_path is not None:
+        report.write_junit(rows, junit_path)
+    if report_dir is not None:
+        page = report.write_html(rows, report_dir)
+        click.echo(f"report: {page}")
 
 
 @powercut.command("lossyfs")

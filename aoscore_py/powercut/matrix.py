@@ -36,11 +36,10 @@ import signal
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
-
-import orjson
 
 from statemachine import committed_point, parse_spec
 
@@ -56,11 +55,15 @@ from ..logs import get_logger
 from ..protocol import DesiredStatus
 from ..sm import crashpoints as sm
 from ..sm.docker_runtime import DockerRuntime
+from ..sm.state import FILE_NAME as SM_STATE_FILE
+from ..sm.state import SmState
 from ..storage import DB_NAME
 from ..storage import crashpoints as storage
 from . import interrupts
+from .power import PoweredUnit
 from .registry import ALL_POINTS
-from .results import Row
+from .report import marks_from_log
+from .results import CONVERGED, CUT, KILLED, RESTARTED, Mark, Row
 from .scenarios import (
     ALPHA,
     BETA,
@@ -191,6 +194,36 @@ CASES = build_cases()
 CRASH_POINTS: tuple[str, ...] = tuple(c.row for c in CASES)
 """Every row's name, in the order the matrix runs them."""
 
+
+@dataclass(frozen=True)
+class NodeCase:
+    """A whole node's power loss: its SM killed, its containers killed, its disk cut, then the
+    node boots again. With `at` (an SM crash point, `POINT[:N]`) the power goes when the
+    node's SM reaches it in the scenario's update; else once the unit converged on the
+    install."""
+
+    node: str
+    at: str | None = None
+    scenario: str = INSTALL
+
+    @property
+    def row(self) -> str:
+        return f"node:{self.node}" + (f"@{self.at}" if self.at else "")
+
+    @property
+    def process(self) -> str:
+        return self.node
+
+
+NODE_CASES = (
+    NodeCase(SM_NODE),
+    NodeCase(SM_NODE, f"{sm.CONTAINER_STARTED}:1"),
+    NodeCase(NODES[0], f"{sm.CONTAINER_REPLACED}:1", UPGRADE),
+    NodeCase(NODES[2]),
+)
+ALL_ROWS: tuple[str, ...] = (*CRASH_POINTS, *(c.row for c in NODE_CASES))
+"""Every row's name, crash points then node power losses, in the order a full run takes."""
+
 KILL_TIMEOUT_S = 60.0
 CONVERGE_TIMEOUT_S = 90.0
 
@@ -243,7 +276,7 @@ def _start(unit: ThreeNodeUnit, armed: str | None, arm: Arm | None) -> None:
         unit.start_missing_sms((armed, arm) if armed and armed != CM and arm else None)
 
 
-def _arm_second_step(unit: ThreeNodeUnit, case: Case, arm: Arm, ds: DesiredStatus) -> None:
+def _arm_second_step(power: PoweredUnit, case: Case, arm: Arm, ds: DesiredStatus) -> None:
     """On a unit converged on the first step: start the row's process again armed, and give
     the unit the second desired status.
 
@@ -252,9 +285,11 @@ def _arm_second_step(unit: ThreeNodeUnit, case: Case, arm: Arm, ds: DesiredStatu
     started armed, and once the CM has it back the status is pushed to the running unit, so
     the CM's requests (UpdateInstances, CheckNodeConfig, SetNodeConfig) reach it connected.
     """
+    unit = power.unit
     if case.process == CM and case.scenario == SPOILED:
         unit.stop(CM)
         (unit.data_dir / DB_NAME).write_bytes(b"")
+        power.sync(CM)  # the store was spoiled for good, before the power goes
         _come_up_before_the_cloud(unit, arm)
         return
     if case.process == CM:
@@ -330,17 +365,33 @@ def _placement_note(placement: Mapping[tuple[str, int], str]) -> str:
 
 
 def run_case(
-    case: Case, cloud: CloudProcess, images: Images, work: Path, runtime: DockerRuntime
+    case: Case,
+    cloud: CloudProcess,
+    images: Images,
+    work: Path,
+    runtime: DockerRuntime,
+    fs: str = "plain",
+    torn: bool = False,
 ) -> Row:
-    """Crash at the case's point, restart, and wait for convergence."""
+    """Crash at the case's point, cut the process's disk (with `fs="lossy"`), restart, and
+    wait for convergence."""
     unit_id = f"pc-{uuid.uuid4().hex[:8]}"
     extra = ("--removed-ttl", "0") if case.scenario == UPGRADE else ()
     unit = ThreeNodeUnit(unit_id, work / unit_id, cloud, agent_extra=extra)
+    power = PoweredUnit(unit, fs, torn)
     arm = Arm(case.spec, case.fault)
     ds = target_status(case, images)
     name = describe(case.process)
-    log.info("powercut.row", row=case.row, unit=unit_id, kills=name, scenario=case.scenario)
+    log.info("powercut.row", row=case.row, unit=unit_id, kills=name, scenario=case.scenario, fs=fs)
+    t0, wall0 = time.monotonic(), time.time()
+    marks: list[Mark] = []
+
+    def mark(kind: str, label: str = "") -> None:
+        marks.append(Mark(round(time.monotonic() - t0, 3), kind, label))
+
+    killed, code, seconds, note = False, None, 0.0, ""
     try:
+        power.mount_all()
         if case.scenario == INSTALL:
             save_desired(cloud.state, unit_id, ds)
             _start(unit, case.process, arm)
@@ -351,21 +402,30 @@ def run_case(
             result = _converge(unit, first, runtime)
             if not result.ok:
                 why = "; ".join(result.problems[:3])
-                return Row(case.row, name, False, False, 0.0, f"the scenario's first step: {why}")
-            _arm_second_step(unit, case, arm, ds)
+                return Row(
+                    case.row, name, False, False, 0.0, f"the scenario's first step: {why}", fs=fs
+                )
+            _arm_second_step(power, case, arm, ds)
         armed = unit.process(case.process)
         assert armed is not None
         code = armed.wait(KILL_TIMEOUT_S)
         killed = code == -signal.SIGKILL and unit.killed_at(case.process, arm)
+        mark(KILLED, case.process)
+        if power.lossy:
+            power.cut(case.process)
+            mark(CUT, case.process)
         reported = unit.reported()
         started = time.monotonic()
         _restart(unit, case.process)
+        mark(RESTARTED, case.process)
         collected = (ALPHA, "1.0.0") if case.scenario == UPGRADE else None
         result = _converge(unit, ds, runtime, reported=reported, extra=collected)
         seconds = round(time.monotonic() - started, 2)
-        note = _placement_note(unit.placement(runtime)) if result.ok else ""
+        if result.ok:
+            mark(CONVERGED)
+            note = _placement_note(unit.placement(runtime))
     finally:
-        stopped = unit.stop_all()
+        stopped = power.stop_all()
         remove_unit_containers(runtime, unit_id)
     details = [] if result.ok else list(result.problems[:3])
     if stopped:
@@ -374,7 +434,114 @@ def run_case(
         how = "no crashpoint.hit line" if code == -signal.SIGKILL else f"exit {code}"
         details.insert(0, f"not killed at the point ({how})")
     converged = result.ok and not stopped
-    return Row(case.row, name, killed, converged, seconds, "; ".join(details) or note)
+    phases = [
+        m for path in sorted(unit.root.glob("agent-*.log")) for m in marks_from_log(path, wall0)
+    ]
+    timeline = tuple(sorted([*phases, *marks], key=lambda m: m.t))
+    return Row(
+        case.row,
+        name,
+        killed,
+        converged,
+        seconds,
+        "; ".join(details) or note,
+        kind="point",
+        fs=fs,
+        timeline=timeline,
+    )
+
+
+def run_node_case(case: NodeCase, lab: Lab, fs: str = "plain", torn: bool = False) -> Row:
+    """Cut a whole node's power (at its SM's point, or once converged), boot it again, and
+    wait for convergence; the instances it runs again must not count as crashes."""
+    unit_id = f"pc-{uuid.uuid4().hex[:8]}"
+    extra = ("--removed-ttl", "0") if case.scenario == UPGRADE else ()
+    unit = ThreeNodeUnit(unit_id, lab.work / unit_id, lab.cloud, agent_extra=extra)
+    power = PoweredUnit(unit, fs, torn)
+    first = desired(lab.images.items)
+    ds = upgraded(lab.images.items, lab.images.alpha2) if case.scenario == UPGRADE else first
+    name = f"node {case.node}"
+    log.info("powercut.row", row=case.row, unit=unit_id, kills=name, scenario=case.scenario, fs=fs)
+    t0, wall0 = time.monotonic(), time.time()
+    marks: list[Mark] = []
+    result = Convergence(False, ("not reached",))
+    killed, seconds, detail = False, 0.0, ""
+
+    def mark(kind: str, label: str = "") -> None:
+        marks.append(Mark(round(time.monotonic() - t0, 3), kind, label))
+
+    try:
+        power.mount_all()
+        save_desired(lab.cloud.state, unit_id, first)
+        arm = Arm(case.at) if case.at else None
+        if case.at and case.scenario == INSTALL:
+            _start(unit, case.node, arm)
+        else:
+            _start(unit, None, None)
+            step = _converge(unit, first, lab.runtime)
+            if not step.ok:
+                why = "; ".join(step.problems[:3])
+                return Row(case.row, name, False, False, 0.0, f"the first step: {why}", "node", fs)
+            if arm is not None:
+                _arm_second_step(power, Case(arm.spec, case.scenario, None, case.node), arm, ds)
+        if arm is not None:
+            sm_process = unit.process(case.node)
+            assert sm_process is not None
+            code = sm_process.wait(KILL_TIMEOUT_S)
+            killed = code == -signal.SIGKILL and unit.killed_at(case.node, arm)
+            if not killed:
+                detail = f"the node's SM was not killed at {case.at} (exit {code})"
+        else:
+            killed = True
+        lost = power.node_power_loss(case.node, lab.runtime)
+        mark(KILLED, case.node)
+        if power.lossy:
+            mark(CUT, case.node)
+        reported = unit.reported()
+        started = time.monotonic()
+        unit.start_sm(case.node)
+        unit.start_missing_sms()
+        mark(RESTARTED, case.node)
+        collected = (ALPHA, "1.0.0") if case.scenario == UPGRADE else None
+        result = _converge(unit, ds, lab.runtime, reported=reported, extra=collected)
+        seconds = round(time.monotonic() - started, 2)
+        crashes = _crashes_counted(unit, case.node)
+        if result.ok and not crashes:
+            mark(CONVERGED)
+        detail = detail or f"{lost} containers died with the node; none counted as a crash"
+        if crashes:
+            result = Convergence(False, (*result.problems, *crashes))
+    finally:
+        stopped = power.stop_all()
+        remove_unit_containers(lab.runtime, unit_id)
+    problems = list(result.problems[:3])
+    if stopped:
+        problems.insert(0, "clean stop exited " + ", ".join(f"{n} {c}" for n, c in stopped.items()))
+    converged = result.ok and not stopped
+    phases = [
+        m for path in sorted(unit.root.glob("agent-*.log")) for m in marks_from_log(path, wall0)
+    ]
+    return Row(
+        case.row,
+        name,
+        killed,
+        converged,
+        seconds,
+        "; ".join(problems) if not converged else detail,
+        kind="node",
+        fs=fs,
+        timeline=tuple(sorted([*phases, *marks], key=lambda m: m.t)),
+    )
+
+
+def _crashes_counted(unit: ThreeNodeUnit, node: str) -> list[str]:
+    """Instances of `node` whose health record counts a crash: a power loss must not."""
+    state = SmState(unit.sm_dir(node) / "sm" / SM_STATE_FILE)
+    return [
+        f"{node}: {key.item_id} {key.instance} counted {record.crashes} crash(es)"
+        for key, record in sorted(state.health.items())
+        if record.crashes
+    ]
 
 
 def _print_header(width: int) -> None:
@@ -392,54 +559,97 @@ def _print_row(row: Row, width: int) -> None:
     )
 
 
-def run_matrix(specs: list[str], json_path: Path | None, work_dir: Path | None) -> bool:
-    """Run the rows named by `specs` (see `select_cases`), print one line each; True when
-    every row was killed at its point and converged.
+@dataclass(frozen=True)
+class Lab:
+    """What every row shares: the work folder, the engine, the registry's cloud and the
+    published images."""
 
-    SIGTERM is turned into KeyboardInterrupt, like SIGINT, so that an interrupted matrix still
-    stops the agent, SMs, cloud and registry it started and removes the unit's containers
-    (interrupts.py: never between a process's start and its record).
-    """
+    work: Path
+    runtime: DockerRuntime
+    cloud: CloudProcess
+    images: Images
+
+
+@contextmanager
+def open_lab(work_dir: Path | None) -> Iterator[Lab]:
+    """Start a registry and the reference cloud, publish the scenario's images; stop both on
+    the way out. SIGTERM is turned into KeyboardInterrupt, like SIGINT, so that an interrupted
+    run still stops what it started (interrupts.py: never between a process's start and its
+    record)."""
     interrupts.install()
     work = work_dir or Path(tempfile.mkdtemp(prefix="aoscore-powercut-"))
     work.mkdir(parents=True, exist_ok=True)
     runtime = DockerRuntime()
     runtime.ping()
+    try:
+        with Registry(work / "registry") as registry:
+            cloud = CloudProcess(work / "cloud", registry.url)
+            try:
+                cloud.start()
+                yield Lab(work, runtime, cloud, publish_images(cloud, registry.url))
+            finally:
+                cloud.stop()
+    finally:
+        runtime.close()
+
+
+def run_matrix(
+    specs: list[str], work_dir: Path | None, *, fs: str = "plain", torn: bool = False
+) -> list[Row]:
+    """Run the rows named by `specs` (see `select_cases`) with the data dirs on `fs`, print
+    one line each, and return the rows."""
     rows: list[Row] = []
     cases = select_cases(specs)
     width = max(len(c.row) for c in cases)
-    with Registry(work / "registry") as registry:
-        cloud = CloudProcess(work / "cloud", registry.url)
-        try:
-            cloud.start()
-            images = publish_images(cloud, registry.url)
-            print(f"three nodes: {', '.join(NODES)}; SM rows kill {describe(SM_NODE)}", flush=True)
-            _print_header(width)
-            for case in cases:
-                try:
-                    row = run_case(case, cloud, images, work, runtime)
-                except (AosError, OSError, TimeoutError) as exc:
-                    log.error("powercut.row_failed", row=case.row, exc_info=True, next="next row")
-                    why = f"the row could not run: {type(exc).__name__}: {exc}"
-                    row = Row(case.row, describe(case.process), False, False, 0.0, why)
-                rows.append(row)
-                _print_row(row, width)
-        finally:
-            cloud.stop()
-    runtime.close()
-    ok = all(r.killed and r.converged for r in rows)
-    print(f"{sum(r.converged for r in rows)}/{len(rows)} converged; work folder {work}", flush=True)
-    if json_path is not None:
-        json_path.write_bytes(
-            orjson.dumps(
-                [{k: v for k, v in asdict(r).items() if k != "detail"} for r in rows],
-                option=orjson.OPT_INDENT_2,
-            )
+    with open_lab(work_dir) as lab:
+        disk = "lossy file systems (cut after each kill)" if fs == "lossy" else "plain disks"
+        print(
+            f"three nodes: {', '.join(NODES)}; SM rows kill {describe(SM_NODE)}; data on {disk}",
+            flush=True,
         )
-    return ok
+        _print_header(width)
+        for case in cases:
+            try:
+                if isinstance(case, NodeCase):
+                    row = run_node_case(case, lab, fs, torn)
+                else:
+                    row = run_case(case, lab.cloud, lab.images, lab.work, lab.runtime, fs, torn)
+            except (AosError, OSError, TimeoutError) as exc:
+                log.error("powercut.row_failed", row=case.row, exc_info=True, next="next row")
+                why = f"the row could not run: {type(exc).__name__}: {exc}"
+                kind = "node" if isinstance(case, NodeCase) else "point"
+                process = (
+                    f"node {case.node}" if isinstance(case, NodeCase) else describe(case.process)
+                )
+                row = Row(case.row, process, False, False, 0.0, why, kind=kind, fs=fs)
+            rows.append(row)
+            _print_row(row, width)
+        print(
+            f"{sum(r.passed for r in rows)}/{len(rows)} converged; work folder {lab.work}",
+            flush=True,
+        )
+    return rows
 
 
-def select_cases(specs: list[str]) -> list[Case]:
+def _node_case(spec: str) -> NodeCase:
+    """`node:NODE` or `node:NODE@POINT[:N]` (a point of the SM's, in the scenario that reaches
+    it); ValueError for another node or point."""
+    for case in NODE_CASES:
+        if case.row == spec:
+            return case
+    node, _, at = spec.removeprefix("node:").partition("@")
+    if node not in NODES:
+        raise ValueError(f"{spec!r}: {node!r} is no node of the unit ({', '.join(NODES)})")
+    if at:
+        point, _ = parse_spec(at)
+        if point not in sm.CRASH_POINTS:
+            raise ValueError(f"{spec!r}: {point!r} is no crash point of the SM")
+        scenario = UPGRADE if point in UPGRADE_POINTS else INSTALL
+        return NodeCase(node, at, scenario)
+    return NodeCase(node)
+
+
+def select_cases(specs: list[str]) -> list[Case | NodeCase]:
     """The rows `specs` name: a row's name (as `--list` prints it), a bare point for all its
     rows, `POINT:N` for another arrival on the point's owner, or `POINT[:N]@node-2` on that
     node's SM (for the SM's points and the shared ones).
@@ -448,11 +658,16 @@ def select_cases(specs: list[str]) -> list[Case]:
         ValueError: a spec names no registered crash point, a bad arrival, or a process that
             never passes the point.
     """
-    out: list[Case] = []
+    out: list[Case | NodeCase] = []
     unknown = []
     for spec in specs:
         spec = spec.strip()
-        chosen = [c for c in CASES if spec in (c.row, c.point)]
+        if spec.startswith("node:"):
+            node_case = _node_case(spec)
+            if node_case not in out:
+                out.append(node_case)
+            continue
+        chosen: list[Case | NodeCase] = [c for c in CASES if spec in (c.row, c.point)]
         if not chosen:
             chosen = _another(spec)
         if not chosen:

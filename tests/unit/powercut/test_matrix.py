@@ -11,6 +11,7 @@ from aoscore_py.blobs.crashpoints import BLOB_TRANSFER
 from aoscore_py.cli.powercut import powercut
 from aoscore_py.cm.launcher.crashpoints import NODE_ANSWERED, PLACEMENT_STORED
 from aoscore_py.powercut.matrix import (
+    ALL_ROWS,
     CASES,
     CM,
     CRASH_POINTS,
@@ -18,6 +19,7 @@ from aoscore_py.powercut.matrix import (
     UNIT_CONFIG,
     UPGRADE,
     Case,
+    NodeCase,
     describe,
     select_cases,
 )
@@ -110,10 +112,26 @@ class TestCli:
         lines = result.output.splitlines()
         assert lines[0].split() == ["row", "kills", "scenario"]
         by_row = {line.split()[0]: line for line in lines[1:]}
-        assert list(by_row) == list(CRASH_POINTS)
+        assert list(by_row) == list(ALL_ROWS)
+        assert list(by_row)[: len(CRASH_POINTS)] == list(CRASH_POINTS)
+        assert "node node-2" in by_row["node:node-2"]
         assert "sm node-2" in by_row[STATE_STORED]
         assert "agent (CM)" in by_row[PLACEMENT_STORED]
         assert "after a fault at" in by_row["cycle.failed.committed"]
+
+    def test_a_node_row_names_a_node_and_an_sm_point(self) -> None:
+        assert select_cases(["node:node-3@sm.state.stored:2"]) == [
+            NodeCase("node-3", "sm.state.stored:2")
+        ]
+        for bad, why in (("node:node-9", "no node"), ("node:node-1@cycle.x", "no crash point")):
+            result = CliRunner().invoke(powercut, ["--points", bad])
+            assert result.exit_code == 2
+            assert why in result.output
+
+    def test_torn_needs_the_lossy_file_system(self) -> None:
+        result = CliRunner().invoke(powercut, ["--torn"])
+        assert result.exit_code == 2
+        assert "--fs lossy" in result.output
 
     def test_an_unknown_row_is_a_usage_error(self) -> None:
         result = CliRunner().invoke(powercut, ["--points", f"{PLACEMENT_STORED}@node-2"])
