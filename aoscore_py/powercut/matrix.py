@@ -330,7 +330,7 @@ def _restart(unit: ThreeNodeUnit, process: str) -> None:
         unit.start_missing_sms()
 
 
-def _converge(
+def converge(
     unit: ThreeNodeUnit,
     ds: DesiredStatus,
     runtime: DockerRuntime,
@@ -399,7 +399,7 @@ def run_case(
             first = desired(images.items)
             save_desired(cloud.state, unit_id, first)
             _start(unit, None, None)
-            result = _converge(unit, first, runtime)
+            result = converge(unit, first, runtime)
             if not result.ok:
                 why = "; ".join(result.problems[:3])
                 return Row(
@@ -419,7 +419,7 @@ def run_case(
         _restart(unit, case.process)
         mark(RESTARTED, case.process)
         collected = (ALPHA, "1.0.0") if case.scenario == UPGRADE else None
-        result = _converge(unit, ds, runtime, reported=reported, extra=collected)
+        result = converge(unit, ds, runtime, reported=reported, extra=collected)
         seconds = round(time.monotonic() - started, 2)
         if result.ok:
             mark(CONVERGED)
@@ -478,7 +478,7 @@ def run_node_case(case: NodeCase, lab: Lab, fs: str = "plain", torn: bool = Fals
             _start(unit, case.node, arm)
         else:
             _start(unit, None, None)
-            step = _converge(unit, first, lab.runtime)
+            step = converge(unit, first, lab.runtime)
             if not step.ok:
                 why = "; ".join(step.problems[:3])
                 return Row(case.row, name, False, False, 0.0, f"the first step: {why}", "node", fs)
@@ -503,9 +503,9 @@ def run_node_case(case: NodeCase, lab: Lab, fs: str = "plain", torn: bool = Fals
         unit.start_missing_sms()
         mark(RESTARTED, case.node)
         collected = (ALPHA, "1.0.0") if case.scenario == UPGRADE else None
-        result = _converge(unit, ds, lab.runtime, reported=reported, extra=collected)
+        result = converge(unit, ds, lab.runtime, reported=reported, extra=collected)
         seconds = round(time.monotonic() - started, 2)
-        crashes = _crashes_counted(unit, case.node)
+        crashes = crashes_counted(unit, case.node)
         if result.ok and not crashes:
             mark(CONVERGED)
         detail = detail or f"{lost} containers died with the node; none counted as a crash"
@@ -534,7 +534,7 @@ def run_node_case(case: NodeCase, lab: Lab, fs: str = "plain", torn: bool = Fals
     )
 
 
-def _crashes_counted(unit: ThreeNodeUnit, node: str) -> list[str]:
+def crashes_counted(unit: ThreeNodeUnit, node: str) -> list[str]:
     """Instances of `node` whose health record counts a crash: a power loss must not."""
     state = SmState(unit.sm_dir(node) / "sm" / SM_STATE_FILE)
     return [

@@ -48,6 +48,20 @@ def test_data_written_without_fsync_is_lost(lossy: LossyMount) -> None:
     assert (root / "f").read_bytes() == b"old"
 
 
+def test_opening_with_o_trunc_empties_the_file_until_a_cut(lossy: LossyMount) -> None:
+    root = lossy.mountpoint
+    _fsynced(root / "f", b"x" * 90_000)
+    fsync_dir(root)
+    (root / "f").write_bytes(b"")
+    assert (root / "f").stat().st_size == 0
+    lossy.remount()
+    assert (root / "f").stat().st_size == 90_000
+    with open(root / "f", "wb") as f:
+        os.fsync(f.fileno())
+    lossy.remount()
+    assert (root / "f").read_bytes() == b""
+
+
 def test_a_name_whose_folder_was_not_fsynced_is_lost(lossy: LossyMount) -> None:
     root = lossy.mountpoint
     _fsynced(root / "new", b"synced data, unsynced name")

@@ -154,6 +154,8 @@ class LossyOperations(pyfuse3.Operations):
     @_fuse_errors
     def open(self, inode, flags, ctx):  # type: ignore[no-untyped-def]
         self.tree.open(inode)
+        if flags & os.O_TRUNC:  # libfuse asks the kernel for atomic O_TRUNC: it is ours to do
+            self.tree.truncate(inode, 0)
         return pyfuse3.FileInfo(fh=self._fh(self._handles, inode))
 
     @_fuse_errors
