@@ -33,6 +33,11 @@ storm: the agent's resident size calm, at the end of a reconnect storm (a loopba
 sends an oversized frame after each connect; redial schedule squeezed so hundreds happen) and
 calm again (scripts/benchlib/storm.py).
 
+powercut: the crash-point matrix and N random cuts on lossy file systems (rows, converged), and
+one update cycle's time on the lossy file systems over plain folders (scripts/benchlib/powercut.py).
+
+model: the stateful model of a three-node unit for N examples (scripts/benchlib/model.py).
+
 outbox: unit statuses through the cloud link's durable outbox (enqueue, send, ack, delete) to
 a loopback peer that acks each, against raw one-row SQLite commits in the same folder;
 alternating rounds, statuses per second and their ratio (scripts/benchlib/outbox.py).
@@ -1298,8 +1303,10 @@ def fleet(json_path: Path, units: int, workers: int) -> None:
 
 
 from benchlib.model import model  # noqa: E402 - declared in its own file
+from benchlib.powercut import powercut  # noqa: E402 - declared in its own file
 
 bench.add_command(model)
+bench.add_command(powercut)
 
 if __name__ == "__main__":
     bench()

@@ -36,6 +36,22 @@ def _output(kind: str) -> click.Path:
     "of successive desired statuses.",
 )
 @click.option(
+    "--network",
+    type=click.Choice(["clean", "cellular", "flaky"]),
+    default=None,
+    help="Instead of the crash points: run the scenario (install, upgrade, unit config) with "
+    "the cloud link, the blob downloads and the SM links behind a proxy imposing this profile "
+    "(cellular: 256 kbit/s, 2 % loss, jitter, a 30 s latency spike every 200 s; flaky: every "
+    "connection reset once a minute), and check convergence and the cloud's timeline.",
+)
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0.01, max=1.0),
+    default=1.0,
+    show_default=True,
+    help="With --network: compress the profile's time (0.1: 3 s spikes every 20 s).",
+)
+@click.option(
     "--seed",
     type=int,
     default=1,
@@ -83,6 +99,8 @@ def powercut(
     fs: str,
     torn: bool,
     random_cuts: int | None,
+    network: str | None,
+    time_scale: float,
     seed: int,
     points: str | None,
     list_rows: bool,
@@ -124,6 +142,8 @@ def powercut(
         return
     from ..powercut.matrix import ALL_ROWS, CASES, NODE_CASES, describe, run_matrix, select_cases
 
+    if network and (random_cuts or points):
+        raise click.BadParameter("--network runs its own scenario", param_hint="--network")
     if torn and fs != "lossy":
         raise click.BadParameter("--torn needs --fs lossy", param_hint="--torn")
     if list_rows:
@@ -152,7 +172,14 @@ def powercut(
             raise click.BadParameter(str(exc), param_hint="--points") from None
     logs.configure("warning")
     with exit_codes("interrupted; what the run started was stopped"):
-        if random_cuts:
+        if network:
+            from ..powercut.network import run_network
+
+            rows = run_network(network, work_dir, scale=time_scale, seed=seed)
+            for row in rows:
+                verdict = "converged" if row.converged else "NOT converged"
+                click.echo(f"{row.point}  {verdict}  {row.seconds:.2f} s  {row.detail}")
+        elif random_cuts:
             from ..powercut.randomcuts import run_random
 
             rows = run_random(random_cuts, seed, work_dir, fs=fs, torn=torn)
