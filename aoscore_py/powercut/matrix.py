@@ -57,9 +57,10 @@ from ..sm import crashpoints as sm
 from ..sm.docker_runtime import DockerRuntime
 from ..sm.state import FILE_NAME as SM_STATE_FILE
 from ..sm.state import SmState
-from ..storage import DB_NAME
+from ..storage import DB_NAME, Storage
 from ..storage import crashpoints as storage
 from . import interrupts
+from .invariants import EngineEvents, acked_in_force, no_instance_ran_twice, seqs_never_go_back
 from .power import PoweredUnit
 from .registry import ALL_POINTS
 from .report import marks_from_log
@@ -390,6 +391,7 @@ def run_case(
         marks.append(Mark(round(time.monotonic() - t0, 3), kind, label))
 
     killed, code, seconds, note = False, None, 0.0, ""
+    events = EngineEvents(runtime.client, unit_id).start()
     try:
         power.mount_all()
         if case.scenario == INSTALL:
@@ -424,7 +426,10 @@ def run_case(
         if result.ok:
             mark(CONVERGED)
             note = _placement_note(unit.placement(runtime))
+            broken = invariant_problems(unit, events)
+            result = Convergence(not broken, tuple(broken))
     finally:
+        events.stop()
         stopped = power.stop_all()
         remove_unit_containers(runtime, unit_id)
     details = [] if result.ok else list(result.problems[:3])
@@ -470,6 +475,7 @@ def run_node_case(case: NodeCase, lab: Lab, fs: str = "plain", torn: bool = Fals
     def mark(kind: str, label: str = "") -> None:
         marks.append(Mark(round(time.monotonic() - t0, 3), kind, label))
 
+    events = EngineEvents(lab.runtime.client, unit_id).start()
     try:
         power.mount_all()
         save_desired(lab.cloud.state, unit_id, first)
@@ -506,12 +512,15 @@ def run_node_case(case: NodeCase, lab: Lab, fs: str = "plain", torn: bool = Fals
         result = converge(unit, ds, lab.runtime, reported=reported, extra=collected)
         seconds = round(time.monotonic() - started, 2)
         crashes = crashes_counted(unit, case.node)
+        if result.ok:
+            crashes += invariant_problems(unit, events)
         if result.ok and not crashes:
             mark(CONVERGED)
         detail = detail or f"{lost} containers died with the node; none counted as a crash"
         if crashes:
             result = Convergence(False, (*result.problems, *crashes))
     finally:
+        events.stop()
         stopped = power.stop_all()
         remove_unit_containers(lab.runtime, unit_id)
     problems = list(result.problems[:3])
@@ -532,6 +541,30 @@ def run_node_case(case: NodeCase, lab: Lab, fs: str = "plain", torn: bool = Fals
         fs=fs,
         timeline=tuple(sorted([*phases, *marks], key=lambda m: m.t)),
     )
+
+
+def invariant_problems(unit: ThreeNodeUnit, events: EngineEvents) -> list[str]:
+    """What must hold at every moment, not only at convergence (invariants.py): every desired
+    status the unit acked is in force or superseded, a boot's status seqs never go back, no
+    instance ran twice."""
+    state = unit.cloud.state
+    problems = acked_in_force(
+        state.desired_seqs(unit.unit), state.answers(unit.unit), held_desired(unit.data_dir)
+    )
+    problems += seqs_never_go_back(state.timeline(unit.unit))
+    return problems + no_instance_ran_twice(events.events())
+
+
+def held_desired(data_dir: Path) -> bytes | None:
+    """The desired status the CM's store holds (None before its first, or without a store)."""
+    try:
+        storage = Storage(data_dir, read_only=True)
+    except AosError:
+        return None
+    try:
+        return storage.load_desired_status()
+    finally:
+        storage.close()
 
 
 def crashes_counted(unit: ThreeNodeUnit, node: str) -> list[str]:

@@ -24,7 +24,8 @@ from pathlib import Path
 from ..cloud.oci import OciImage
 from ..logs import get_logger
 from ..protocol import DesiredStatus
-from .matrix import Lab, converge, crashes_counted, open_lab
+from .invariants import EngineEvents
+from .matrix import Lab, converge, crashes_counted, invariant_problems, open_lab
 from .power import PoweredUnit
 from .report import marks_from_log
 from .results import CONVERGED, CUT, KILLED, RESTARTED, Mark, Row
@@ -91,10 +92,12 @@ def run_random(
         print(f"{'cut':<{width}}  converged  seconds  detail", flush=True)
         unit = ThreeNodeUnit(f"pc-{uuid.uuid4().hex[:8]}", lab.work / "random", lab.cloud)
         power = PoweredUnit(unit, fs, torn, seed)
+        events = EngineEvents(lab.runtime.client, unit.unit).start()
         try:
             power.mount_all()
-            rows = _run(lab, power, cuts, fs, width)
+            rows = _run(lab, power, events, cuts, fs, width)
         finally:
+            events.stop()
             power.stop_all()
             remove_unit_containers(lab.runtime, unit.unit)
         passed = sum(r.passed for r in rows)
@@ -102,7 +105,9 @@ def run_random(
     return rows
 
 
-def _run(lab: Lab, power: PoweredUnit, cuts: list[RandomCut], fs: str, width: int) -> list[Row]:
+def _run(
+    lab: Lab, power: PoweredUnit, events: EngineEvents, cuts: list[RandomCut], fs: str, width: int
+) -> list[Row]:
     unit = power.unit
     n = len(cuts)
     images = lab.images
@@ -114,7 +119,7 @@ def _run(lab: Lab, power: PoweredUnit, cuts: list[RandomCut], fs: str, width: in
     rows = []
     for cut in cuts:
         ds = step_status(images.items, images.alpha2, cut.step, n)
-        row = _one_cut(lab, power, cut, ds, fs)
+        row = _one_cut(lab, power, events, cut, ds, fs)
         rows.append(row)
         print(
             f"{row.point:<{width}}  {'yes' if row.converged else 'NO':<9}  {row.seconds:>7.2f}  "
@@ -126,7 +131,9 @@ def _run(lab: Lab, power: PoweredUnit, cuts: list[RandomCut], fs: str, width: in
     return rows
 
 
-def _one_cut(lab: Lab, power: PoweredUnit, cut: RandomCut, ds: DesiredStatus, fs: str) -> Row:
+def _one_cut(
+    lab: Lab, power: PoweredUnit, events: EngineEvents, cut: RandomCut, ds: DesiredStatus, fs: str
+) -> Row:
     """Push the step's status (the first step's is already the cloud's), wait, cut, boot,
     converge."""
     unit = power.unit
@@ -164,6 +171,8 @@ def _one_cut(lab: Lab, power: PoweredUnit, cut: RandomCut, ds: DesiredStatus, fs
     problems = list(result.problems)
     if cut.victim != CM:
         problems += crashes_counted(unit, cut.victim)
+    if result.ok:
+        problems += invariant_problems(unit, events)
     result = Convergence(not problems, tuple(problems))
     if result.ok:
         mark(CONVERGED)
