@@ -138,7 +138,10 @@ class ReopenableGate(TcpGate):
 
 @dataclass
 class Stats:
-    """What a run did, for the bench: examples, steps, and the failing examples' seeds."""
+    """What a run did, for the bench: examples, steps, and the failing examples' seeds.
+
+    `examples` counts every example hypothesis ran, the replay it makes of a failing one to
+    print its steps included."""
 
     examples: int = 0
     steps: int = 0
