@@ -8,9 +8,10 @@ Three layers, so that each can be reused:
 - `ModelBench`: what every example shares and is expensive to make (the registry, the cloud
   on a fixed port so that it can be stopped and started again, the published images), opened
   once per test session or bench run by `open_bench`.
-- `UnitModel`: one unit of real processes and the steps on it, each a small method. A cut is
-  `_kill(process)` then `fs_cut(process)` then a start: `fs_cut` does nothing here and is the
-  hook where a power cut of the process's file system (the lossy FUSE file system) plugs in.
+- `UnitModel`: one unit of real processes and the steps on it, each a small method. Each
+  process keeps its data on a lossy file system of its own (power.py; `fs="plain"` for plain
+  folders), so a cut is a power loss: the CM's is SIGKILL and its disk cut; a node's kills its
+  SM and its containers and cuts its disk; then what was cut boots again.
 - `UnitMachine`: the hypothesis `RuleBasedStateMachine` over a `UnitModel` (`machine_for`
   binds it to a bench and a seed). It needs hypothesis, a development dependency.
 
@@ -25,7 +26,6 @@ import asyncio
 import contextlib
 import os
 import random
-import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +33,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import docker.errors
 from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -49,12 +48,13 @@ from ..cloud.registry import Registry
 from ..errors import AosError
 from ..logs import get_logger
 from ..protocol import DesiredInstance, DesiredStatus, Identity, dump_message
-from ..sm.docker_runtime import LABEL_NODE, LABEL_UNIT, DockerRuntime
+from ..sm.docker_runtime import DockerRuntime
 from ..sm.state import FILE_NAME as SM_STATE_FILE
 from ..storage import Storage
 from . import invariants
 from .gate import TcpGate, free_port
 from .matrix import Images, publish_images
+from .power import PoweredUnit
 from .scenarios import ALPHA, BETA, NODES, SUBJECT, desired, upgraded
 from .testbed import TEST_RECONNECT, CloudProcess, remove_unit_containers
 from .unit import CM, ThreeNodeUnit
@@ -63,7 +63,6 @@ log = get_logger("powercut.model")
 
 SETTLE_TIMEOUT_S = 150.0
 PUSH_TIMEOUT_S = 30.0
-KILL_WAIT_S = 10.0
 STEPS_ENV = "AOSCORE_MODEL_STEPS"
 EXAMPLES_ENV = "AOSCORE_MODEL_EXAMPLES"
 SEED_ENV = "AOSCORE_MODEL_SEED"
@@ -154,14 +153,13 @@ class UnitModel:
 
     Args:
         bench: the shared registry, cloud and images.
-        fs_cut: called with the process's name (`CM` or a node) between its kill and its
-            start again: where a power cut of its file system plugs in (nothing by default).
+        fs: `lossy` (each process's data dir on a lossy file system, cut at each power loss)
+            or `plain`.
     """
 
-    def __init__(self, bench: ModelBench, fs_cut: Callable[[str], None] | None = None) -> None:
+    def __init__(self, bench: ModelBench, fs: str = "lossy") -> None:
         self.bench = bench
         self.statuses = bench.statuses
-        self.fs_cut = fs_cut or (lambda name: None)
         unit_id = f"model-{uuid.uuid4().hex[:8]}"
         self.unit = ThreeNodeUnit(
             unit_id, bench.work / unit_id, bench.cloud, agent_extra=TEST_RECONNECT
@@ -171,6 +169,9 @@ class UnitModel:
         self.gate.open()
         self.unit.gate = self.gate
         self.unit.cloud_url = urlunsplit(url._replace(netloc=f"127.0.0.1:{self.gate.port}"))
+        self.power = PoweredUnit(self.unit, fs)
+        self.power.mount_all()
+        self.cuts: list[str] = []
         self.events = invariants.EngineEvents(bench.runtime.client, unit_id).start()
         self.latest: str | None = None
         self.cloud_away: str | None = None
@@ -220,8 +221,8 @@ class UnitModel:
     def cut_cm(self) -> None:
         """The CM's power: SIGKILL, its file system cut, started again."""
         self._step("cut the CM")
-        self._kill(CM)
-        self.fs_cut(CM)
+        self.power.cut(CM)
+        self.cuts.append(CM)
         self.unit.start_agent()
         if self.unit.wait_listening():
             self.unit.start_missing_sms()
@@ -230,10 +231,9 @@ class UnitModel:
         """A node's power: its SM SIGKILLed and its containers killed, its file system cut,
         its SM started again (which starts the containers again, not as crashes)."""
         self._step(f"cut {node}")
-        self._kill(node)
-        self._kill_containers(node)
+        self.power.node_power_loss(node, self.bench.runtime)
+        self.cuts.append(node)
         self.lost_nodes.add(node)
-        self.fs_cut(node)
         self.power_back_at = self.power_back_at or time.time()
         self.unit.start_sm(node)
 
@@ -256,19 +256,6 @@ class UnitModel:
         elif self.cloud_away == CLOUD_UNREACHABLE:
             self.gate.open()
         self.cloud_away = None
-
-    def _kill(self, name: str) -> None:
-        process = self.unit.process(name)
-        if process is not None:
-            process.signal(signal.SIGKILL)
-            process.wait(KILL_WAIT_S)
-
-    def _kill_containers(self, node: str) -> None:
-        labels = [f"{LABEL_UNIT}={self.unit_id}", f"{LABEL_NODE}={node}"]
-        client = self.bench.runtime.client
-        for container in client.containers.list(filters={"label": labels}):
-            with contextlib.suppress(docker.errors.APIError):
-                container.kill()
 
     # --- checks ---------------------------------------------------------------------------
 
@@ -329,7 +316,7 @@ class UnitModel:
         with contextlib.suppress(Exception):
             self._cloud_back()
         self.events.stop()
-        self.unit.stop_all()
+        self.power.stop_all()
         remove_unit_containers(self.bench.runtime, self.unit_id)
 
 
@@ -369,11 +356,11 @@ class UnitMachine(RuleBasedStateMachine):
 
     bench: ModelBench
     stats: Stats
-    fs_cut: Callable[[str], None] | None = None
+    fs: str = "lossy"
 
     def __init__(self) -> None:
         super().__init__()
-        self.model = UnitModel(self.bench, self.fs_cut)
+        self.model = UnitModel(self.bench, self.fs)
         self.failed = False
         self.stats.examples += 1
 
@@ -446,14 +433,12 @@ class UnitMachine(RuleBasedStateMachine):
             self.model.close()
 
 
-def machine_for(
-    bench: ModelBench, stats: Stats, n: int, fs_cut: Callable[[str], None] | None = None
-) -> type[UnitMachine]:
+def machine_for(bench: ModelBench, stats: Stats, n: int, fs: str = "lossy") -> type[UnitMachine]:
     """`UnitMachine` bound to `bench`, counting into `stats`, generating from seed `n`."""
     bound = type(
         "UnitMachine",
         (UnitMachine,),
-        {"bench": bench, "stats": stats, "fs_cut": staticmethod(fs_cut) if fs_cut else None},
+        {"bench": bench, "stats": stats, "fs": fs},
     )
     return seed(n)(bound)
 

@@ -56,13 +56,13 @@ def test_the_checks_see_what_a_node_power_loss_does(bench: ModelBench) -> None:
     """The invariants are not vacuous: the recorder sees node-2's containers die and start
     again, the cloud recorded the unit's ack of its desired status, and the node's power
     loss counts no crash."""
-    cuts: list[str] = []
-    model = UnitModel(bench, fs_cut=cuts.append)
+    model = UnitModel(bench)
     try:
         model.start(INSTALL)
         assert model.settle() == []
         model.cut_node("node-2")
-        assert cuts == ["node-2"]
+        assert model.cuts == ["node-2"]
+        assert model.power.cuts and model.power.cuts[0]["process"] == "node-2"
         assert model.settle() == []
         events = model.events.events()
         on_node_2 = [e.action for e in events if e.labels.get(LABEL_NODE) == "node-2"]

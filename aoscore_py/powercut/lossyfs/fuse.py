@@ -59,6 +59,11 @@ def _fuse_errors(fn):  # type: ignore[no-untyped-def]
             return fn(*args, **kwargs)
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            log.error("lossyfs.bug", operation=fn.__name__, exc_info=True, next="answered EIO")
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     wrapper.__name__ = fn.__name__
     return wrapper
