@@ -16,7 +16,7 @@ test: setup
 ENGINE = scripts/engines status >/dev/null 2>&1 || { scripts/engines start && trap "scripts/engines stop" EXIT; }
 
 powercut: setup
-	bash -c '$(ENGINE) && .venv/bin/aoscore powercut'
+	bash -c '$(ENGINE) && .venv/bin/aoscore powercut && .venv/bin/aoscore powercut --fs lossy --report powercut-report --junit powercut.xml && .venv/bin/aoscore powercut --fs lossy --random 30 --seed 1'
 
 bench: setup
 	bash -c '$(ENGINE) && scripts/bench supersede --json bench-supersede.json && scripts/bench download --json bench-download.json'

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+import orjson
 
 from .. import logs
 from .common import exit_codes, with_logs
@@ -231,12 +232,12 @@ def lossyfs(
     linked, renamed or removed in a directory since that directory's last fsync. BACKING holds
     the durable state, and nothing else is written to it until an fsync says so.
 
-    Cut the power with `cut` on the control socket (for example
-    `echo cut | socat - UNIX-CONNECT:BACKING/.lossyfs/control.sock`) or SIGUSR1: the file system
-    drops what was not durable, stops serving and unmounts; mount it again to see what
-    survived. `status` on the socket prints what a cut would drop, `sync` makes everything
-    durable. SIGTERM, SIGINT or `fusermount3 -u MOUNTPOINT` unmount cleanly, after a sync, as
-    an orderly shutdown would. Needs /dev/fuse and fusermount3 (Debian's fuse3).
+    Cut the power with `aoscore powercut lossyctl BACKING cut` (a command on its control
+    socket) or SIGUSR1: the file system drops what was not durable, stops serving and
+    unmounts; mount it again to see what survived. `lossyctl BACKING status` prints what a cut
+    would drop, `lossyctl BACKING sync` makes everything durable. SIGTERM, SIGINT or
+    `fusermount3 -u MOUNTPOINT` unmount cleanly, after a sync, as an orderly shutdown would.
+    Needs /dev/fuse and fusermount3 (Debian's fuse3).
 
     Exit codes: 0 cut or unmounted; 1 the mount failed; 2 bad usage.
     """
@@ -257,3 +258,33 @@ def lossyfs(
     except RuntimeError as exc:
         click.echo(f"aoscore powercut lossyfs: could not mount {mountpoint}: {exc}", err=True)
         sys.exit(1)
+
+
+@powercut.command("lossyctl")
+@click.argument("backing", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("command", type=click.Choice(["cut", "status", "sync"]))
+@click.option(
+    "--control",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The control socket, if the file system was mounted with one of its own.",
+)
+def lossyctl(backing: Path, command: str, control: Path | None) -> None:
+    """Tell the lossy file system over BACKING to `cut` the power (drop what was not durable,
+    then stop serving), to `sync` (make everything durable), or print its `status` (what a cut
+    would drop now). Prints its answer as JSON.
+
+    Exit codes: 0 answered; 1 no file system answers there; 2 bad usage.
+    """
+    from ..powercut.lossyfs.fuse import default_control
+    from ..powercut.lossyfs.mount import ask
+
+    sock = control or default_control(backing)
+    try:
+        answer = ask(sock, command)
+    except (OSError, ValueError) as exc:
+        click.echo(
+            f"aoscore powercut lossyctl: no lossy file system answers at {sock}: {exc}", err=True
+        )
+        sys.exit(1)
+    click.echo(orjson.dumps(answer).decode())

@@ -9,9 +9,11 @@ import random
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from aoscore_py.fsutil import atomic_write, fsync_dir
@@ -265,3 +267,33 @@ def test_bad_arguments_exit_2_naming_the_problem(tmp_path: Path) -> None:
     )
     assert nested.returncode == 2
     assert "inside BACKING" in nested.stderr
+
+
+def test_an_operator_mounts_checks_and_cuts_from_the_command_line(tmp_path: Path) -> None:
+    backing, mnt = tmp_path / "disk", tmp_path / "mnt"
+    backing.mkdir()
+    mnt.mkdir()
+    cmd = [sys.executable, "-m", "aoscore_py", "powercut"]
+    ctl = [*cmd, "lossyctl", str(backing)]
+    fs = subprocess.Popen([*cmd, "lossyfs", str(backing), str(mnt)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(mnt) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        atomic_write(mnt / "kept", b"k")
+        (mnt / "lost").write_bytes(b"never synced")
+        status = subprocess.run([*ctl, "status"], capture_output=True, text=True, timeout=20)
+        assert status.returncode == 0, status.stderr
+        assert orjson.loads(status.stdout)["pending"]["entries"] == 1
+        cut = subprocess.run([*ctl, "cut"], capture_output=True, text=True, timeout=20)
+        assert cut.returncode == 0, cut.stderr
+        assert orjson.loads(cut.stdout)["cut"]["files"] == 1
+        assert fs.wait(20) == 0
+    finally:
+        if fs.poll() is None:
+            fs.kill()
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)
+    assert sorted(p.name for p in backing.iterdir() if p.name != ".lossyfs") == ["kept"]
+    gone = subprocess.run([*ctl, "status"], capture_output=True, text=True, timeout=20)
+    assert gone.returncode == 1
+    assert "no lossy file system answers" in gone.stderr

@@ -27,6 +27,27 @@ MOUNT_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 20.0
 
 
+def ask(control: Path, command: str, timeout_s: float = 10.0) -> dict:
+    """Send one command (`cut`, `sync`, `status`) to a lossy file system's control socket and
+    return its answer.
+
+    Raises:
+        OSError: nothing listens there.
+        ValueError: the answer is not JSON.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout_s)
+        conn.connect(str(control))
+        conn.sendall(command.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return orjson.loads(data)
+
+
 class LossyMount:
     """A lossy file system over `backing`, seen at `mountpoint`.
 
@@ -128,18 +149,8 @@ class LossyMount:
 
     def _ask(self, command: str, quiet: bool = False) -> dict | None:
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-                conn.settimeout(10.0)
-                conn.connect(str(self.control))
-                conn.sendall(command.encode() + b"\n")
-                data = b""
-                while not data.endswith(b"\n"):
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-            return orjson.loads(data) if data else None
-        except (OSError, orjson.JSONDecodeError) as exc:
+            return ask(self.control, command)
+        except (OSError, ValueError) as exc:
             if not quiet:
                 log.warning(
                     "lossyfs.control_failed",
