@@ -365,6 +365,23 @@ def _placement_note(placement: Mapping[tuple[str, int], str]) -> str:
     return "placed as first launched" if not moved else "placed elsewhere: " + ", ".join(moved)
 
 
+class RowClock:
+    """A row's timeline: marks in seconds from the row's start, and the CM's phases read from
+    the agent's logs of the row's unit."""
+
+    def __init__(self) -> None:
+        self.t0, self.wall0 = time.monotonic(), time.time()
+        self.marks: list[Mark] = []
+
+    def mark(self, kind: str, label: str = "") -> None:
+        self.marks.append(Mark(round(time.monotonic() - self.t0, 3), kind, label))
+
+    def timeline(self, unit: ThreeNodeUnit) -> tuple[Mark, ...]:
+        logs = sorted(unit.root.glob("agent-*.log"))
+        phases = [m for path in logs for m in marks_from_log(path, self.wall0)]
+        return tuple(sorted([*phases, *self.marks], key=lambda m: m.t))
+
+
 def run_case(
     case: Case,
     cloud: CloudProcess,
@@ -384,12 +401,8 @@ def run_case(
     ds = target_status(case, images)
     name = describe(case.process)
     log.info("powercut.row", row=case.row, unit=unit_id, kills=name, scenario=case.scenario, fs=fs)
-    t0, wall0 = time.monotonic(), time.time()
-    marks: list[Mark] = []
-
-    def mark(kind: str, label: str = "") -> None:
-        marks.append(Mark(round(time.monotonic() - t0, 3), kind, label))
-
+    clock = RowClock()
+    mark = clock.mark
     killed, code, seconds, note = False, None, 0.0, ""
     events = EngineEvents(runtime.client, unit_id).start()
     try:
@@ -439,10 +452,6 @@ def run_case(
         how = "no crashpoint.hit line" if code == -signal.SIGKILL else f"exit {code}"
         details.insert(0, f"not killed at the point ({how})")
     converged = result.ok and not stopped
-    phases = [
-        m for path in sorted(unit.root.glob("agent-*.log")) for m in marks_from_log(path, wall0)
-    ]
-    timeline = tuple(sorted([*phases, *marks], key=lambda m: m.t))
     return Row(
         case.row,
         name,
@@ -452,7 +461,7 @@ def run_case(
         "; ".join(details) or note,
         kind="point",
         fs=fs,
-        timeline=timeline,
+        timeline=clock.timeline(unit),
     )
 
 
@@ -467,13 +476,10 @@ def run_node_case(case: NodeCase, lab: Lab, fs: str = "plain", torn: bool = Fals
     ds = upgraded(lab.images.items, lab.images.alpha2) if case.scenario == UPGRADE else first
     name = f"node {case.node}"
     log.info("powercut.row", row=case.row, unit=unit_id, kills=name, scenario=case.scenario, fs=fs)
-    t0, wall0 = time.monotonic(), time.time()
-    marks: list[Mark] = []
+    clock = RowClock()
+    mark = clock.mark
     result = Convergence(False, ("not reached",))
     killed, seconds, detail = False, 0.0, ""
-
-    def mark(kind: str, label: str = "") -> None:
-        marks.append(Mark(round(time.monotonic() - t0, 3), kind, label))
 
     events = EngineEvents(lab.runtime.client, unit_id).start()
     try:
@@ -527,9 +533,6 @@ def run_node_case(case: NodeCase, lab: Lab, fs: str = "plain", torn: bool = Fals
     if stopped:
         problems.insert(0, "clean stop exited " + ", ".join(f"{n} {c}" for n, c in stopped.items()))
     converged = result.ok and not stopped
-    phases = [
-        m for path in sorted(unit.root.glob("agent-*.log")) for m in marks_from_log(path, wall0)
-    ]
     return Row(
         case.row,
         name,
@@ -539,7 +542,7 @@ def run_node_case(case: NodeCase, lab: Lab, fs: str = "plain", torn: bool = Fals
         "; ".join(problems) if not converged else detail,
         kind="node",
         fs=fs,
-        timeline=tuple(sorted([*phases, *marks], key=lambda m: m.t)),
+        timeline=clock.timeline(unit),
     )
 
 

@@ -50,10 +50,9 @@ from ..logs import get_logger
 from ..protocol import DesiredInstance, DesiredStatus, Identity, dump_message
 from ..sm.docker_runtime import DockerRuntime
 from ..sm.state import FILE_NAME as SM_STATE_FILE
-from ..storage import Storage
 from . import invariants
 from .gate import TcpGate, free_port
-from .matrix import Images, publish_images
+from .matrix import Images, held_desired, publish_images
 from .power import PoweredUnit
 from .scenarios import ALPHA, BETA, NODES, SUBJECT, desired, upgraded
 from .testbed import TEST_RECONNECT, CloudProcess, remove_unit_containers
@@ -259,23 +258,12 @@ class UnitModel:
 
     # --- checks ---------------------------------------------------------------------------
 
-    def in_force(self) -> bytes | None:
-        """The desired status the CM's store holds (None before its first)."""
-        try:
-            storage = Storage(self.unit.data_dir, read_only=True)
-        except AosError:
-            return None
-        try:
-            return storage.load_desired_status()
-        finally:
-            storage.close()
-
     def check(self) -> list[str]:
         """Every invariant, now (answers read before the CM's store: it stores, then acks)."""
         state = self.bench.cloud.state
         answers = state.answers(self.unit_id)
         problems = invariants.acked_in_force(
-            state.desired_seqs(self.unit_id), answers, self.in_force()
+            state.desired_seqs(self.unit_id), answers, held_desired(self.unit.data_dir)
         )
         timeline = state.timeline(self.unit_id)
         problems += invariants.seqs_never_go_back(timeline)

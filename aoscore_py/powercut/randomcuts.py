@@ -25,10 +25,9 @@ from ..cloud.oci import OciImage
 from ..logs import get_logger
 from ..protocol import DesiredStatus
 from .invariants import EngineEvents
-from .matrix import Lab, converge, crashes_counted, invariant_problems, open_lab
+from .matrix import Lab, RowClock, converge, crashes_counted, invariant_problems, open_lab
 from .power import PoweredUnit
-from .report import marks_from_log
-from .results import CONVERGED, CUT, KILLED, RESTARTED, Mark, Row
+from .results import CONVERGED, CUT, KILLED, RESTARTED, Row
 from .scenarios import ALPHA, BETA, NODES, desired, unit_config
 from .testbed import Convergence, push, remove_unit_containers, save_desired
 from .unit import CM, ThreeNodeUnit
@@ -137,11 +136,8 @@ def _one_cut(
     """Push the step's status (the first step's is already the cloud's), wait, cut, boot,
     converge."""
     unit = power.unit
-    t0, wall0 = time.monotonic(), time.time()
-    marks: list[Mark] = []
-
-    def mark(kind: str, label: str = "") -> None:
-        marks.append(Mark(round(time.monotonic() - t0, 3), kind, label))
+    clock = RowClock()
+    mark = clock.mark
 
     if cut.step > 0:
         save_desired(lab.cloud.state, unit.unit, ds)
@@ -149,7 +145,7 @@ def _one_cut(
             push(lab.cloud, unit.unit, ds, timeout_s=10.0)
         except Exception as exc:  # the cloud sends the stored status again at the next connect
             log.warning("powercut.push_failed", unit=unit.unit, error=str(exc), next="cutting")
-    time.sleep(max(0.0, cut.delay_s - (time.monotonic() - t0)))
+    time.sleep(max(0.0, cut.delay_s - (time.monotonic() - clock.t0)))
     reported = unit.reported()
     if cut.victim == CM:
         power.cut(CM)
@@ -176,9 +172,6 @@ def _one_cut(
     result = Convergence(not problems, tuple(problems))
     if result.ok:
         mark(CONVERGED)
-    phases = [
-        m for path in sorted(unit.root.glob("agent-*.log")) for m in marks_from_log(path, wall0)
-    ]
     return Row(
         cut.name,
         "agent (CM)" if cut.victim == CM else f"node {cut.victim}",
@@ -188,5 +181,5 @@ def _one_cut(
         "; ".join(result.problems[:3]),
         kind="random",
         fs=fs,
-        timeline=tuple(sorted([*phases, *marks], key=lambda m: m.t)),
+        timeline=clock.timeline(unit),
     )
