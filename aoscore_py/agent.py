@@ -85,6 +85,9 @@ class AgentConfig:
     download_buffer_bytes: int = DownloadPolicy.receive_buffer_bytes
     download_timeout_s: float = 30.0
     sm_listen: str = "127.0.0.1:8093"
+    blob_port: int = 0
+    blob_advertise: str | None = None
+    """HOST:PORT put in the blob URLs SMs get (a proxy or NAT in between); None: the server's."""
     insecure: bool = False
     unit_pki: Path | None = None
     local_sm: bool = True
@@ -201,12 +204,18 @@ class Agent:
             on_node_changed=self._node_changed,
         )
         host, _ = split_address(config.sm_listen)
+        public_host, public_port = (
+            split_address(config.blob_advertise) if config.blob_advertise else (None, None)
+        )
         cm_tls = None if self.pki is None else self.pki.cm
         self.blob_server = BlobServer(
             self.blobs,
             host.strip("[]"),
+            config.blob_port,
             tls=cm_tls,
             insecure=config.insecure,
+            public_host=public_host.strip("[]") if public_host else None,
+            public_port=public_port,
             known=self._known_blob,
         )
         self.sm_server = SMServer(

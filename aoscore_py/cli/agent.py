@@ -146,6 +146,24 @@ def _optional_system_id(
     "only the local SM can find it).",
 )
 @click.option(
+    "--blob-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="The port of the blob server SMs fetch images from, on the --sm-listen host (0: a "
+    "free one, told to the SMs in each URL).",
+)
+@click.option(
+    "--blob-advertise",
+    default=None,
+    callback=lambda ctx, param, value: (
+        None if value is None else _listen_address(ctx, param, value)
+    ),
+    metavar="HOST:PORT",
+    help="The address put in the blob URLs SMs get, when they reach the blob server through a "
+    "proxy or a NAT (default: where it listens). HOST must be a name in the CM's certificate.",
+)
+@click.option(
     "--unit-pki",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
@@ -294,6 +312,8 @@ def agent(
     download_timeout: float,
     download_buffer: int,
     sm_listen: str,
+    blob_port: int,
+    blob_advertise: str | None,
     unit_pki: Path | None,
     insecure: bool,
     no_local_sm: bool,
@@ -390,6 +410,8 @@ def agent(
         download_timeout_s=download_timeout,
         download_buffer_bytes=download_buffer << 10,
         sm_listen=sm_listen,
+        blob_port=blob_port,
+        blob_advertise=blob_advertise,
         insecure=insecure,
         unit_pki=unit_pki,
         local_sm=not no_local_sm,

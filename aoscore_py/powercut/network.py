@@ -8,12 +8,9 @@ the same profile and seed, so their spikes and disconnects fall together as on o
 - the cloud link: the agent dials the proxy's port instead of the cloud's (`cloud_url`);
 - the blob downloads: the cloud answers requestBlobUrls with URLs into the registry, built on
   its `--base`; given the proxy's address, every blob the CM fetches crosses the proxy;
-- the SM links: each `aoscore sm` dials the proxy instead of the CM's port (`sm_dial`).
-
-Not behind a proxy: the SMs' blob fetches from the CM's blob server. The CM hands them URLs
-built from the port its blob server bound (`BlobServer.url_for`), which nothing outside the
-agent can change; routing them needs an agent option naming the host and port to put in those
-URLs. Within one unit that traffic is local anyway.
+- the SM links: each `aoscore sm` dials the proxy instead of the CM's port (`sm_dial`);
+- the SMs' blob fetches: the CM's blob server listens on a port of ours (`--blob-port`) and
+  puts the proxy's in the URLs it gives the SMs (`--blob-advertise`).
 
 The scenario is the power-cut matrix's (scenarios.py): the install (two items, four instances
 over three nodes), then svc-alpha upgraded blue-green, then a unit config of a greater version
@@ -40,6 +37,8 @@ from ..cloud.registry import Registry
 from ..logs import get_logger
 from ..protocol import DesiredStatus
 from ..sm.docker_runtime import DockerRuntime
+from . import interrupts
+from .gate import free_port
 from .linkproxy import LinkProxy, LinkStats
 from .matrix import Images, publish_images
 from .netprofiles import Profile, profile
@@ -111,9 +110,10 @@ class Links:
     blobs: LinkProxy
     cloud: LinkProxy | None = None
     sm: LinkProxy | None = None
+    sm_blobs: LinkProxy | None = None
 
     def all(self) -> list[LinkProxy]:
-        return [p for p in (self.blobs, self.cloud, self.sm) if p is not None]
+        return [p for p in (self.blobs, self.cloud, self.sm, self.sm_blobs) if p is not None]
 
     def stats(self) -> LinkStats:
         total = {f.name: 0 for f in fields(LinkStats)}
@@ -124,7 +124,8 @@ class Links:
 
     def set_profile(self, p: Profile, seed: int) -> None:
         """Impose `p` on every link at once, so their spikes and disconnects fall together."""
-        for name, proxy in (("blobs", self.blobs), ("cloud", self.cloud), ("sm", self.sm)):
+        named = (("blobs", self.blobs), ("cloud", self.cloud), ("sm", self.sm))
+        for name, proxy in (*named, ("sm-blobs", self.sm_blobs)):
             if proxy is not None:
                 proxy.set_profile(p, seed, salt=name)
 
@@ -262,7 +263,11 @@ def _run_unit(
     links: Links,
 ) -> list[Row]:
     unit_id = f"net-{p.name}-{uuid.uuid4().hex[:8]}"
+    blob_port = free_port()
+    links.sm_blobs = LinkProxy("127.0.0.1", blob_port)
+    advertised = f"127.0.0.1:{links.sm_blobs.start()}"
     extra = ("--removed-ttl", "0", "--keepalive", f"{p.keepalive_s:g}", *TEST_RECONNECT)
+    extra += ("--blob-port", str(blob_port), "--blob-advertise", advertised)
     unit = ThreeNodeUnit(unit_id, work / unit_id, cloud, agent_extra=extra)
     ws = urlsplit(cloud.ws_url)
     links.cloud = LinkProxy(ws.hostname or "127.0.0.1", ws.port or 80)
@@ -293,6 +298,8 @@ def _run_unit(
             if held and _hold(links, timeout_s):
                 result = _converge(unit, step, runtime, timeout_s)
             counts, problems = _timeline(unit, 30.0 + 2 * p.keepalive_s)
+            if index == 0 and links.sm_blobs is not None and not links.sm_blobs.stats().bytes_down:
+                problems.append("the SMs fetched no blob through their proxy")
             stats = since(links.stats(), before)
             converged = result.ok and not problems
             detail = _detail(stats, counts, [*result.problems, *problems], held)
@@ -352,6 +359,7 @@ def run_network(
         LocalError: no profile has that name, or the scale is not positive.
     """
     p = profile(profile_name, scale)
+    interrupts.install()  # SIGTERM unwinds like SIGINT, so the proxies and processes are stopped
     work = work_dir or Path(tempfile.mkdtemp(prefix=f"aoscore-network-{profile_name}-"))
     work.mkdir(parents=True, exist_ok=True)
     runtime = DockerRuntime()

@@ -67,6 +67,13 @@ def test_cloud_desired_writes_what_push_takes() -> None:
             ["agent", "--cloud", "ws://127.0.0.1:1", "--system-id", "u", "--sm-listen", "x"],
             "--sm-listen",
         ),
+        (
+            ["agent", "--cloud", "ws://127.0.0.1:1", "--system-id", "u", "--blob-advertise", "x"],
+            "--blob-advertise",
+        ),
+        (["powercut", "--fs", "lossy", "--network", "flaky", "--random", "2"], "--network"),
+        (["powercut", "--torn"], "--torn"),
+        (["powercut", "lossyctl", "/tmp", "explode"], "explode"),
         (["cloud", "publish", "Not_A_Name"], "NAME"),
         (["cloud", "serve", "--port", "70000"], "--port"),
         (["cloud", "push", "--unit", "u", "/no/such/file.json"], "FILE"),

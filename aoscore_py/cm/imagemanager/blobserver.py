@@ -78,6 +78,8 @@ class BlobServer:
         insecure: serve plain HTTP; allowed on a loopback `host` only.
         public_host: the host name put in URLs, which SMs dial and which must match a SAN of
             the certificate; defaults to `host` (required when `host` is 0.0.0.0 or ::).
+        public_port: the port put in URLs (a proxy or NAT in front); defaults to the one it
+            listens on.
         known: when given, a stored blob for which it returns False is answered 404 (the image
             manager's records decide what it vouches for).
 
@@ -97,6 +99,7 @@ class BlobServer:
         client_auth: bool = True,
         insecure: bool = False,
         public_host: str | None = None,
+        public_port: int | None = None,
         known: Callable[[str], bool] | None = None,
     ) -> None:
         if insecure:
@@ -123,6 +126,7 @@ class BlobServer:
         self._known = known
         self.host = host
         self.port = port
+        self._public_port = public_port
         self.scheme = "http" if self._ssl is None else "https"
         self._url_host = _url_host(url_host)
         self._runner: web.AppRunner | None = None
@@ -202,7 +206,7 @@ class BlobServer:
 
     @property
     def base_url(self) -> str:
-        return f"{self.scheme}://{self._url_host}:{self.port}"
+        return f"{self.scheme}://{self._url_host}:{self._public_port or self.port}"
 
     def url_for(self, digest: str) -> str:
         """The URL an SM fetches `digest` from (whether it is stored or not).

@@ -92,6 +92,13 @@ def records() -> Iterator[list[tuple[int, str, dict]]]:
 
 
 class TestServing:
+    async def test_urls_name_the_advertised_address(self, store: BlobStore) -> None:
+        """Behind a proxy or a NAT, the SMs get the address they reach it at."""
+        server = BlobServer(store, "127.0.0.1", 0, insecure=True, public_port=61234)
+        async with server:
+            assert server.url_for(DIGEST) == f"http://127.0.0.1:61234/blobs/{DIGEST}"
+            assert server.port != 61234
+
     async def test_a_whole_blob(self, plain: BlobServer, http: httpx.AsyncClient) -> None:
         response = await http.get(plain.url_for(DIGEST))
         assert response.status_code == 200
