@@ -509,13 +509,12 @@ def run_node_case(case: NodeCase, lab: Lab, fs: str = "plain", torn: bool = Fals
         mark(KILLED, case.node)
         if power.lossy:
             mark(CUT, case.node)
-        reported = unit.reported()
         started = time.monotonic()
         unit.start_sm(case.node)
         unit.start_missing_sms()
         mark(RESTARTED, case.node)
         collected = (ALPHA, "1.0.0") if case.scenario == UPGRADE else None
-        result = converge(unit, ds, lab.runtime, reported=reported, extra=collected)
+        result = converge(unit, ds, lab.runtime, extra=collected)
         seconds = round(time.monotonic() - started, 2)
         crashes = crashes_counted(unit, case.node)
         if result.ok:

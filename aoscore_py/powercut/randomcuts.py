@@ -146,7 +146,9 @@ def _one_cut(
         except Exception as exc:  # the cloud sends the stored status again at the next connect
             log.warning("powercut.push_failed", unit=unit.unit, error=str(exc), next="cutting")
     time.sleep(max(0.0, cut.delay_s - (time.monotonic() - clock.t0)))
-    reported = unit.reported()
+    # A restarted CM must report again; a node that comes back running what it ran before
+    # changes nothing the cloud is told (the node's instances may even be none).
+    reported = unit.reported() if cut.victim == CM else -1
     if cut.victim == CM:
         power.cut(CM)
     else:
