@@ -47,6 +47,15 @@ def _err(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
+def _remove(path: Path) -> None:
+    """Remove whatever is at `path` in the backing folder (nothing there is fine)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
 @dataclass(eq=False)
 class Node:
     """An inode: its attributes, and by kind its data (file), listings (directory) or target
@@ -72,6 +81,7 @@ class Node:
     # directory
     entries: dict[bytes, int] = field(default_factory=dict)
     durable: dict[bytes, int] = field(default_factory=dict)
+    durable_stamp: int = 0  # when its durable listing was last fsynced (a later one is newer)
     parent: int = ROOT  # the current parent (for `..` and cycles)
     placed: tuple[int, bytes] | None = None  # where it is in the backing folder, if it is
     # symlink
@@ -119,6 +129,7 @@ class LossyTree:
         self.nodes: dict[int, Node] = {}
         self._next = ROOT + 1
         self._last_write: tuple[int, int, bytes] | None = None
+        self._stamp = 0
 
     # --- loading --------------------------------------------------------------------------
 
@@ -341,7 +352,7 @@ class LossyTree:
             self._close(node)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._store_path(node.ino))
-            node.dirty.clear()
+            del self.nodes[node.ino]
             if self._last_write and self._last_write[0] == node.ino:
                 self._last_write = None
 
@@ -390,8 +401,19 @@ class LossyTree:
             self._maybe_free(node)
 
     def _fd(self, node: Node) -> int:
+        """The store file, open for reading and writing (a read-only file's too: the durable
+        copy is ours to write, whatever its mode)."""
         if node.fd is None:
-            node.fd = os.open(self._store_path(node.ino), os.O_RDWR)
+            path = self._store_path(node.ino)
+            try:
+                node.fd = os.open(path, os.O_RDWR)
+            except PermissionError:
+                mode = stat.S_IMODE(os.stat(path).st_mode)
+                os.chmod(path, mode | stat.S_IRUSR | stat.S_IWUSR)
+                try:
+                    node.fd = os.open(path, os.O_RDWR)
+                finally:
+                    os.chmod(path, mode)
         return node.fd
 
     def _close(self, node: Node) -> None:
@@ -485,85 +507,180 @@ class LossyTree:
 
     def fsyncdir(self, ino: int) -> None:
         """Make a folder's entries durable: its durable listing becomes its current one, and
-        when the folder is itself in the backing folder, so do its names there."""
+        the backing folder is brought to the durable tree that follows."""
         folder = self.folder(ino)
         old, new = folder.durable, dict(folder.entries)
+        if old == new:
+            return
         folder.durable = new
-        for name, i in old.items():
-            if new.get(name) != i:
-                self._durable_unref(self.nodes[i])
+        self._stamp += 1
+        folder.durable_stamp = self._stamp
         for name, i in new.items():
             if old.get(name) != i:
                 self.nodes[i].durable_refs += 1
-        path = self._placed_path(folder)
-        if path is not None:
-            self._apply(folder, path, old, new)
+        self._materialize(folder)
+        for name, i in old.items():
+            if new.get(name) != i and i in self.nodes:
+                self._durable_unref(self.nodes[i])
 
     def _durable_unref(self, node: Node) -> None:
         node.durable_refs -= 1
         self._maybe_free(node)
 
-    def _placed_path(self, folder: Node) -> Path | None:
-        """Where a folder is in the backing folder, or None when it is not there."""
-        parts: list[bytes] = []
-        node = folder
-        while node.ino != ROOT:
-            if node.placed is None:
-                return None
-            parent, name = node.placed
-            parts.append(name)
-            node = self.nodes[parent]
-        return self.backing.joinpath(*(os.fsdecode(p) for p in reversed(parts)))
+    # --- the backing folder as the durable tree -------------------------------------------
 
-    def _apply(
-        self, folder: Node, path: Path, old: dict[bytes, int], new: dict[bytes, int]
-    ) -> None:
-        """Write a folder's durable listing change into the backing folder."""
-        gone = {name: i for name, i in old.items() if new.get(name) != i}
-        added = {name: i for name, i in new.items() if old.get(name) != i}
-        for name, i in gone.items():
-            node = self.nodes[i]
-            target = path / os.fsdecode(name)
-            if node.is_dir:
-                if node.placed == (folder.ino, name) and i not in added.values():
-                    shutil.rmtree(target, ignore_errors=True)
-                    node.placed = None
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(target)
-        for name, i in added.items():
-            self._place(self.nodes[i], folder, path, name)
+    def _durable_tree(self) -> dict[int, tuple[int, bytes]]:
+        """Where each folder of the durable tree is, from the durable listings.
 
-    def _place(self, node: Node, folder: Node, path: Path, name: bytes) -> None:
-        """Put one durable entry into the backing folder: a file as a hard link to its store
-        file, a folder by moving it from where it was (and out of that durable listing: a
-        folder has one place) or by making it with its own durable listing."""
-        target = path / os.fsdecode(name)
-        if os.path.lexists(target) and not (node.is_dir and node.placed == (folder.ino, name)):
-            if os.path.isdir(target) and not os.path.islink(target):
-                shutil.rmtree(target)
+        A listing fsynced later is newer, and a folder named by several listings (a move with
+        only some of the folders it changed fsynced) is where the newest of them puts it,
+        unless that leaves it out of the tree (its new parent not durable itself, or a cycle
+        of listings): then the newest listing that keeps it in the tree does. A folder no
+        listing of the tree names is not in it.
+        """
+        edges: list[tuple[int, int, bytes, int]] = []  # (stamp, parent, name, folder)
+        for folder in self.nodes.values():
+            if folder.is_dir:
+                for name, i in folder.durable.items():
+                    node = self.nodes.get(i)
+                    if node is not None and node.is_dir and i != ROOT:
+                        edges.append((folder.durable_stamp, folder.ino, name, i))
+        edges.sort(key=lambda e: (-e[0], e[1], e[2]))
+        places: dict[int, tuple[int, bytes]] = {}
+        for _, parent, name, i in edges:
+            if i not in places and not self._inside(parent, i, places):
+                places[i] = (parent, name)
+        rooted = self._rooted(places)
+        changed = True
+        while changed:
+            changed = False
+            for _, parent, name, i in edges:
+                if i not in rooted and (parent == ROOT or parent in rooted):
+                    places[i] = (parent, name)
+                    rooted = self._rooted(places)
+                    changed = True
+                    break
+        return {i: places[i] for i in self._in_tree_order(places, rooted)}
+
+    @staticmethod
+    def _inside(ino: int, ancestor: int, places: dict[int, tuple[int, bytes]]) -> bool:
+        """Whether `ino` is `ancestor` or under it by `places`."""
+        seen = set()
+        while ino != ROOT and ino not in seen:
+            if ino == ancestor:
+                return True
+            seen.add(ino)
+            if ino not in places:
+                return False
+            ino = places[ino][0]
+        return False
+
+    @staticmethod
+    def _rooted(places: dict[int, tuple[int, bytes]]) -> set[int]:
+        """The folders whose chain of places reaches the root."""
+        rooted: set[int] = set()
+        for start in places:
+            chain, ino = [], start
+            while ino != ROOT and ino not in rooted and ino in places and ino not in chain:
+                chain.append(ino)
+                ino = places[ino][0]
+            if ino == ROOT or ino in rooted:
+                rooted.update(chain)
+        return rooted
+
+    @staticmethod
+    def _in_tree_order(places: dict[int, tuple[int, bytes]], rooted: set[int]) -> list[int]:
+        """The rooted folders, each after its parent."""
+        children: dict[int, list[int]] = {}
+        for i in rooted:
+            children.setdefault(places[i][0], []).append(i)
+        order, todo = [], deque([ROOT])
+        while todo:
+            for i in sorted(children.get(todo.popleft(), ()), key=lambda i: places[i][1]):
+                order.append(i)
+                todo.append(i)
+        return order
+
+    def _path(self, ino: int, places: dict[int, tuple[int, bytes]]) -> Path:
+        parts: list[str] = []
+        while ino != ROOT:
+            ino, name = places[ino]
+            parts.append(os.fsdecode(name))
+        return self.backing.joinpath(*reversed(parts))
+
+    def _materialize(self, changed: Node) -> None:
+        """Bring the backing folder to the durable tree after `changed`'s durable listing
+        changed: folders whose place changed or went are moved aside (deepest first), every
+        folder is put at its place (moved back, or made with its durable entries), then the
+        changed folder's other entries are linked or removed; what was moved aside and has no
+        place any more goes."""
+        before = {n.ino: n.placed for n in self.nodes.values() if n.placed and n.ino != ROOT}
+        after = self._durable_tree()
+        held = self.store / "held"
+        held.mkdir(exist_ok=True)
+        moving = [i for i, place in before.items() if after.get(i) != place]
+        depth = {i: len(self._path(i, before).parts) for i in moving}
+        for i in sorted(moving, key=lambda i: -depth[i]):
+            os.rename(self._path(i, before), held / str(i))
+        fresh: list[int] = []
+        for i, place in after.items():
+            if before.get(i) == place:
+                continue
+            target = self._path(i, after)
+            _remove(target)
+            if i in before:
+                os.rename(held / str(i), target)
             else:
-                os.unlink(target)
+                os.mkdir(target, 0o700)
+                fresh.append(i)
+            self.nodes[i].placed = place
+        for i in set(before) - set(after):
+            self.nodes[i].placed = None
+        for i in fresh:
+            self._link_entries(self.nodes[i], self._path(i, after))
+        for i in fresh:
+            os.chmod(self._path(i, after), stat.S_IMODE(self.nodes[i].mode))
+        if changed.ino == ROOT or changed.ino in after:
+            self._link_entries(changed, self._path(changed.ino, after))
+        shutil.rmtree(held, ignore_errors=True)
+
+    def _link_entries(self, folder: Node, path: Path) -> None:
+        """Make a placed folder's entries other than folders match its durable listing: each
+        file a hard link to its store file, each symlink and special file made; anything else
+        there that is not one of its placed folders goes."""
+        wanted = {os.fsdecode(n): self.nodes[i] for n, i in folder.durable.items()}
+        with os.scandir(path) as it:
+            present = {e.name for e in it}
+        if folder.ino == ROOT:
+            present.discard(STORE)
+        for name in present:
+            node = wanted.get(name)
+            if node is None or (not node.is_dir and not self._is_entry(node, path / name)):
+                _remove(path / name)
+        for name, node in wanted.items():
+            target = path / name
+            if node.is_dir or os.path.lexists(target):
+                continue
+            if node.is_file:
+                os.link(self._store_path(node.ino), target)
+            elif stat.S_ISLNK(node.mode):
+                os.symlink(node.target, target)
+            else:
+                os.mknod(target, node.mode, node.rdev)
+
+    def _is_entry(self, node: Node, target: Path) -> bool:
+        """Whether the backing entry `target` already is `node`'s."""
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            return False
         if node.is_file:
-            os.link(self._store_path(node.ino), target)
-        elif node.is_dir:
-            where = self._placed_path(node)
-            if where is not None and node.placed != (folder.ino, name):
-                old_parent, old_name = node.placed or (ROOT, b"")
-                holder = self.nodes[old_parent]
-                if holder.durable.get(old_name) == node.ino:
-                    del holder.durable[old_name]
-                os.rename(where, target)
-            elif where is None:
-                os.mkdir(target, stat.S_IMODE(node.mode))
-                for child_name, child in node.durable.items():
-                    self._place(self.nodes[child], node, target, child_name)
-            node.placed = (folder.ino, name)
-            os.chmod(target, stat.S_IMODE(node.mode))
-        elif stat.S_ISLNK(node.mode):
-            os.symlink(node.target, target)
-        else:
-            os.mknod(target, node.mode, node.rdev)
+            return (
+                stat.S_ISREG(st.st_mode) and st.st_ino == os.stat(self._store_path(node.ino)).st_ino
+            )
+        if stat.S_ISLNK(node.mode):
+            return stat.S_ISLNK(st.st_mode) and os.fsencode(os.readlink(target)) == node.target
+        return stat.S_IFMT(st.st_mode) == node.kind
 
     def sync(self) -> None:
         """Make everything durable, as `sync` before a clean unmount does: every file's data,
