@@ -7,8 +7,15 @@ What a power loss keeps is what the application made durable, and nothing else:
 - a directory's entries reach it only at that directory's fsync: creates, links, renames and
   removals since then are in the directory's current listing only. A directory's durable
   listing is kept in memory too, and is written to the backing folder whenever the directory is
-  itself durably reachable from the root (so a new folder fsynced before its parent appears,
-  with what it holds, once the parent is fsynced).
+  itself in the durable tree (so a new folder fsynced before its parent appears, with what it
+  holds, once the parent is fsynced).
+
+The durable tree follows from the durable listings, from the root down. A folder has one place:
+when several listings name it (a move with only some of the folders it changed fsynced), the
+newest listing puts it there, unless that leaves it out of the tree (its new parent is not in
+the tree itself, or the listings form a cycle); then the newest listing that keeps it in does.
+A file has every name the tree's listings give it: moved across folders with only the old one
+fsynced it is in neither, with only the new one in both, as POSIX allows.
 
 A file's durable data lives in the hidden store `.lossyfs/<ino>` of the backing folder, and each
 of its durable names is a hard link to that file, so a durable rename or link never copies data
