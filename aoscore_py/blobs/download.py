@@ -72,7 +72,11 @@ class Transfer:
     @property
     def rate(self) -> float:
         """Bytes per second fetched over the network since this transfer began."""
-        elapsed = time.monotonic() - self.started
+        return self.rate_at(time.monotonic())
+
+    def rate_at(self, now: float) -> float:
+        """`rate` at monotonic time `now` (a pure reading, for reports and their tests)."""
+        elapsed = now - self.started
         return self.fetched / elapsed if elapsed > 0 else 0.0
 
 
@@ -168,6 +172,8 @@ class Downloader:
         self._sleep = sleep
         self._slots = asyncio.Semaphore(self.policy.parallel)
         self.active: dict[str, Transfer] = {}
+        self.fetched_bytes = 0
+        """Bytes received for blobs by this downloader, ever (the operator's counter)."""
 
     async def fetch(
         self, info: BlobUrlInfo, hash_names: Sequence[str], verify: Verifier
@@ -334,6 +340,7 @@ class Downloader:
         """Account for `n` bytes just appended to the partial file."""
         before = partial.size - n
         transfer.fetched += n
+        self.fetched_bytes += n
         transfer.present = partial.size
         if info.size and partial.size > info.size:
             partial.reset()

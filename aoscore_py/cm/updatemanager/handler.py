@@ -182,6 +182,8 @@ class DesiredStatusHandler:
         self._retry = retry or Backoff(initial=5.0, factor=2.0, cap=300.0, jitter=0.2)
         self._sleep = sleep
         self._retry_task: asyncio.Task[None] | None = None
+        self.on_move: Callable[[str, str, str], None] | None = None
+        """Called after every committed move with (source, event, target): the metrics."""
         self.runner = PhaseRunner(
             machine,
             {
@@ -443,6 +445,8 @@ class DesiredStatusHandler:
 
     def _moved(self, source: str, event: str, target: str) -> None:
         log.info("phase.entered", phase=target, previous=source, trigger=event)
+        if self.on_move is not None:
+            self.on_move(source, event, target)
 
     def _ds(self) -> DesiredStatus:
         if self._desired is None:

@@ -1,0 +1,69 @@
+"""The route table, its OpenAPI document, and the token check in front of every route."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from aoscore_py.admin.routes import ROUTES, openapi_document
+from aoscore_py.admin.server import make_app
+
+TOKEN = "t0ken-t0ken-t0ken-t0ken-t0ken"
+
+
+def test_every_registered_route_is_in_the_document() -> None:
+    app = make_app(object(), TOKEN)  # type: ignore[arg-type]
+    registered = {
+        (r.method.lower(), r.resource.canonical)
+        for r in app.router.routes()
+        if r.method != "HEAD" and r.resource is not None
+    }
+    paths = openapi_document()["paths"]
+    documented = {(m, p) for p, ops in paths.items() for m in ops}
+    assert registered == documented
+    assert {("get", "/cycle"), ("get", "/metrics"), ("get", "/openapi.json")} <= documented
+
+
+def test_every_operation_says_401_and_what_it_answers() -> None:
+    doc = openapi_document()
+    assert doc["openapi"].startswith("3.")
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    for ops in doc["paths"].values():
+        for op in ops.values():
+            assert "401" in op["responses"] and "200" in op["responses"]
+            assert op["summary"]
+
+
+def test_paths_are_unique() -> None:
+    keys = [(r.method, r.path) for r in ROUTES]
+    assert len(keys) == len(set(keys))
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[TestClient[Any, Any]]:
+    app = make_app(object(), TOKEN)  # type: ignore[arg-type]
+    async with TestClient(TestServer(app)) as c:
+        yield c
+
+
+@pytest.mark.parametrize("path", [r.path for r in ROUTES] + ["/nothing-here"])
+@pytest.mark.parametrize(
+    "header", [None, "Bearer wrong-wrong-wrong-wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x"]
+)
+async def test_every_path_needs_the_token(
+    client: TestClient[Any, Any], path: str, header: str | None
+) -> None:
+    headers = {} if header is None else {"Authorization": header}
+    response = await client.get(path, headers=headers)
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "bearer token" in (await response.json())["error"]
+
+
+async def test_the_document_is_served_with_the_token(client: TestClient[Any, Any]) -> None:
+    response = await client.get("/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status == 200
+    assert await response.json() == openapi_document()
