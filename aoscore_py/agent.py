@@ -31,6 +31,11 @@ from cryptography import x509
 from statemachine import UPDATE_CYCLE, crashpoint
 
 from . import logs
+from .admin.auth import load_or_create_token
+from .admin.listen import SOCKET_FILE, parse_admin_listen
+from .admin.metrics import AgentMetrics
+from .admin.routes import Sources, gauges
+from .admin.server import AdminServer, make_app
 from .blobs.download import DownloadPolicy, blob_client
 from .blobs.store import BlobStore
 from .cm.communication.crashpoints import HEALTH_STORED
@@ -104,6 +109,10 @@ class AgentConfig:
     """The cloud's HTTPS base for polling (beside discovery); None: WebSocket only."""
     poll_after_s: float = 300.0
     poll_interval_s: float = 60.0
+    admin: bool = True
+    """Serve the local admin API on `<data dir>/admin.sock`."""
+    admin_listen: str | None = None
+    """A loopback HOST:PORT to serve the admin API on too (refused elsewhere: no TLS)."""
 
     def poll(self) -> PollSettings | None:
         """How the link polls: None without a poll URL or with `--transport ws`."""
@@ -162,6 +171,12 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
+        # A non-loopback admin address is bad usage: refused before anything is touched.
+        admin_listen = (
+            parse_admin_listen(config.admin_listen)
+            if config.admin and config.admin_listen
+            else None
+        )
         # One agent per data dir, for this process's life (a second one stops here, naming the
         # holder's pid); taking it also checks the data dir is writable.
         self.lock = DataDirLock.acquire(config.data_dir)
@@ -260,6 +275,21 @@ class Agent:
             self.nodes.use_unit_config(installed)  # a node that connects later gets it
         self._reconciling: asyncio.Task[None] | None = None
         self._reconcile_again = False
+        self.admin: AdminServer | None = None
+        self.metrics: AgentMetrics | None = None
+        if config.admin:
+            sources = Sources(self.handler, self.images, self.launcher, self.nodes, self.link)
+            self.metrics = sources.metrics = AgentMetrics(lambda: gauges(sources), time.monotonic)
+            self.metrics.resumed(self.handler.machine.phase)
+            self.handler.on_move = self._cycle_moved
+            token = load_or_create_token(config.data_dir)
+            self.admin = AdminServer(
+                make_app(sources, token), config.data_dir / SOCKET_FILE, admin_listen
+            )
+
+    def _cycle_moved(self, source: str, event: str, target: str) -> None:
+        if self.metrics is not None:
+            self.metrics.moved(source, event, target, self.handler.machine.payload)
 
     def _health_changed(self, change: HealthChange) -> None:
         """Keep the link's health changes across restarts (the last MAX_CHANGES)."""
@@ -388,6 +418,8 @@ class Agent:
             boot_id=self.status.boot_id,
         )
         self.nodes.set_desired_states(self.storage.node_states())
+        if self.admin is not None:
+            await self.admin.start()
         await self.blob_server.start()
         await self.sm_server.start()
         tasks: list[asyncio.Task[None]] = []
@@ -432,6 +464,8 @@ class Agent:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.blob_server.stop()
+        if self.admin is not None:
+            await self.admin.stop()
         await self.http.aclose()
         phase = self.handler.machine.phase
         self.storage.close()

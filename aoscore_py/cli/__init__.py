@@ -16,6 +16,7 @@ from .launcher import launcher
 from .powercut import powercut
 from .protocol import protocol
 from .sm import sm
+from .status import status
 from .unit import unit
 
 
@@ -28,7 +29,7 @@ def cli() -> None:
     die_with_parent()  # a child the agent started (its node's SM) goes when the agent goes
 
 
-for command in (agent, cloud, images, launcher, powercut, protocol, sm, unit):
+for command in (agent, cloud, images, launcher, powercut, protocol, sm, status, unit):
     cli.add_command(command)
 
 

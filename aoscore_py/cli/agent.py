@@ -24,6 +24,19 @@ def _listen_address(_ctx: click.Context, _param: click.Parameter, value: str) ->
     return value
 
 
+def _admin_address(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    from ..admin.listen import parse_admin_listen
+    from ..errors import ConfigError
+
+    if value is None:
+        return None
+    try:
+        parse_admin_listen(value)
+    except ConfigError as exc:
+        raise click.BadParameter(exc.message) from None
+    return value
+
+
 def _optional_ws_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     return None if value is None else ws_url(ctx, param, value)
 
@@ -294,6 +307,20 @@ def _optional_system_id(
     help="Seconds between polls of the desired status (+-20 % jitter); a desired status "
     "pushed over the WebSocket starts the interval again.",
 )
+@click.option(
+    "--admin-listen",
+    default=None,
+    callback=_admin_address,
+    metavar="HOST:PORT",
+    help="Serve the local admin API on this loopback address too (127.0.0.1, ::1, localhost; "
+    "anything else is refused: the API has no TLS). It is always on <data-dir>/admin.sock "
+    "(0600), with the bearer token in <data-dir>/admin.token (0600).",
+)
+@click.option(
+    "--no-admin",
+    is_flag=True,
+    help="Serve no admin API (no socket, no --admin-listen, no /metrics).",
+)
 @with_logs
 def agent(
     cloud: str | None,
@@ -330,6 +357,8 @@ def agent(
     transport: str,
     poll_after: float,
     poll_interval: float,
+    admin_listen: str | None,
+    no_admin: bool,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -367,6 +396,8 @@ def agent(
             "--transport poll needs discovery (--discovery, or a provisioned unit): a fixed "
             "--cloud URL has no HTTPS endpoints"
         )
+    if no_admin and admin_listen is not None:
+        raise click.UsageError("give --admin-listen or --no-admin, not both")
     if insecure and unit_pki is not None:
         raise click.UsageError("give --unit-pki or --insecure, not both")
     if reconnect_max < reconnect_min:
@@ -431,5 +462,7 @@ def agent(
         poll_url=None if targets is None else urljoin(targets.url, "."),
         poll_after_s=poll_after,
         poll_interval_s=poll_interval,
+        admin=not no_admin,
+        admin_listen=admin_listen,
     )
     run(run_agent(config))
