@@ -1,5 +1,5 @@
-"""The local admin API: what an operator at the unit reads, over HTTP on a Unix socket in the
-data dir (and, if asked, a loopback port), behind a bearer token.
+"""The local admin API: what an operator at the unit reads (and a retry), over HTTP on a Unix
+socket in the data dir (and, if asked, a loopback port), behind a bearer token.
 
 - `auth`: the token file and the check of each request's `Authorization` header.
 - `listen`: where the API listens (a loopback address only: there is no TLS) and the socket.

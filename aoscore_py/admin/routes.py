@@ -168,6 +168,18 @@ async def get_metrics(s: Sources, request: web.Request) -> web.Response:
     return response
 
 
+async def post_retry(s: Sources, request: web.Request) -> web.Response:
+    """An operator's retry: the cycle runs again for the stored desired status, whatever its
+    last failure was (a permanent one included: the operator fixed its cause)."""
+    if not s.handler.idle:
+        return error_response(409, "a cycle is running: nothing to retry")
+    if s.handler.desired is None:
+        return error_response(409, "no desired status is stored: nothing to retry")
+    if not await s.handler.retry():
+        return error_response(409, "the cycle could not be restarted now; try again")
+    return json_response({"retrying": True, "phase": s.handler.machine.phase}, 202)
+
+
 async def get_openapi(s: Sources, request: web.Request) -> web.Response:
     return json_response(openapi_document())
 
@@ -319,6 +331,8 @@ class Route:
     content_type: str = "application/json"
     parameters: tuple[dict[str, Any], ...] = ()
     errors: dict[int, str] = field(default_factory=dict)
+    status: int = 200
+    """The status of a successful answer."""
 
 
 ROUTES: tuple[Route, ...] = (
@@ -367,6 +381,19 @@ ROUTES: tuple[Route, ...] = (
         None,
         content_type=CONTENT_TYPE,
     ),
+    Route(
+        "POST",
+        "/retry",
+        post_retry,
+        "Run the update cycle again for the stored desired status (after a failure, "
+        "permanent ones included).",
+        {
+            "type": "object",
+            "properties": {"retrying": {"const": True}, "phase": {"type": "string"}},
+        },
+        status=202,
+        errors={409: "A cycle is running, or no desired status is stored."},
+    ),
     Route("GET", "/openapi.json", get_openapi, "This document.", {"type": "object"}),
 )
 
@@ -380,7 +407,7 @@ def openapi_document(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
             if route.schema is not None
             else {route.content_type.split(";")[0]: {"schema": {"type": "string"}}}
         )
-        responses: dict[str, Any] = {"200": {"description": "OK", "content": content}}
+        responses: dict[str, Any] = {str(route.status): {"description": "OK", "content": content}}
         for status, why in sorted(route.errors.items()):
             responses[str(status)] = {
                 "description": why,

@@ -184,3 +184,35 @@ def test_no_admin_serves_nothing(agents: Agents, unit: str) -> None:
     assert not log.find("admin.started")
     assert not (data_dir / SOCKET_FILE).exists() and not (data_dir / TOKEN_FILE).exists()
     assert proc.stop() == 0
+
+
+def test_retry_runs_a_failed_cycle_again(agents: Agents, cloud: CloudProcess, unit: str) -> None:
+    # An item the cloud never published: its blobs cannot be had, so the cycle fails.
+    missing = OciImage("never-published", "sha256:" + "0" * 64, {})
+    ds = scenario([("svc-missing", missing)], num_instances=1)
+    _, log, data_dir = agents.start(unit)
+    log.wait_for("link.up")
+    assert push(cloud, unit, ds)["ok"]
+    log.wait_for("cycle.ended", timeout_s=30)
+    token = (data_dir / TOKEN_FILE).read_text().strip()
+    with admin(data_dir, token) as client:
+        failed = get(client, "/cycle")
+        assert failed["phase"] == "none" and failed["failure"] in ("transient", "permanent")
+        assert failed["failedItems"] == ["svc-missing"]
+        mark = len(log.records())
+        answer = client.post("/retry")
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["retrying"] is True
+        log.wait_for("cycle.ended", after=mark, timeout_s=30)
+        again = get(client, "/cycle?journal=100")
+        metrics = client.get("/metrics").text
+    starts = [r["note"] for r in again["journal"] if r["event"] == "start"]
+    assert starts[-1] == "retry asked by an operator", starts
+    assert again["phase"] == "none" and again["failedItems"] == ["svc-missing"]
+    failed_cycles = [
+        s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name == "aoscore_cycles_total" and s.labels == {"outcome": "failed"}
+    ]
+    assert failed_cycles and failed_cycles[0] >= 2

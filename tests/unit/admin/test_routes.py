@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -33,7 +34,8 @@ def test_every_operation_says_401_and_what_it_answers() -> None:
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     for ops in doc["paths"].values():
         for op in ops.values():
-            assert "401" in op["responses"] and "200" in op["responses"]
+            assert "401" in op["responses"]
+            assert {"200", "202"} & set(op["responses"])
             assert op["summary"]
 
 
@@ -49,15 +51,17 @@ async def client() -> AsyncIterator[TestClient[Any, Any]]:
         yield c
 
 
-@pytest.mark.parametrize("path", [r.path for r in ROUTES] + ["/nothing-here"])
+@pytest.mark.parametrize(
+    ("method", "path"), [(r.method, r.path) for r in ROUTES] + [("GET", "/nothing-here")]
+)
 @pytest.mark.parametrize(
     "header", [None, "Bearer wrong-wrong-wrong-wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x"]
 )
 async def test_every_path_needs_the_token(
-    client: TestClient[Any, Any], path: str, header: str | None
+    client: TestClient[Any, Any], method: str, path: str, header: str | None
 ) -> None:
     headers = {} if header is None else {"Authorization": header}
-    response = await client.get(path, headers=headers)
+    response = await client.request(method, path, headers=headers)
     assert response.status == 401
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert "bearer token" in (await response.json())["error"]
@@ -67,3 +71,46 @@ async def test_the_document_is_served_with_the_token(client: TestClient[Any, Any
     response = await client.get("/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status == 200
     assert await response.json() == openapi_document()
+
+
+class StubHandler:
+    """The desired status handler as `/retry` sees it, with memory of the retries asked."""
+
+    def __init__(self, *, idle: bool = True, desired: object = "ds", accepts: bool = True) -> None:
+        self.idle = idle
+        self.desired = desired
+        self.accepts = accepts
+        self.retries = 0
+        self.machine = SimpleNamespace(phase="none")
+
+    async def retry(self) -> bool:
+        self.retries += 1
+        if self.accepts:
+            self.machine.phase = "downloading"
+        return self.accepts
+
+
+async def post_retry(handler: StubHandler) -> tuple[int, dict[str, Any]]:
+    app = make_app(SimpleNamespace(handler=handler), TOKEN)  # type: ignore[arg-type]
+    async with TestClient(TestServer(app)) as c:
+        response = await c.post("/retry", headers={"Authorization": f"Bearer {TOKEN}"})
+        return response.status, await response.json()
+
+
+class TestRetry:
+    async def test_a_resting_cycle_is_run_again(self) -> None:
+        handler = StubHandler()
+        assert await post_retry(handler) == (202, {"retrying": True, "phase": "downloading"})
+        assert handler.retries == 1
+
+    @pytest.mark.parametrize(
+        ("handler", "why"),
+        [
+            (StubHandler(idle=False), "a cycle is running"),
+            (StubHandler(desired=None), "no desired status is stored"),
+            (StubHandler(accepts=False), "could not be restarted"),
+        ],
+    )
+    async def test_refused_with_409_saying_why(self, handler: StubHandler, why: str) -> None:
+        status, body = await post_retry(handler)
+        assert status == 409 and why in body["error"]
