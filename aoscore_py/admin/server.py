@@ -78,7 +78,8 @@ class AdminServer:
         """Listen on the socket (and the TCP address).
 
         Raises:
-            ConfigError: the TCP address cannot be bound (in use, not on this host).
+            AosError: the TCP address cannot be bound (in use, not on this host): exit 1,
+                as for a taken SM port.
         """
         runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -103,7 +104,7 @@ class AdminServer:
                 await site.start()
             except OSError as exc:
                 await self.stop()
-                raise ConfigError(
+                raise AosError(
                     f"admin API: cannot listen on {host}:{port}: {exc.strerror or exc}"
                 ) from None
             ports = [a[1] for a in runner.addresses if isinstance(a, tuple)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,7 +12,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from aoscore_py.admin.routes import ROUTES, openapi_document
-from aoscore_py.admin.server import make_app
+from aoscore_py.admin.server import AdminServer, make_app
+from aoscore_py.errors import AosError
 
 TOKEN = "t0ken-t0ken-t0ken-t0ken-t0ken"
 
@@ -114,3 +117,28 @@ class TestRetry:
     async def test_refused_with_409_saying_why(self, handler: StubHandler, why: str) -> None:
         status, body = await post_retry(handler)
         assert status == 409 and why in body["error"]
+
+
+async def test_a_taken_port_fails_the_start_and_leaves_no_socket(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = AdminServer(
+            make_app(object(), TOKEN),  # type: ignore[arg-type]
+            tmp_path / "admin.sock",
+            ("127.0.0.1", port),
+        )
+        with pytest.raises(AosError, match=f"cannot listen on 127.0.0.1:{port}"):
+            await server.start()
+    assert not (tmp_path / "admin.sock").exists()
+
+
+async def test_the_socket_answers_and_is_removed_at_stop(tmp_path: Path) -> None:
+    server = AdminServer(make_app(object(), TOKEN), tmp_path / "admin.sock")  # type: ignore[arg-type]
+    await server.start()
+    try:
+        assert (tmp_path / "admin.sock").exists()
+    finally:
+        await server.stop()
+    assert not (tmp_path / "admin.sock").exists()
