@@ -517,8 +517,6 @@ class LossyTree:
         the backing folder is brought to the durable tree that follows."""
         folder = self.folder(ino)
         old, new = folder.durable, dict(folder.entries)
-        if old == new:
-            return
         folder.durable = new
         self._stamp += 1
         folder.durable_stamp = self._stamp
@@ -545,28 +543,34 @@ class LossyTree:
         of listings): then the newest listing that keeps it in the tree does. A folder no
         listing of the tree names is not in it.
         """
-        edges: list[tuple[int, int, bytes, int]] = []  # (stamp, parent, name, folder)
+        named: dict[int, list[tuple[int, int, bytes]]] = {}  # folder -> (stamp, parent, name)
         for folder in self.nodes.values():
             if folder.is_dir:
                 for name, i in folder.durable.items():
                     node = self.nodes.get(i)
                     if node is not None and node.is_dir and i != ROOT:
-                        edges.append((folder.durable_stamp, folder.ino, name, i))
-        edges.sort(key=lambda e: (-e[0], e[1], e[2]))
+                        named.setdefault(i, []).append((folder.durable_stamp, folder.ino, name))
+        for options in named.values():
+            options.sort(key=lambda o: (-o[0], o[1], o[2]))
         places: dict[int, tuple[int, bytes]] = {}
-        for _, parent, name, i in edges:
-            if i not in places and not self._inside(parent, i, places):
-                places[i] = (parent, name)
-        rooted = self._rooted(places)
-        changed = True
-        while changed:
-            changed = False
-            for _, parent, name, i in edges:
-                if i not in rooted and (parent == ROOT or parent in rooted):
-                    places[i] = (parent, name)
-                    rooted = self._rooted(places)
-                    changed = True
-                    break
+        rooted: set[int] = set()
+        # Each pass puts every folder at the newest listing that is in the tree and not below
+        # it; the tree only grows, so this settles (the bound is a guard, never reached).
+        # Folders whose newest listing is newest go first: when listings form a cycle, more
+        # than one tree fits the rule, and the one that honours the latest fsync is kept.
+        order = sorted(named, key=lambda i: (-named[i][0][0], i))
+        for _ in range(4 * len(named) + 4):
+            moved = False
+            for i in order:
+                for _stamp, parent, name in named[i]:
+                    if parent == ROOT or (parent in rooted and not self._inside(parent, i, places)):
+                        if places.get(i) != (parent, name):
+                            places[i] = (parent, name)
+                            rooted = self._rooted(places)
+                            moved = True
+                        break
+            if not moved:
+                break
         return {i: places[i] for i in self._in_tree_order(places, rooted)}
 
     @staticmethod

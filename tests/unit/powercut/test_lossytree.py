@@ -15,7 +15,6 @@ should do."""
 from __future__ import annotations
 
 import contextlib
-import copy
 import errno
 import itertools
 import os
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from hypothesis import event, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aoscore_py.powercut.lossyfs.tree import (
@@ -1233,11 +1232,9 @@ class TestErrors:
 # --- bugs found here (xfail until tree.py is fixed) -------------------------------------------
 
 
-class TestKnownBugs:
-    @pytest.mark.xfail(
-        strict=True,
-        reason="fsyncdir returns early when the listing did not change: its stamp stays old",
-    )
+class TestFolderPlaces:
+    """Where a folder several durable listings name ends up."""
+
     def test_an_fsyncdir_of_a_folder_a_folder_moved_back_into_makes_its_listing_newest(
         self, lab: Lab
     ) -> None:
@@ -1250,13 +1247,8 @@ class TestKnownBugs:
         lab.rename("b/d", "a/d")
         lab.fsyncdir("a")  # a's listing is as it was, but fsynced now: the newest
         lab.cut()
-        assert lab.snap() == {"a": {"d": {}}, "b": {}}  # is {"a": {}, "b": {"d": {}}}
+        assert lab.snap() == {"a": {"d": {}}, "b": {}}
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="_durable_tree re-homes a folder left out of the tree at the first listing of the "
-        "tree it meets, before the folder holding its newest listing is back in the tree",
-    )
     def test_a_folder_is_where_its_newest_listing_in_the_tree_puts_it(self, lab: Lab) -> None:
         for path in ("B", "C", "B/x"):
             lab.mkdir(path)
@@ -1269,17 +1261,12 @@ class TestKnownBugs:
         lab.rename("B/x", "N/C/A/x")
         lab.fsyncdir("N/C/A")  # A names x: the newest listing naming x, and A is in the tree
         expected = {"B": {}, "C": {"A": {"x": {}}}}
-        assert backing_snapshot(lab.backing) == expected  # is {"B": {"x": {}}, "C": {"A": {}}}
+        assert backing_snapshot(lab.backing) == expected
         lab.cut()
         assert lab.snap() == expected
 
 
 # --- the differential test --------------------------------------------------------------------
-
-
-class KnownBug(Exception):
-    """A step the tree is known to get wrong (the xfail tests of TestKnownBugs): skipped in both
-    the tree and the model in the random runs, and counted as a hypothesis event."""
 
 
 @dataclass
@@ -1333,9 +1320,7 @@ class Ref:
     any listing of the tree names is in it, placed by the newest such listing that does not
     hang it below itself; no other folder is. Among several such trees (cycles of listings),
     the one whose newest place is newest wins. A file's durable names are the entries of the
-    durable listings of the folders in the tree.
-
-    Where the tree is known to go wrong (TestKnownBugs) the model raises KnownBug."""
+    durable listings of the folders in the tree."""
 
     dirs: dict[int, dict[bytes, int]] = field(default_factory=lambda: {ROOT: {}})
     durable: dict[int, dict[bytes, int]] = field(default_factory=lambda: {ROOT: {}})
@@ -1497,54 +1482,10 @@ class Ref:
         assert best is not None, "no durable tree the rule accepts"
         return best[1]
 
-    def tree_shortcut(self) -> dict[int, Place]:
-        """The durable tree as tree.py derives it (its known shortcut: a folder left out by its
-        newest listing takes the first listing of the tree it meets, newest first, before the
-        folders that make a newer one part of the tree are placed). Used only to see the known
-        bug coming; what the tree is held to is `durable_tree`."""
-        edges = sorted(
-            (
-                (-s, holder, name, f)
-                for f, named in self.edges().items()
-                for s, holder, name in named
-            )
-        )
-        up: dict[int, Place] = {}
-
-        def above(ino: int) -> list[int]:
-            out: list[int] = []
-            while ino != ROOT and ino in up and ino not in out:
-                out.append(ino)
-                ino = up[ino][0]
-            return out if ino == ROOT else [*out, -1]
-
-        for _, holder, name, f in edges:
-            if f not in up and f not in above(holder):
-                up[f] = (holder, name)
-        rooted = lambda: {f for f in up if -1 not in above(f)}  # noqa: E731
-        again = True
-        while again:
-            again = False
-            now = rooted()
-            for _, holder, name, f in edges:
-                if f not in now and (holder == ROOT or holder in now):
-                    up[f], again = (holder, name), True
-                    break
-        return {f: up[f] for f in rooted()}
-
     def fsyncdir(self, folder: int) -> None:
-        new = dict(self.dirs[folder])
-        if new == self.durable[folder]:
-            mine = {i for i in new.values() if self.is_dir(i)}
-            for other, listing in self.durable.items():
-                newer = other != folder and self.stamp[other] > self.stamp[folder]
-                if newer and mine & set(listing.values()):
-                    raise KnownBug("an fsyncdir that changes nothing keeps its listing's age")
-        self.durable[folder] = new
+        self.durable[folder] = dict(self.dirs[folder])
         self.clock += 1
         self.stamp[folder] = self.clock
-        if self.durable_tree() != self.tree_shortcut():
-            raise KnownBug("a folder left out by its newest listing takes an older one")
 
     def fsync(self, ino: int) -> None:
         self.files[ino].fsync()
@@ -1746,14 +1687,9 @@ def _check_backing(tree: LossyTree, ref: Ref) -> None:
 
 
 def _fsyncdir(tree: LossyTree, ref: Ref, target: int) -> Ref:
-    trial = copy.deepcopy(ref)
-    try:
-        trial.fsyncdir(target)
-    except KnownBug as bug:
-        event(f"skipped: {bug}")
-        return ref
+    ref.fsyncdir(target)
     tree.fsyncdir(target)
-    return trial
+    return ref
 
 
 def _step(tree: LossyTree, ref: Ref, op: tuple) -> Ref:
@@ -1807,15 +1743,10 @@ def _step(tree: LossyTree, ref: Ref, op: tuple) -> Ref:
         everyone = sorted(ref.dirs) if op[2] else dirs  # with a removed folder now and then
         return _fsyncdir(tree, ref, everyone[op[1] % len(everyone)])
     if kind == "sync":
-        trial = copy.deepcopy(ref)
-        try:
-            trial.sync()
-        except KnownBug as bug:
-            event(f"skipped sync: {bug}")
-            return ref
+        ref.sync()
         tree.sync()
-        assert canonical(trial.durable_view()) == canonical(trial.current_view())
-        return trial
+        assert canonical(ref.durable_view()) == canonical(ref.current_view())
+        return ref
     if not files:
         return ref
     ino = files[op[1] % len(files)]
