@@ -241,8 +241,10 @@ def lossyfs(
 
     Exit codes: 0 cut or unmounted; 1 the mount failed; 2 bad usage.
     """
-    from ..powercut.lossyfs.fuse import serve
+    from ..powercut.lossyfs.fuse import serve, unmount
 
+    if not mountpoint.is_dir():
+        unmount(mountpoint)  # a mount left by a process that died answers ENOTCONN
     if not backing.is_dir():
         raise click.BadParameter(f"{backing} is not a folder", param_hint="BACKING")
     if not mountpoint.is_dir():

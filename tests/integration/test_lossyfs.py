@@ -16,11 +16,14 @@ from pathlib import Path
 import orjson
 import pytest
 
+from aoscore_py.errors import LocalError
 from aoscore_py.fsutil import atomic_write, fsync_dir
 from aoscore_py.powercut.lossyfs.mount import LossyMount
 from aoscore_py.powercut.lossyfs.tree import SECTOR
 from aoscore_py.storage import DB_NAME, Storage
 from aoscore_py.storage.recovery import read_sidecar
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
@@ -297,3 +300,46 @@ def test_an_operator_mounts_checks_and_cuts_from_the_command_line(tmp_path: Path
     gone = subprocess.run([*ctl, "status"], capture_output=True, text=True, timeout=20)
     assert gone.returncode == 1
     assert "no lossy file system answers" in gone.stderr
+
+
+def test_a_listing_read_while_its_folder_changes_skips_nothing_that_stayed(
+    lossy: LossyMount,
+) -> None:
+    root = lossy.mountpoint
+    for n in range(600):
+        (root / f"f{n:03d}").write_bytes(b"")
+    seen = []
+    with os.scandir(root) as it:
+        for n, entry in enumerate(it):
+            seen.append(entry.name)
+            if n % 2 == 0:
+                (root / f"new{n:03d}").write_bytes(b"")  # added behind the reader
+            os.unlink(entry.path)
+    assert sorted(n for n in seen if n.startswith("f")) == [f"f{n:03d}" for n in range(600)]
+
+
+def test_a_folders_mode_is_durable_with_its_fsync(lossy: LossyMount) -> None:
+    root = lossy.mountpoint
+    (root / "d").mkdir(mode=0o755)
+    fsync_dir(root)
+    os.chmod(root / "d", 0o700)
+    fsync_dir(root / "d")
+    lossy.remount()
+    assert (root / "d").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_file_system_that_died_fails_the_cut_instead_of_passing(tmp_path: Path) -> None:
+    mount = LossyMount(tmp_path / "backing", tmp_path / "mnt").mount()
+    (mount.mountpoint / "lost").write_bytes(b"never synced")
+    assert mount.proc is not None
+    mount.proc.kill()
+    mount.proc.wait(10)
+    with pytest.raises(LocalError, match="died before the cut"):
+        mount.cut()
+    assert not os.path.ismount(mount.mountpoint)
+    assert not (tmp_path / "backing" / "lost").exists()  # a death syncs nothing
+    mount.mount()  # and it mounts again over what was durable
+    try:
+        assert os.listdir(mount.mountpoint) == []
+    finally:
+        mount.stop()

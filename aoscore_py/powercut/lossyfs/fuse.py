@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import signal
 import stat
 import subprocess
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import pyfuse3
 import trio
 
 from ...logs import get_logger
-from .tree import STORE, LossyTree, Node
+from .tree import LossyTree, Node
 
 log = get_logger("lossyfs")
 
@@ -52,16 +54,21 @@ def _attrs(node: Node) -> pyfuse3.EntryAttributes:
 
 
 def _fuse_errors(fn):  # type: ignore[no-untyped-def]
-    """Answer an OSError from the tree with its errno, as the kernel expects."""
+    """Answer an OSError from the tree with its errno, as the kernel expects; after a cut,
+    answer everything with EIO (the disk is gone: nothing may reach the backing folder); count
+    an unexpected error as a bug, which the cut's answer reports."""
 
-    async def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+    async def wrapper(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if self.tree.dead:
+            raise pyfuse3.FUSEError(errno.EIO)
         try:
-            return fn(*args, **kwargs)
+            return fn(self, *args, **kwargs)
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         except pyfuse3.FUSEError:
             raise
         except Exception:
+            self.bugs += 1
             log.error("lossyfs.bug", operation=fn.__name__, exc_info=True, next="answered EIO")
             raise pyfuse3.FUSEError(errno.EIO) from None
 
@@ -79,6 +86,7 @@ class LossyOperations(pyfuse3.Operations):
     def __init__(self, tree: LossyTree) -> None:
         super().__init__()
         self.tree = tree
+        self.bugs = 0
         self._handles: dict[int, int] = {}
         self._dirs: dict[int, int] = {}
         self._next_fh = 1
@@ -189,12 +197,14 @@ class LossyOperations(pyfuse3.Operations):
         return self._fh(self._dirs, inode)
 
     async def readdir(self, fh, start_id, token):  # type: ignore[no-untyped-def]
+        if self.tree.dead:
+            raise pyfuse3.FUSEError(errno.EIO)
         try:
             listing = self.tree.listing(self._dirs[fh])
-        except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        for index, (name, node) in enumerate(listing[start_id:], start_id + 1):
-            if not pyfuse3.readdir_reply(token, name, _attrs(node), index):
+        except (OSError, KeyError) as exc:
+            raise pyfuse3.FUSEError(getattr(exc, "errno", None) or errno.EBADF) from None
+        for cookie, name, node in listing:
+            if cookie > start_id and not pyfuse3.readdir_reply(token, name, _attrs(node), cookie):
                 break
 
     @_fuse_errors
@@ -250,15 +260,17 @@ class Server:
         self.mountpoint = mountpoint
         self.control = control
         self.cut_done = False
+        self.clean_stop = False
+        self.operations: LossyOperations | None = None
 
     def run(self) -> str:
         """Serve until a cut or an unmount; returns `cut` or `unmounted`."""
         self.tree.load()
-        if os.path.ismount(self.mountpoint):
-            unmount(self.mountpoint)
+        unmount(self.mountpoint)  # a mount left by a process that died answers ENOTCONN
+        self.operations = LossyOperations(self.tree)
         options = set(pyfuse3.default_options)
         options |= {"fsname=lossyfs", "subtype=lossyfs"}
-        pyfuse3.init(LossyOperations(self.tree), str(self.mountpoint), options)
+        pyfuse3.init(self.operations, str(self.mountpoint), options)
         log.info(
             "lossyfs.mounted",
             mountpoint=str(self.mountpoint),
@@ -268,13 +280,18 @@ class Server:
         )
         try:
             trio.run(self._main)
+            clean = not self.cut_done  # a signal or an unmount from outside, not an error
         finally:
-            if not self.cut_done:
+            # Only an orderly stop syncs: a file system that failed must not make durable
+            # what a power cut would have dropped (and the laboratory sees it died).
+            if self.clean_stop and not self.cut_done:
                 self.tree.sync()
             pyfuse3.close(unmount=False)
             unmount(self.mountpoint)
-            if not self.cut_done:
-                log.info("lossyfs.unmounted", mountpoint=str(self.mountpoint), synced=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.control.unlink()
+        if clean:
+            log.info("lossyfs.unmounted", mountpoint=str(self.mountpoint), synced=True)
         return "cut" if self.cut_done else "unmounted"
 
     async def _main(self) -> None:
@@ -282,6 +299,7 @@ class Server:
             nursery.start_soon(self._signals, nursery.cancel_scope)
             nursery.start_soon(self._control, nursery.cancel_scope)
             await pyfuse3.main()
+            self.clean_stop = not self.cut_done
             nursery.cancel_scope.cancel()
 
     def _cut(self) -> dict:
@@ -299,6 +317,9 @@ class Server:
         )
         return asdict(loss)
 
+    def _bugs(self) -> int:
+        return self.operations.bugs if self.operations is not None else 0
+
     def _stop(self, scope: trio.CancelScope) -> None:
         pyfuse3.terminate()
         scope.cancel()
@@ -308,6 +329,8 @@ class Server:
             async for signum in signals:
                 if signum == signal.SIGUSR1:
                     self._cut()
+                else:
+                    self.clean_stop = True
                 self._stop(scope)
                 return
 
@@ -344,14 +367,16 @@ class Server:
             self.tree.sync()
             return {"ok": True}
         if command == "status":
-            return {"ok": True, "pending": asdict(self.tree.pending())}
+            return {"ok": True, "pending": asdict(self.tree.pending()), "bugs": self._bugs()}
         return {"ok": False, "error": f"unknown command {command!r} (cut, sync, status)"}
 
 
 def default_control(backing: Path) -> Path:
-    """The control socket when none is named: in the backing folder's store, out of the view
-    (the store is emptied before the socket is made)."""
-    return backing / STORE / "control.sock"
+    """The control socket when none is named: a short name in the temporary folder derived
+    from the backing folder's real path (a Unix socket's path is limited to 107 bytes, which a
+    backing folder deep in a test run's tree would pass), so `lossyctl BACKING` finds it."""
+    digest = hashlib.sha256(os.fsencode(Path(backing).resolve())).hexdigest()[:20]
+    return Path(tempfile.gettempdir()) / f"aoscore-lossyfs-{digest}.sock"
 
 
 def serve(backing: Path, mountpoint: Path, control: Path | None, *, torn: bool, seed: int) -> str:

@@ -9,6 +9,7 @@ its control socket.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +19,9 @@ from pathlib import Path
 import orjson
 
 from ...errors import LocalError
+from ...lifeline import dies_with_parent
 from ...logs import get_logger
+from .. import interrupts
 from .fuse import default_control, unmount
 
 log = get_logger("lossyfs")
@@ -100,9 +103,13 @@ class LossyMount:
         if self.torn:
             args += ["--torn", "--seed", str(self.seed + self.mounts)]
         self.mounts += 1
-        with open(self.log_path, "ab") as out:
+        with open(self.log_path, "ab") as out, interrupts.held():
             self.proc = subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=dies_with_parent(signal.SIGTERM),  # a dead laboratory unmounts it
             )
         deadline = time.monotonic() + MOUNT_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -119,11 +126,32 @@ class LossyMount:
     def cut(self) -> dict:
         """Cut the power: the file system drops what was not durable, stops serving and
         unmounts. Returns what it dropped. Processes still inside it see their files vanish
-        ("Transport endpoint is not connected"), as on a dead disk."""
-        answer = self._ask("cut") if self.mounted else None
+        ("Transport endpoint is not connected"), as on a dead disk.
+
+        Raises:
+            LocalError: the file system had died before the cut (then nothing says what a cut
+                would have dropped), did not answer, or answered some operation with EIO for a
+                bug of its own: the laboratory's verdict would not be worth anything.
+        """
+        if not self.mounted:
+            code = self.proc.poll() if self.proc is not None else None
+            self.proc = None
+            unmount(self.mountpoint)
+            raise LocalError(
+                f"the lossy file system at {self.mountpoint} had died before the cut "
+                f"(exit {code}): {self._log_tail()}"
+            )
+        answer = self._ask("cut")
         self._wait_exit()
         unmount(self.mountpoint)
-        return (answer or {}).get("cut") or {}
+        if answer is None or not answer.get("ok"):
+            raise LocalError(f"the lossy file system at {self.mountpoint} did not answer the cut")
+        if answer.get("bugs"):
+            raise LocalError(
+                f"the lossy file system at {self.mountpoint} answered {answer['bugs']} "
+                f"operations with EIO for a bug of its own (lossyfs.bug in {self.log_path})"
+            )
+        return answer.get("cut") or {}
 
     def remount(self) -> dict:
         """A cut, then the file system mounted again over what survived."""
@@ -141,7 +169,8 @@ class LossyMount:
         return answer.get("pending") or {}
 
     def stop(self) -> None:
-        """A clean unmount: everything becomes durable, then the process exits."""
+        """A clean unmount: everything becomes durable, then the process exits (a process
+        that had died is only cleaned up after)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
         self._wait_exit()
@@ -153,7 +182,7 @@ class LossyMount:
         except (OSError, ValueError) as exc:
             if not quiet:
                 log.warning(
-                    "lossyfs.control_failed",
+                    "lossyfs.control_unanswered",
                     mountpoint=str(self.mountpoint),
                     command=command,
                     error=str(exc),

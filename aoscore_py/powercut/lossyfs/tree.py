@@ -89,6 +89,8 @@ class Node:
     entries: dict[bytes, int] = field(default_factory=dict)
     durable: dict[bytes, int] = field(default_factory=dict)
     durable_stamp: int = 0  # when its durable listing was last fsynced (a later one is newer)
+    cookies: dict[bytes, int] = field(default_factory=dict)  # name -> its readdir offset
+    next_cookie: int = 1
     parent: int = ROOT  # the current parent (for `..` and cycles)
     placed: tuple[int, bytes] | None = None  # where it is in the backing folder, if it is
     # symlink
@@ -137,6 +139,7 @@ class LossyTree:
         self._next = ROOT + 1
         self._last_write: tuple[int, int, bytes] | None = None
         self._stamp = 0
+        self.dead = False  # after a cut: nothing more may reach the backing folder
 
     # --- loading --------------------------------------------------------------------------
 
@@ -179,7 +182,7 @@ class LossyTree:
                         node.placed = (folder.ino, os.fsencode(name))
                         todo.append((node, child_path))
                 raw = os.fsencode(name)
-                folder.entries[raw] = node.ino
+                self._enter(folder, raw, node.ino)
                 folder.durable[raw] = node.ino
                 node.durable_refs += 1
                 if node.is_dir:
@@ -235,9 +238,24 @@ class LossyTree:
         except KeyError:
             raise _err(errno.ENOENT) from None
 
-    def listing(self, ino: int) -> list[tuple[bytes, Node]]:
+    def listing(self, ino: int) -> list[tuple[int, bytes, Node]]:
+        """A folder's entries with their offsets, in the order they were made: an offset never
+        changes while the entry lives, so a listing read in parts while the folder changes
+        skips and repeats nothing that stayed."""
         folder = self.folder(ino)
-        return [(name, self.nodes[i]) for name, i in sorted(folder.entries.items())]
+        named = [(folder.cookies[name], name, self.nodes[i]) for name, i in folder.entries.items()]
+        return sorted(named, key=lambda e: e[0])
+
+    @staticmethod
+    def _enter(folder: Node, name: bytes, ino: int) -> None:
+        folder.entries[name] = ino
+        folder.cookies[name] = folder.next_cookie
+        folder.next_cookie += 1
+
+    @staticmethod
+    def _leave(folder: Node, name: bytes) -> None:
+        del folder.entries[name]
+        folder.cookies.pop(name, None)
 
     # --- the namespace (current state only) ----------------------------------------------
 
@@ -263,7 +281,7 @@ class LossyTree:
         elif node.is_file:
             open(self._store_path(node.ino), "xb").close()
         self.nodes[node.ino] = node
-        folder.entries[name] = node.ino
+        self._enter(folder, name, node.ino)
         self._touch(folder)
         return node
 
@@ -273,7 +291,7 @@ class LossyTree:
             raise _err(errno.EPERM)
         folder = self.folder(parent)
         self._free_name(folder, name)
-        folder.entries[name] = ino
+        self._enter(folder, name, ino)
         node.nlink += 1
         node.ctime_ns = time.time_ns()
         self._touch(folder)
@@ -284,7 +302,7 @@ class LossyTree:
         node = self.lookup(parent, name)
         if node.is_dir:
             raise _err(errno.EISDIR)
-        del folder.entries[name]
+        self._leave(folder, name)
         self._unref(node)
         self._touch(folder)
 
@@ -297,7 +315,7 @@ class LossyTree:
             raise _err(errno.ENOTDIR)
         if node.entries:
             raise _err(errno.ENOTEMPTY)
-        del folder.entries[name]
+        self._leave(folder, name)
         folder.nlink -= 1
         node.nlink = 0
         self._touch(folder)
@@ -329,8 +347,10 @@ class LossyTree:
                 self._unref(target)
         elif new_parent == ROOT and new == STORE.encode():
             raise _err(errno.EPERM)
-        del src.entries[old]
-        dst.entries[new] = node.ino
+        self._leave(src, old)
+        if new in dst.entries:
+            self._leave(dst, new)
+        self._enter(dst, new, node.ino)
         if node.is_dir:
             src.nlink -= 1
             dst.nlink += 1
@@ -652,7 +672,9 @@ class LossyTree:
         for i in fresh:
             os.chmod(self._path(i, after), stat.S_IMODE(self.nodes[i].mode))
         if changed.ino == ROOT or changed.ino in after:
-            self._link_entries(changed, self._path(changed.ino, after))
+            path = self._path(changed.ino, after)
+            self._link_entries(changed, path)
+            os.chmod(path, stat.S_IMODE(changed.mode))  # its own attributes: its fsync's too
         shutil.rmtree(held, ignore_errors=True)
 
     def _link_entries(self, folder: Node, path: Path) -> None:
@@ -719,6 +741,7 @@ class LossyTree:
         """A power loss: report what is dropped and, with `torn`, write part of the last write
         to its file first. Nothing is written after this; the caller stops serving."""
         loss = self.pending()
+        self.dead = True
         torn = self._tear() if self.torn else None
         for node in self.nodes.values():
             self._close(node)
@@ -748,7 +771,9 @@ class LossyTree:
         fd = os.open(self._store_path(ino), os.O_WRONLY)
         try:
             for pos, piece in keep:
-                os.pwrite(fd, piece, pos)
+                # past the durable end a torn append is invisible: its size never committed
+                if pos < node.stored:
+                    os.pwrite(fd, piece[: node.stored - pos], pos)
         finally:
             os.close(fd)
         return (ino, offset, len(keep), len(pieces) - len(keep))
