@@ -20,10 +20,10 @@ def _output(kind: str) -> click.Path:
 @click.option(
     "--fs",
     type=click.Choice(["plain", "lossy"]),
-    default="plain",
-    show_default=True,
+    default=None,
     help="Where the CM and the SMs keep their data: plain folders (a kill -9 keeps every "
-    "write), or lossy file systems that are cut after each kill and drop what was not synced.",
+    "write), or lossy file systems that are cut after each kill and drop what was not synced. "
+    "Default: plain for the matrix, lossy for --random.",
 )
 @click.option(
     "--torn", is_flag=True, help="With --fs lossy: tear the last write at each cut (sectors)."
@@ -97,7 +97,7 @@ def _output(kind: str) -> click.Path:
 @click.pass_context
 def powercut(
     ctx: click.Context,
-    fs: str,
+    fs: str | None,
     torn: bool,
     random_cuts: int | None,
     network: str | None,
@@ -145,6 +145,7 @@ def powercut(
 
     if network and (random_cuts or points):
         raise click.BadParameter("--network runs its own scenario", param_hint="--network")
+    fs = fs or ("lossy" if random_cuts else "plain")
     if torn and fs != "lossy":
         raise click.BadParameter("--torn needs --fs lossy", param_hint="--torn")
     if list_rows:

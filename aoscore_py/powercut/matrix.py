@@ -56,10 +56,9 @@ from ..protocol import DesiredStatus
 from ..sm import crashpoints as sm
 from ..sm.docker_runtime import DockerRuntime
 from ..sm.state import FILE_NAME as SM_STATE_FILE
-from ..sm.state import SmState
 from ..storage import DB_NAME, Storage
 from ..storage import crashpoints as storage
-from . import interrupts
+from . import interrupts, invariants
 from .invariants import EngineEvents, acked_in_force, no_instance_ran_twice, seqs_never_go_back
 from .power import PoweredUnit
 from .registry import ALL_POINTS
@@ -429,6 +428,9 @@ def run_case(
         if power.lossy:
             power.cut(case.process)
             mark(CUT, case.process)
+        early = exited_on_their_own(unit, case.process)
+        if case.process == CM and case.scenario != SPOILED:  # a spoiled store lost it on purpose
+            early += acked_after_cut(unit)
         reported = unit.reported()
         started = time.monotonic()
         _restart(unit, case.process)
@@ -439,8 +441,9 @@ def run_case(
         if result.ok:
             mark(CONVERGED)
             note = _placement_note(unit.placement(runtime))
-            broken = invariant_problems(unit, events)
-            result = Convergence(not broken, tuple(broken))
+        broken = [*early, *invariant_problems(unit, events)] if result.ok else early
+        if broken:
+            result = Convergence(False, (*broken, *result.problems))
     finally:
         events.stop()
         stopped = power.stop_all()
@@ -505,6 +508,7 @@ def run_node_case(case: NodeCase, lab: Lab, fs: str = "plain", torn: bool = Fals
                 detail = f"the node's SM was not killed at {case.at} (exit {code})"
         else:
             killed = True
+        early = exited_on_their_own(unit, case.node)
         lost = power.node_power_loss(case.node, lab.runtime)
         mark(KILLED, case.node)
         if power.lossy:
@@ -516,7 +520,7 @@ def run_node_case(case: NodeCase, lab: Lab, fs: str = "plain", torn: bool = Fals
         collected = (ALPHA, "1.0.0") if case.scenario == UPGRADE else None
         result = converge(unit, ds, lab.runtime, extra=collected)
         seconds = round(time.monotonic() - started, 2)
-        crashes = crashes_counted(unit, case.node)
+        crashes = [*early, *crashes_counted(unit, case.node)]
         if result.ok:
             crashes += invariant_problems(unit, events)
         if result.ok and not crashes:
@@ -571,12 +575,30 @@ def held_desired(data_dir: Path) -> bytes | None:
 
 def crashes_counted(unit: ThreeNodeUnit, node: str) -> list[str]:
     """Instances of `node` whose health record counts a crash: a power loss must not."""
-    state = SmState(unit.sm_dir(node) / "sm" / SM_STATE_FILE)
-    return [
-        f"{node}: {key.item_id} {key.instance} counted {record.crashes} crash(es)"
-        for key, record in sorted(state.health.items())
-        if record.crashes
-    ]
+    path = unit.sm_dir(node) / "sm" / SM_STATE_FILE
+    return invariants.crashes_counted(node, invariants.read_sm_state(path))
+
+
+def acked_after_cut(unit: ThreeNodeUnit) -> list[str]:
+    """Right after the CM's cut, before it starts again (and before the cloud, on its next
+    connect, could send the same status again): every desired status the unit acked is in
+    what survived on its disk, or was superseded."""
+    state = unit.cloud.state
+    problems = invariants.acked_in_force(
+        state.desired_seqs(unit.unit), state.answers(unit.unit), held_desired(unit.data_dir)
+    )
+    return [f"after the cut: {p}" for p in problems]
+
+
+def exited_on_their_own(unit: ThreeNodeUnit, victim: str | None) -> list[str]:
+    """Processes other than the one cut that are not running: each died by itself (it is
+    started again with the others, so without this its death would pass unseen)."""
+    problems = []
+    for name in (CM, *NODES):
+        process = unit.process(name)
+        if name != victim and process is not None and process.proc.poll() is not None:
+            problems.append(f"{describe(name)} had exited by itself ({process.proc.returncode})")
+    return problems
 
 
 def _print_header(width: int) -> None:

@@ -52,7 +52,7 @@ from ..sm.docker_runtime import DockerRuntime
 from ..sm.state import FILE_NAME as SM_STATE_FILE
 from . import invariants
 from .gate import TcpGate, free_port
-from .matrix import Images, held_desired, publish_images
+from .matrix import Images, acked_after_cut, held_desired, publish_images
 from .power import PoweredUnit
 from .scenarios import ALPHA, BETA, NODES, SUBJECT, desired, upgraded
 from .testbed import TEST_RECONNECT, CloudProcess, remove_unit_containers
@@ -169,8 +169,14 @@ class UnitModel:
         self.unit.gate = self.gate
         self.unit.cloud_url = urlunsplit(url._replace(netloc=f"127.0.0.1:{self.gate.port}"))
         self.power = PoweredUnit(self.unit, fs)
-        self.power.mount_all()
+        try:
+            self.power.mount_all()
+        except BaseException:
+            self.power.stop_all()
+            self.gate.close()
+            raise
         self.cuts: list[str] = []
+        self.after_cut: list[str] = []
         self.events = invariants.EngineEvents(bench.runtime.client, unit_id).start()
         self.latest: str | None = None
         self.cloud_away: str | None = None
@@ -222,6 +228,7 @@ class UnitModel:
         self._step("cut the CM")
         self.power.cut(CM)
         self.cuts.append(CM)
+        self.after_cut += acked_after_cut(self.unit)  # before the cloud can send it again
         self.unit.start_agent()
         if self.unit.wait_listening():
             self.unit.start_missing_sms()
@@ -266,6 +273,7 @@ class UnitModel:
             state.desired_seqs(self.unit_id), answers, held_desired(self.unit.data_dir)
         )
         timeline = state.timeline(self.unit_id)
+        problems += self.after_cut
         problems += invariants.seqs_never_go_back(timeline)
         problems += invariants.no_instance_ran_twice(self.events.events())
         if self.power_back_at is not None:

@@ -15,11 +15,14 @@ beside them) and offers the three cuts the laboratory makes:
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import docker
 
 from ..logs import get_logger
 from ..sm.docker_runtime import LABEL_NODE, LABEL_UNIT, DockerRuntime
@@ -59,21 +62,24 @@ class PoweredUnit:
         return self.unit.data_dir if name == CM else self.unit.sm_dir(name)
 
     def mount_all(self) -> None:
-        """Mount a lossy file system under every process's data dir (nothing when plain)."""
+        """Mount a lossy file system under every process's data dir that has none mounted
+        (nothing when plain)."""
         if not self.lossy:
             return
         for index, name in enumerate((CM, *NODES)):
-            if name in self.mounts:
-                continue
-            where = self.data_dir(name)
-            mount = LossyMount(
-                where.with_name(f"disk-{name}"),
-                where,
-                torn=self.torn,
-                seed=self.seed * 100 + index * 10,
-                log_path=self.unit.root / f"lossyfs-{name}.log",
-            )
-            self.mounts[name] = mount.mount()
+            mount = self.mounts.get(name)
+            if mount is None:
+                where = self.data_dir(name)
+                mount = LossyMount(
+                    where.with_name(f"disk-{name}"),
+                    where,
+                    torn=self.torn,
+                    seed=self.seed * 100 + index * 10,
+                    log_path=self.unit.root / f"lossyfs-{name}.log",
+                )
+                self.mounts[name] = mount  # recorded first: stop_all unmounts it whatever happens
+            if not mount.mounted:
+                mount.mount()
 
     def cut(self, name: str) -> dict:
         """Power off `name`'s disk: SIGKILL the process if it still runs, then drop what its
@@ -110,7 +116,8 @@ class PoweredUnit:
         containers = runtime.list_containers({LABEL_UNIT: self.unit.unit, LABEL_NODE: node})
         for c in containers:
             if c.status == "running":
-                runtime.client.api.kill(c.id)
+                with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                    runtime.client.api.kill(c.id)  # one that stopped meanwhile is as good
         self.cut(node)
         log.info(
             "powercut.node_power_loss",
@@ -124,11 +131,12 @@ class PoweredUnit:
     def stop_all(self) -> dict[str, int]:
         """Stop every process (SIGTERM), then unmount every disk cleanly; the exit code of each
         process that did not exit 0."""
-        codes = self.unit.stop_all()
-        for mount in self.mounts.values():
-            mount.stop()
-        self.mounts.clear()
-        return codes
+        try:
+            return self.unit.stop_all()
+        finally:
+            for mount in self.mounts.values():
+                mount.stop()
+            self.mounts.clear()
 
 
 @contextmanager

@@ -22,10 +22,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..cloud.oci import OciImage
+from ..errors import AosError
 from ..logs import get_logger
 from ..protocol import DesiredStatus
 from .invariants import EngineEvents
-from .matrix import Lab, RowClock, converge, crashes_counted, invariant_problems, open_lab
+from .matrix import (
+    Lab,
+    RowClock,
+    acked_after_cut,
+    converge,
+    crashes_counted,
+    exited_on_their_own,
+    invariant_problems,
+    open_lab,
+)
 from .power import PoweredUnit
 from .results import CONVERGED, CUT, KILLED, RESTARTED, Row
 from .scenarios import ALPHA, BETA, NODES, desired, unit_config
@@ -118,7 +128,13 @@ def _run(
     rows = []
     for cut in cuts:
         ds = step_status(images.items, images.alpha2, cut.step, n)
-        row = _one_cut(lab, power, events, cut, ds, fs)
+        try:
+            row = _one_cut(lab, power, events, cut, ds, fs)
+        except (AosError, OSError, TimeoutError) as exc:
+            log.error("powercut.cut_failed", cut=cut.name, exc_info=True, next="next cut")
+            why = f"the cut could not run: {type(exc).__name__}: {exc}"
+            row = Row(cut.name, _who(cut.victim), False, False, 0.0, why, kind="random", fs=fs)
+            _revive(power, lab)
         rows.append(row)
         print(
             f"{row.point:<{width}}  {'yes' if row.converged else 'NO':<9}  {row.seconds:>7.2f}  "
@@ -146,16 +162,21 @@ def _one_cut(
         except Exception as exc:  # the cloud sends the stored status again at the next connect
             log.warning("powercut.push_failed", unit=unit.unit, error=str(exc), next="cutting")
     time.sleep(max(0.0, cut.delay_s - (time.monotonic() - clock.t0)))
-    # A restarted CM must report again; a node that comes back running what it ran before
-    # changes nothing the cloud is told (the node's instances may even be none).
-    reported = unit.reported() if cut.victim == CM else -1
+    early = exited_on_their_own(unit, None)
+    victim = unit.process(cut.victim)
+    killed = victim is not None and victim.proc.poll() is None
     if cut.victim == CM:
         power.cut(CM)
+        early += acked_after_cut(unit)
     else:
         power.node_power_loss(cut.victim, lab.runtime)
     mark(KILLED, cut.victim)
     if power.lossy:
         mark(CUT, cut.victim)
+    # A restarted CM must report again (counted after the cut: a status sent just before the
+    # kill is not a report of the new start); a node that comes back running what it ran
+    # before changes nothing the cloud is told (its instances may even be none).
+    reported = unit.reported() if cut.victim == CM else -1
     started = time.monotonic()
     if cut.victim == CM:
         unit.start_agent()
@@ -166,7 +187,7 @@ def _one_cut(
     mark(RESTARTED, cut.victim)
     result = converge(unit, ds, lab.runtime, reported=reported)
     seconds = round(time.monotonic() - started, 2)
-    problems = list(result.problems)
+    problems = [*early, *result.problems]
     if cut.victim != CM:
         problems += crashes_counted(unit, cut.victim)
     if result.ok:
@@ -176,8 +197,8 @@ def _one_cut(
         mark(CONVERGED)
     return Row(
         cut.name,
-        "agent (CM)" if cut.victim == CM else f"node {cut.victim}",
-        True,
+        _who(cut.victim),
+        killed,
         result.ok,
         seconds,
         "; ".join(result.problems[:3]),
@@ -185,3 +206,22 @@ def _one_cut(
         fs=fs,
         timeline=clock.timeline(unit),
     )
+
+
+def _who(victim: str) -> str:
+    return "agent (CM)" if victim == CM else f"node {victim}"
+
+
+def _revive(power: PoweredUnit, lab: Lab) -> None:
+    """After a cut that could not run to its end: mount what is not mounted and start what is
+    not running, so that the next cut meets a whole unit."""
+    try:
+        power.mount_all()
+        unit = power.unit
+        agent = unit.process(CM)
+        if agent is None or agent.proc.poll() is not None:
+            unit.start_agent()
+            unit.wait_listening()
+        unit.start_missing_sms()
+    except (AosError, OSError) as exc:
+        log.error("powercut.revive_failed", unit=power.unit.unit, error=str(exc), next="next cut")
