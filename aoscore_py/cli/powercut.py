@@ -242,7 +242,16 @@ def lossyfs(
 
     Exit codes: 0 cut or unmounted; 1 the mount failed; 2 bad usage.
     """
-    from ..powercut.lossyfs.fuse import serve, unmount
+    try:
+        from ..powercut.lossyfs.fuse import serve, unmount
+    except ImportError as exc:
+        click.echo(
+            f"aoscore powercut lossyfs: {exc}; the lossy file system needs the laboratory's "
+            "extra (pip install 'aoscore-py[lab]', with Debian's fuse3, libfuse3-dev and "
+            "pkg-config)",
+            err=True,
+        )
+        sys.exit(1)
 
     if not mountpoint.is_dir():
         unmount(mountpoint)  # a mount left by a process that died answers ENOTCONN

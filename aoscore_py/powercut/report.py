@@ -57,6 +57,8 @@ def verdict(row: Row) -> str:
     if row.passed:
         return "pass"
     if not row.killed:
+        if row.kind == "network":
+            return "met no spike or disconnect"
         return f"not killed at {row.point}"
     return "did not converge"
 

@@ -320,7 +320,8 @@ class TestProfile:
             assert _recv_exact(sock, len(payload)) == payload
             elapsed = time.monotonic() - start
             sender.join(WAIT_S)
-        assert 1.4 <= elapsed < 2.5, f"150 kB up then down at 100 kB/s took {elapsed:.2f} s"
+        # the lower bound is the cap; the upper one only says it is not stuck (a loaded runner)
+        assert 1.4 <= elapsed < 8.0, f"150 kB up then down at 100 kB/s took {elapsed:.2f} s"
 
     def test_loss_stalls_segments_and_keeps_the_stream_intact(self, upstream: _Upstream) -> None:
         lossy = Profile("lossy", loss=0.2, rto_s=0.01, segment_bytes=1000)
@@ -333,7 +334,7 @@ class TestProfile:
         assert 20 <= stats.stalled <= 60, stats  # 20 % of 200 segments (100 up, 100 down)
 
     def test_a_spike_holds_the_link_until_it_ends(self, upstream: _Upstream) -> None:
-        spiky = Profile("spiky", spike_every_s=2.0, spike_s=1.0)
+        spiky = Profile("spiky", spike_every_s=6.0, spike_s=1.0)
         with LinkProxy("127.0.0.1", upstream.server_address[1], profile=spiky, seed=3) as link:
             schedule = link.schedule
             assert schedule is not None and schedule.spikes is not None
@@ -344,7 +345,7 @@ class TestProfile:
                 assert _recv_exact(sock, 1) == b"x"
                 arrived = time.monotonic()
         assert arrived >= opens + 1.0, f"arrived {arrived - opens:.2f} s into a 1 s spike"
-        assert arrived < opens + 1.5
+        assert arrived < opens + 5.0  # released when it ends, well before the next one
         assert link.stats().spiked >= 1
 
     def test_flaky_resets_every_connection_and_refuses_for_the_outage(
