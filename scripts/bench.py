@@ -60,6 +60,7 @@ from pathlib import Path
 
 import click
 import orjson
+from benchlib import json_option
 from websockets.asyncio.server import ServerConnection, serve
 
 from aoscore_py.blobs.download import blob_client
@@ -119,16 +120,6 @@ def _write_result(json_path: Path, result: object) -> None:
     """Every benchmark's figures, as JSON, in the file given with --json."""
     json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
     print(f"wrote {json_path}")
-
-
-# Every benchmark writes its figures to the file given with --json.
-json_option = click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Write the results here.",
-)
 
 
 @bench.command()

@@ -337,11 +337,13 @@ def converge(
     *,
     reported: int = -1,
     extra: tuple[str, str] | None = None,
+    timeout_s: float = CONVERGE_TIMEOUT_S,
+    poll_s: float = 0.25,
 ) -> Convergence:
-    """Poll `unit.check(ds)` until it passes or CONVERGE_TIMEOUT_S; also wait for a status
-    sent after `reported` statuses, and, with `extra` = (item, version), for that version to
-    be gone from the CM's store."""
-    deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+    """Poll `unit.check(ds)` every `poll_s` until it passes or `timeout_s`; also wait for a
+    status sent after `reported` statuses, and, with `extra` = (item, version), for that
+    version to be gone from the CM's store."""
+    deadline = time.monotonic() + timeout_s
     while True:
         result = unit.check(ds, runtime)
         problems = list(result.problems)
@@ -351,7 +353,12 @@ def converge(
             problems.append("the CM has not reported since the restart")
         if not problems or time.monotonic() >= deadline:
             return Convergence(not problems, tuple(problems))
-        time.sleep(0.25)
+        time.sleep(poll_s)
+
+
+def _stop_note(stopped: Mapping[str, int]) -> str:
+    """The processes a row's clean stop found exiting other than 0."""
+    return "clean stop exited " + ", ".join(f"{n} {c}" for n, c in stopped.items())
 
 
 def _placement_note(placement: Mapping[tuple[str, int], str]) -> str:
@@ -450,7 +457,7 @@ def run_case(
         remove_unit_containers(runtime, unit_id)
     details = [] if result.ok else list(result.problems[:3])
     if stopped:
-        details.insert(0, "clean stop exited " + ", ".join(f"{n} {c}" for n, c in stopped.items()))
+        details.insert(0, _stop_note(stopped))
     if not killed:
         how = "no crashpoint.hit line" if code == -signal.SIGKILL else f"exit {code}"
         details.insert(0, f"not killed at the point ({how})")
@@ -534,7 +541,7 @@ def run_node_case(case: NodeCase, lab: Lab, fs: str = "plain", torn: bool = Fals
         remove_unit_containers(lab.runtime, unit_id)
     problems = list(result.problems[:3])
     if stopped:
-        problems.insert(0, "clean stop exited " + ", ".join(f"{n} {c}" for n, c in stopped.items()))
+        problems.insert(0, _stop_note(stopped))
     converged = result.ok and not stopped
     return Row(
         case.row,

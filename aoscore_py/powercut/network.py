@@ -40,7 +40,7 @@ from ..sm.docker_runtime import DockerRuntime
 from . import interrupts
 from .gate import free_port
 from .linkproxy import LinkProxy, LinkStats
-from .matrix import Images, publish_images
+from .matrix import Images, converge, publish_images
 from .netprofiles import Profile, profile
 from .results import CONVERGED, Mark, Row
 from .scenarios import ALPHA, desired, upgraded, with_bumped_unit_config
@@ -49,7 +49,6 @@ from .testbed import (
     AgentLog,
     CloudProcess,
     Convergence,
-    item_state,
     push,
     remove_unit_containers,
     save_desired,
@@ -149,17 +148,9 @@ def met_event(p: Profile, stats: LinkStats) -> bool:
 def _converge(
     unit: ThreeNodeUnit, step: Step, runtime: DockerRuntime, timeout_s: float
 ) -> Convergence:
-    """Poll `unit.check` until it passes or `timeout_s`; with the step's `collected`, also
-    wait for that version to be gone from the CM's store."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = unit.check(step.status, runtime)
-        problems = list(result.problems)
-        if step.collected and item_state(unit.data_dir, *step.collected):
-            problems.append(f"{step.collected[0]} {step.collected[1]} was not collected")
-        if not problems or time.monotonic() >= deadline:
-            return Convergence(not problems, tuple(problems))
-        time.sleep(0.5)
+    """`matrix.converge` on the step's status, within `timeout_s`; with the step's
+    `collected`, also until that version is gone from the CM's store."""
+    return converge(unit, step.status, runtime, extra=step.collected, timeout_s=timeout_s)
 
 
 def made_statuses(agent_log: AgentLog) -> list[int]:

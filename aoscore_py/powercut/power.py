@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,16 +135,3 @@ class PoweredUnit:
             for mount in self.mounts.values():
                 mount.stop()
             self.mounts.clear()
-
-
-@contextmanager
-def powered(
-    unit: ThreeNodeUnit, fs: str, *, torn: bool = False, seed: int = 0
-) -> Iterator[PoweredUnit]:
-    """A `PoweredUnit` with its disks mounted, stopped and unmounted on the way out."""
-    power = PoweredUnit(unit, fs, torn, seed)
-    try:
-        power.mount_all()
-        yield power
-    finally:
-        power.stop_all()

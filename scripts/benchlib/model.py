@@ -16,15 +16,11 @@ from pathlib import Path
 import click
 import orjson
 
+from benchlib import json_option
+
 
 @click.command("model")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Write the results here.",
-)
+@json_option
 @click.option(
     "--examples", type=click.IntRange(1, 1000), default=5, show_default=True, help="Examples."
 )

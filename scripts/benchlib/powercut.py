@@ -23,12 +23,14 @@ import click
 import orjson
 
 from aoscore_py.logs import configure as configure_logs
-from aoscore_py.powercut.matrix import ALL_ROWS, Lab, open_lab, run_matrix
+from aoscore_py.powercut.matrix import ALL_ROWS, Lab, converge, open_lab, run_matrix
 from aoscore_py.powercut.power import PoweredUnit
 from aoscore_py.powercut.randomcuts import run_random
 from aoscore_py.powercut.scenarios import desired, upgraded
 from aoscore_py.powercut.testbed import push, remove_unit_containers, save_desired
 from aoscore_py.powercut.unit import ThreeNodeUnit
+from aoscore_py.protocol import DesiredStatus
+from benchlib import json_option
 
 CYCLE_TIMEOUT_S = 120.0
 
@@ -62,25 +64,15 @@ def _cycle(lab: Lab, fs: str) -> float:
         remove_unit_containers(lab.runtime, unit.unit)
 
 
-def _until_converged(unit: ThreeNodeUnit, ds: object, lab: Lab) -> None:
-    deadline = time.monotonic() + CYCLE_TIMEOUT_S
-    while True:
-        result = unit.check(ds, lab.runtime)  # type: ignore[arg-type]
-        if result.ok:
-            return
-        if time.monotonic() > deadline:
-            raise click.ClickException(f"no convergence: {'; '.join(result.problems[:3])}")
-        time.sleep(0.1)
+def _until_converged(unit: ThreeNodeUnit, ds: DesiredStatus, lab: Lab) -> None:
+    """Converged on `ds`, polled finely (the time is the benchmark's figure)."""
+    result = converge(unit, ds, lab.runtime, timeout_s=CYCLE_TIMEOUT_S, poll_s=0.1)
+    if not result.ok:
+        raise click.ClickException(f"no convergence: {'; '.join(result.problems[:3])}")
 
 
 @click.command("powercut")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Write the results here.",
-)
+@json_option
 @click.option(
     "--points",
     default=None,

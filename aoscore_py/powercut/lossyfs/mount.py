@@ -163,11 +163,6 @@ class LossyMount:
         """Make everything durable (as `sync` does)."""
         self._ask("sync")
 
-    def pending(self) -> dict:
-        """What a cut now would drop."""
-        answer = self._ask("status") or {}
-        return answer.get("pending") or {}
-
     def stop(self) -> None:
         """A clean unmount: everything becomes durable, then the process exits (a process
         that had died is only cleaned up after)."""
